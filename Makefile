@@ -6,8 +6,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Debian packages the suite uses: the OpenSSL command line is an interop oracle.
-APT_PACKAGES := openssl
+# Debian packages the suite uses: the OpenSSL command line (an interop oracle), libudev
+# (pyudev, crypto-module hotplug).
+APT_PACKAGES := openssl libudev1
 
 .PHONY: system venv test lint demo bench clean
 

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(func=_cmd_version)
     sub.add_parser("selfcheck", help="known-answer tests of SM2/SM3/SM4/ECDSA and the codec"
                    ).set_defaults(func=_cmd_selfcheck)
+    from .hsm import cli as hsm_cli
+
+    hsm_cli.add_parser(sub)
     return parser
 
 

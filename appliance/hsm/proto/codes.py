@@ -1,0 +1,64 @@
+"""GM/T 0018 (SDF) error codes used in RSP payloads (protocol §3), plus our PIN_LOCKED.
+
+An error RSP carries ``code`` (the number) and ``error`` (the name without the ``SDR_`` prefix).
+``NAMES`` maps code -> name and ``CODES`` name -> code, so both sides spell them the same way.
+"""
+
+SDR_BASE = 0x01000000
+
+UNKNOWERR = SDR_BASE + 0x01
+NOTSUPPORT = SDR_BASE + 0x02
+COMMFAIL = SDR_BASE + 0x03
+HARDFAIL = SDR_BASE + 0x04
+PARDENY = SDR_BASE + 0x07  # wrong PIN, not logged in
+KEYNOTEXIST = SDR_BASE + 0x08
+ALGNOTSUPPORT = SDR_BASE + 0x09
+ALGMODNOTSUPPORT = SDR_BASE + 0x0A
+PKOPERR = SDR_BASE + 0x0B
+SKOPERR = SDR_BASE + 0x0C
+SIGNERR = SDR_BASE + 0x0D
+VERIFYERR = SDR_BASE + 0x0E
+SYMOPERR = SDR_BASE + 0x0F
+STEPERR = SDR_BASE + 0x10  # hash context misuse
+KEYTYPEERR = SDR_BASE + 0x14
+KEYERR = SDR_BASE + 0x15
+ENCDATAERR = SDR_BASE + 0x16
+RANDERR = SDR_BASE + 0x17
+FILEEXISTS = SDR_BASE + 0x1A  # slot occupied
+FILEWERR = SDR_BASE + 0x1B  # key store write failed
+NOBUFFER = SDR_BASE + 0x1C
+INARGERR = SDR_BASE + 0x1D  # bad or missing argument
+OUTARGERR = SDR_BASE + 0x1E
+PIN_LOCKED = SDR_BASE + 0x100  # ours: no PIN tries left
+
+CODES = {
+    "UNKNOWERR": UNKNOWERR,
+    "NOTSUPPORT": NOTSUPPORT,
+    "COMMFAIL": COMMFAIL,
+    "HARDFAIL": HARDFAIL,
+    "PARDENY": PARDENY,
+    "KEYNOTEXIST": KEYNOTEXIST,
+    "ALGNOTSUPPORT": ALGNOTSUPPORT,
+    "ALGMODNOTSUPPORT": ALGMODNOTSUPPORT,
+    "PKOPERR": PKOPERR,
+    "SKOPERR": SKOPERR,
+    "SIGNERR": SIGNERR,
+    "VERIFYERR": VERIFYERR,
+    "SYMOPERR": SYMOPERR,
+    "STEPERR": STEPERR,
+    "KEYTYPEERR": KEYTYPEERR,
+    "KEYERR": KEYERR,
+    "ENCDATAERR": ENCDATAERR,
+    "RANDERR": RANDERR,
+    "FILEEXISTS": FILEEXISTS,
+    "FILEWERR": FILEWERR,
+    "NOBUFFER": NOBUFFER,
+    "INARGERR": INARGERR,
+    "OUTARGERR": OUTARGERR,
+    "PIN_LOCKED": PIN_LOCKED,
+}
+
+NAMES = {}
+for _name in CODES:
+    NAMES[CODES[_name]] = _name
+del _name
