@@ -77,6 +77,157 @@ def _add_hsm_emulator(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_hsm_emulator)
 
 
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _cmd_make_chain(args: argparse.Namespace) -> int:
+    import json
+
+    from hil.chain import ChainParams, generate
+
+    params = ChainParams(chain_id=args.chain_id, seed=args.seed, validators=args.validators,
+                         alg=args.alg, power_max=args.power_max,
+                         set_change_every=args.set_change_every, commit_every=args.commit_every,
+                         sign_quorum=args.sign_quorum, issuers=args.issuers,
+                         start_ms=args.start_ms, interval_ms=args.interval_ms)
+    try:
+        summary = generate(args.out, params, args.blocks, args.txs_per_block, force=args.force,
+                           progress=lambda line: print(line, file=sys.stderr, flush=True))
+    except (ValueError, FileExistsError) as exc:
+        print(f"make-chain: {exc}", file=sys.stderr)
+        return 2
+    summary.pop("keys", None)
+    summary.pop("validator_sets", None)
+    summary.pop("validator_sets_omitted", None)
+    print(json.dumps({"out": str(args.out), **summary}))
+    return 0
+
+
+# Defaults of make-chain, equal to hil.chain's (a test checks): importing hil.chain here would
+# load the crypto backend for every subcommand.
+_CHAIN_ALG_MODES = ("sm2", "ecdsa-p256", "mixed")
+_CHAIN_DEFAULT_ID = "hil-devnet"
+_CHAIN_DEFAULT_SEED = "0"
+_CHAIN_DEFAULT_START_MS = 1_700_000_000_000
+_CHAIN_DEFAULT_INTERVAL_MS = 1000
+
+
+def _add_make_chain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "make-chain", help="TEST FIXTURE: generate a seeded consortium chain for the "
+        "district-node double (private keys stored in the clear)",
+        description="TEST FIXTURE. Generate a chain of the ledger protocol v1 into DIR: "
+        "chain.db (SQLite: headers, commits, txs, validator sets, and the validators', "
+        "issuing offices' and district admin's PRIVATE KEYS in the clear), trust.cbor (the "
+        "trust anchor at height 0) and chain.json (a summary). Everything but signature "
+        "bytes is a function of the options and --seed. Progress on stderr; a JSON summary "
+        "on stdout. Never use the chain or its keys outside tests and benchmarks.")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
+    p.add_argument("--validators", required=True, type=_positive_int, metavar="N",
+                   help="validators per set (1..256)")
+    p.add_argument("--blocks", required=True, type=_positive_int, metavar="N",
+                   help="blocks to generate: heights 0 .. N-1")
+    p.add_argument("--txs-per-block", required=True, type=_non_negative_int, metavar="K",
+                   help="evidence.deposit transactions per block")
+    p.add_argument("--set-change-every", type=_non_negative_int, default=0, metavar="M",
+                   help="every M blocks the oldest validator leaves and a new one joins "
+                   "(0 = never; default)")
+    p.add_argument("--alg", choices=_CHAIN_ALG_MODES, default="sm2",
+                   help="validator and issuer key alg; mixed alternates sm2 and ecdsa-p256 "
+                   "(default sm2)")
+    p.add_argument("--seed", default=_CHAIN_DEFAULT_SEED, metavar="S",
+                   help=f"text seed of keys and contents (default {_CHAIN_DEFAULT_SEED!r})")
+    p.add_argument("--chain-id", default=_CHAIN_DEFAULT_ID, metavar="ID",
+                   help=f"chain_id (default {_CHAIN_DEFAULT_ID})")
+    p.add_argument("--start-ms", type=_non_negative_int, default=_CHAIN_DEFAULT_START_MS,
+                   metavar="T",
+                   help=f"timestamp of genesis, ms since 1970 (default {_CHAIN_DEFAULT_START_MS})")
+    p.add_argument("--interval-ms", type=_non_negative_int, default=_CHAIN_DEFAULT_INTERVAL_MS,
+                   metavar="I", help=f"ms between blocks (default {_CHAIN_DEFAULT_INTERVAL_MS})")
+    p.add_argument("--commit-every", type=_positive_int, default=1, metavar="C",
+                   help="commit only heights h %% C == 0, set-change heights and the last "
+                   "block (default 1: every block)")
+    p.add_argument("--sign-quorum", action="store_true",
+                   help="sign commits with just over 2/3 of the power instead of every "
+                   "validator")
+    p.add_argument("--power-max", type=_positive_int, default=1, metavar="P",
+                   help="1: every validator has power 1 (default); P > 1: seeded powers in "
+                   "[1, P]")
+    p.add_argument("--issuers", type=_positive_int, default=3, metavar="N",
+                   help="issuing-office keys that sign the deposits (default 3)")
+    p.add_argument("--force", action="store_true", help="replace an existing DIR/chain.db")
+    p.set_defaults(func=_cmd_make_chain)
+
+
+# Misbehaviours of district-node, equal to hil.district_node.MODES (a test checks): importing
+# hil.district_node here would load aiohttp and the crypto backend for every subcommand.
+_DISTRICT_MODES = ("forge-commit", "wrong-link", "set-hijack", "equivocate", "bad-proof",
+                   "garbage", "oversize", "slow", "withhold")
+
+
+def _misbehave_spec(text: str) -> str:
+    mode, sep, height = text.partition("@")
+    if mode not in _DISTRICT_MODES:
+        raise argparse.ArgumentTypeError(
+            f"{mode!r}: choose one of {', '.join(_DISTRICT_MODES)} (optionally @HEIGHT)")
+    if sep and not (height.isascii() and height.isdigit()):
+        raise argparse.ArgumentTypeError(f"height {height!r} is not a non-negative integer")
+    return text
+
+
+def _cmd_district_node(args: argparse.Namespace) -> int:
+    from hil.district_node import Misbehaviour, run_cli
+
+    return run_cli(args.chain, host=args.host, port=args.port, district=args.district,
+                   block_interval_ms=args.block_interval_ms, empty_blocks=args.empty_blocks,
+                   misbehave=Misbehaviour.parse(args.misbehave) if args.misbehave else None,
+                   peer_key_seed=args.peer_key_seed, advertise=args.advertise,
+                   exit_with_parent=args.exit_with_parent)
+
+
+def _add_district_node(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "district-node", help="TEST FIXTURE: serve a make-chain chain over the ledger "
+        "protocol's HTTP API (mDNS, block production, misbehaviours)",
+        description="TEST FIXTURE, not a ledger node: serve the chain in DIR (written by "
+        "make-chain; its private keys are used to sign blocks and misbehaviours) over the "
+        "district-node HTTP API of ledger protocol v1 section 7, bodies canonical CBOR. "
+        "Appends a block with the posted transactions every --block-interval-ms. Prints "
+        "'ready http://HOST:PORT' on stdout when serving, one line per request on stderr; "
+        "stops on SIGTERM/SIGINT (unregistering mDNS). See docs/hil.md.")
+    p.add_argument("--chain", required=True, metavar="DIR",
+                   help="chain directory from make-chain (opened for writing: blocks are "
+                   "appended to it)")
+    p.add_argument("--port", required=True, type=_non_negative_int, metavar="P",
+                   help="TCP port; 0 picks a free one (printed in the ready line)")
+    p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
+                   help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--advertise", action="store_true",
+                   help="announce _gov-ledger._tcp.local. by mDNS on 127.0.0.1 only, TXT "
+                   "chain, proto, district, peer")
+    p.add_argument("--district", default="hil-district", metavar="NAME",
+                   help="district name in /v1/info and mDNS (default hil-district)")
+    p.add_argument("--block-interval-ms", type=_non_negative_int, default=1000, metavar="T",
+                   help="append pending transactions as a block every T ms (default 1000; "
+                   "0 = never produce blocks)")
+    p.add_argument("--empty-blocks", action="store_true",
+                   help="also append an empty block every interval when nothing is pending")
+    p.add_argument("--misbehave", type=_misbehave_spec, default=None, metavar="MODE[@HEIGHT]",
+                   help=f"one of {', '.join(_DISTRICT_MODES)}; from HEIGHT on (default: "
+                   "from the start); see docs/hil.md for each mode's exact effect")
+    p.add_argument("--peer-key-seed", default=None, metavar="S",
+                   help="seed of this node's own key, whose SM3 is peer_id (default: "
+                   "CHAIN_ID/DISTRICT)")
+    p.add_argument("--exit-with-parent", action="store_true",
+                   help="stop when the parent process exits (used by hil.district_node."
+                   "DistrictNodeProcess)")
+    p.set_defaults(func=_cmd_district_node)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="appliance-hil",
@@ -84,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
         "terminal for tests and benchmarks (not terminal firmware).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_hsm_emulator(sub)
+    _add_make_chain(sub)
+    _add_district_node(sub)
     return parser
 
 
