@@ -1,0 +1,1195 @@
+"""The district-node double of the HIL rig: a TEST FIXTURE that serves a generated chain.
+
+It serves a chain directory written by ``appliance-hil make-chain`` (:mod:`hil.chain`) over
+the HTTP API of ledger protocol v1 §7 (canonical CBOR bodies, ``application/cbor``),
+appends blocks with the transactions posted to it, optionally announces itself by mDNS on
+loopback, and can misbehave in the ways a light client must survive. It is written from the
+protocol page alone and never imports ``appliance.node``: the light node and this double are
+two independent implementations, and their agreement is the interop test. It uses
+``appliance.wire`` (canonical CBOR), ``appliance.gm`` (signature checks) and ``hil.chain``.
+
+**It is not a ledger node**: no consensus, no persistence of the pending pool, the
+validators' private keys are read from ``chain.db`` in the clear, and it signs whatever the
+misbehaviour needs. Never expose it outside a test rig.
+
+Responses (§7; every body canonical CBOR; errors ``{"error": code, "message": text}``):
+
+- ``GET /v1/info`` -> ``{chain_id, protocol: 1, height, tip_id, genesis_id, peer_id,
+  district, software}``; ``peer_id`` = SM3 of this node's own SM2 public key (derived from
+  ``peer_key_seed``), ``software`` says TEST FIXTURE (and names an active misbehaviour).
+- ``GET /v1/headers?from=H&count=N`` (``from`` required, ``count`` 1..1000, default 1000;
+  decimal digits only, else 400 ``bad_request``; 404 ``not_found`` when H > tip) ->
+  ``{headers, commits, validator_sets}``. The range is H .. min(H+N-1, tip), then made to end
+  on a height that has a commit (commits may be sparse, ``--commit-every``):
+
+  * if the range holds a commit height, it is cut back to the last one;
+  * if it holds none, it is extended to the first commit height after it when that is at
+    most H+999 (so the response may hold MORE than N headers, never more than 1000);
+  * if there is none within H .. H+999 either (only a chain made with ``--commit-every`` >
+    1000 and no set change nearby), the range is served as requested, without a commit for
+    its last header: a client has to join it with the next response.
+
+  ``commits``: for every set-change header in the range (``next_validators_hash !=
+  validators_hash``) and for the last header, ascending, no duplicates. ``validator_sets``
+  ascending by height, each ``{"height": h, "validators": set}`` meaning "this set signs
+  height h" (as ``/v1/validators/h``): one entry at ``from`` (the set that signs the first
+  header), and one at ``c + 1`` for each set-change header c in the range (the new set; for
+  c = the last header this entry lies one past the range). Each entry's set signs every
+  height from its own up to the next entry's, so together they cover the signer of every
+  header in the range, in particular of each set-change header and of the last header.
+- ``GET /v1/commits/{h}`` -> commit; 404 ``not_found`` if h has none (sparse) or h > tip.
+- ``GET /v1/validators/{h}`` -> ``{height, validators}`` for 0 <= h <= tip + 1 (tip + 1:
+  the set named by the tip's ``next_validators_hash``); else 404.
+- ``GET /v1/tx/{tx_id hex}`` -> ``{tx, height, proof: {leaf_index, tree_size, path}}``;
+  404 ``not_found`` (also for a tx still pending); 400 for a malformed id.
+- ``GET /v1/lookup/{digest hex}`` -> ``{tx_ids}`` in chain order (empty list when none).
+- ``POST /v1/tx`` (signed_tx, <= 64 KiB, ``Content-Type: application/cbor``) -> 202
+  ``{tx_id}``; 413 ``too_large``, 415 ``unsupported_media_type``, 503 ``busy`` (pending pool
+  full), 400 with ``bad_tx`` (not canonical CBOR, a missing, extra or mistyped field, wrong
+  chain_id, public_key not hashing to sender, unknown type or malformed data),
+  ``bad_signature``, ``unknown_sender`` (see below) or ``duplicate`` (tx_id already in the
+  chain or pending). Checks in that order. Senders: ``evidence.deposit`` from an issuing
+  office of the chain (``keys("issuer")``); ``device.enroll`` from the district admin key
+  (``keys("admin")``), with ``data.terminal == SM3(data.public_key)``;
+  ``license.authorize`` from a terminal enrolled by a ``device.enroll`` in the chain or
+  already accepted into the pending pool, with ``data.terminal == sender`` (the attestation
+  is checked for shape only: the identity service's keys are not part of the fixture);
+  ``authorization.revoke`` from the admin or the terminal that sent the referenced
+  ``license.authorize`` (in the chain or pending; an unknown one is ``bad_tx``).
+- ``GET /v1/wait?height=H&timeout_ms=T`` (T 0..30000, default 30000) -> ``{height}`` (the
+  tip) as soon as the tip is >= H, or when T ms have passed.
+
+Block production: every ``block_interval_ms`` (default 1000; 0 disables production) the
+pending transactions (at most 1000, in arrival order) become block tip+1 through
+:meth:`hil.chain.Chain.append_block`, which signs its commit. With ``empty_blocks`` an empty
+block is appended when nothing is pending, so the chain keeps growing; without it (the
+default) the chain only grows when something was posted.
+
+Misbehaviours (``MODE[@HEIGHT]``; HEIGHT defaults to 1 for ``wrong-link``, ``set-hijack``
+and ``equivocate``, whose height 0 is the trust anchor, and to 0 for the others). Signature
+bytes aside (SM2 and ECDSA signing is randomised), each is deterministic:
+
+- ``forge-commit``: every commit served for a height >= HEIGHT keeps its height, block_id and
+  indices but each signature is ``d || SM3(d)`` with ``d = SM3(enc(["hil forge-commit",
+  height, index]))``.
+- ``wrong-link``: a forked chain from HEIGHT on. Header HEIGHT gets ``prev_hash =
+  SM3(b"hil wrong-link" || true prev_hash)``; each later header is re-linked to the forked
+  one before it; every commit for a height >= HEIGHT is re-signed by the real validators
+  over the forked block_id (and HEIGHT gets one even if the chain has none there). So the
+  one defect is the link at HEIGHT.
+- ``set-hijack``: a forked chain from HEIGHT on in which a set E of fresh keys takes over:
+  header HEIGHT keeps ``validators_hash`` but announces ``next_validators_hash = H(enc(E))``
+  (a set change), later headers carry E as both hashes, headers are re-linked, and every
+  commit for a height >= HEIGHT (HEIGHT always gets one) is signed by E only, so the change
+  is certified only by the new set. E has the chain's validator count and algs, power 1,
+  keys ``derive_key("hil district-node set-hijack/" + seed, "validator", i, alg)``.
+  ``/v1/validators/h`` and ``validator_sets`` give E for h > HEIGHT.
+- ``equivocate``: a forked chain from HEIGHT on: header HEIGHT has ``timestamp + 1``
+  (a conflicting block at that height, linked to the real HEIGHT-1), later headers are
+  re-linked (timestamps kept monotonic), and every commit for a height >= HEIGHT (HEIGHT
+  always gets one) is signed by the real validators of that height over the forked block_id.
+  Together with an honest node this gives two valid commits for different block_ids.
+- ``bad-proof``: ``/v1/tx`` for a tx at a height >= HEIGHT serves ``path[0]`` replaced by
+  ``SM3(b"hil bad-proof" || path[0])``, or, for a one-tx block (empty path), the path
+  ``[SM3(b"hil bad-proof" || tx_id)]`` (an extra element).
+- ``garbage``: the body becomes :data:`GARBAGE_BODY` (starts with 0xff: not CBOR), same
+  status and content type.
+- ``oversize``: status 200, ``application/cbor``, no Content-Length (chunked), a body of
+  :data:`OVERSIZE_BYTES` (a CBOR byte-string head announcing 9 MiB, then zeros), written in
+  64 KiB chunks; it stops when the client goes away.
+- ``slow``: the honest body, with an honest Content-Length, written :data:`SLOW_CHUNK` bytes
+  every :data:`SLOW_PERIOD_S` seconds (8 bytes/s).
+- ``withhold``: ``/v1/info`` and ``/v1/wait`` report the real tip, but nothing past HEIGHT
+  is served: ``/v1/headers`` ranges stop at HEIGHT (and ``from`` > HEIGHT gets 200 with
+  three empty lists), ``/v1/commits`` and ``/v1/validators`` of a height > HEIGHT and
+  ``/v1/tx`` of a tx above HEIGHT are 404, ``/v1/lookup`` leaves such txs out.
+
+``garbage``, ``oversize`` and ``slow`` affect every response (errors included) without
+``@HEIGHT``; with it, only responses whose data reaches HEIGHT: ``/v1/info`` (its tip),
+``/v1/headers`` (its last header), ``/v1/commits|validators/h`` (h), ``/v1/tx`` (the tx's
+height), ``/v1/lookup`` (the highest matching tx), ``/v1/wait`` (the height answered).
+
+Python API: :class:`DistrictNode` (in this event loop) and :class:`DistrictNodeProcess`
+(the CLI as a subprocess, for tests). The CLI is ``appliance-hil district-node``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pathlib
+import re
+import selectors
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from appliance import wire
+from appliance.gm import ecdsa, sm2, sm3
+from hil import chain as hc
+
+__all__ = [
+    "DEFAULT_DISTRICT", "DistrictNode", "DistrictNodeProcess", "GARBAGE_BODY", "MODES",
+    "Misbehaviour", "OVERSIZE_BYTES", "PROTOCOL", "SERVICE_TYPE", "SLOW_CHUNK", "SLOW_PERIOD_S",
+    "SOFTWARE", "hijack_keys",
+]
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+SERVICE_TYPE = "_gov-ledger._tcp.local."
+PROTOCOL = 1
+SOFTWARE = "appliance-hil district-node/1 (TEST FIXTURE, not a ledger node)"
+DEFAULT_DISTRICT = "hil-district"
+MAX_HEADERS = 1000  # §8 headers per response
+MAX_TX_BYTES = 64 * 1024  # §8 signed_tx
+MAX_TEXT_BYTES = 1024  # §8 text fields
+MAX_WAIT_MS = 30_000
+MAX_PENDING = 10_000
+MAX_TXS_PER_BLOCK = 1000
+MAX_LICENSES = 256
+CBOR = "application/cbor"
+
+MODES = ("forge-commit", "wrong-link", "set-hijack", "equivocate", "bad-proof", "garbage",
+         "oversize", "slow", "withhold")
+_FORK_MODES = ("wrong-link", "set-hijack", "equivocate")
+_TRANSPORT_MODES = ("garbage", "oversize", "slow")
+GARBAGE_BODY = b"\xff\xfe hil district-node misbehave=garbage: this body is not CBOR \x00\xff"
+OVERSIZE_BYTES = 9 * 1024 * 1024
+_OVERSIZE_HEAD = b"\x5a" + OVERSIZE_BYTES.to_bytes(4, "big")  # bytes(9 MiB) head
+_OVERSIZE_CHUNK = 64 * 1024
+SLOW_CHUNK = 4
+SLOW_PERIOD_S = 0.5
+_SHUTDOWN_TIMEOUT_S = 2.0
+
+_VERIFY = {"sm2": sm2.verify, "ecdsa-p256": ecdsa.verify}
+_UINT = re.compile(r"[0-9]{1,19}")
+_HEX32 = re.compile(r"[0-9a-fA-F]{64}")
+_MAX_UINT = 2**64 - 1
+_TX_KEYS = {"body", "alg", "public_key", "signature"}
+_BODY_REQUIRED = {"chain_id", "type", "timestamp", "sender", "data", "nonce"}
+_BODY_OPTIONAL = {"recipient", "memo"}
+_ENROLL_TAG = wire.encode("device.enroll")  # to find enrollments in chain.db quickly
+
+
+# -- misbehaviour spec ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Misbehaviour:
+    """``MODE[@HEIGHT]``; ``height`` None means "from the start" (see :attr:`start`)."""
+
+    mode: str
+    height: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Misbehaviour:
+        mode, sep, rest = text.strip().partition("@")
+        if mode not in MODES:
+            raise ValueError(f"misbehaviour {mode!r}: choose one of {', '.join(MODES)}")
+        if not sep:
+            return cls(mode)
+        if not _UINT.fullmatch(rest):
+            raise ValueError(f"misbehaviour height {rest!r} is not a non-negative integer")
+        return cls(mode, int(rest))
+
+    @property
+    def start(self) -> int:
+        """The first height affected."""
+        if self.height is not None:
+            return self.height
+        return 1 if self.mode in _FORK_MODES else 0
+
+    def __str__(self) -> str:
+        return self.mode if self.height is None else f"{self.mode}@{self.height}"
+
+
+# -- views of the chain: honest, forged commits, forks ----------------------------------------
+
+
+class _View:
+    """What the node serves, read from the chain (the honest view)."""
+
+    def __init__(self, chain: hc.Chain) -> None:
+        self.chain = chain
+
+    @property
+    def tip(self) -> int:
+        return self.chain.tip_height
+
+    def header(self, height: int) -> bytes:
+        return self.chain.header(height)
+
+    def headers(self, start: int, count: int) -> list[bytes]:
+        return self.chain.headers(start, count)
+
+    def block_id(self, height: int) -> bytes:
+        return self.chain.block_id(height)
+
+    def commit(self, height: int) -> bytes | None:
+        return self.chain.commit(height)
+
+    def commit_heights(self, start: int, end: int) -> list[int]:
+        return self.chain.commit_heights(start, end)
+
+    def validator_set(self, height: int) -> bytes:
+        """enc(set that signs ``height``), 0 <= height <= tip + 1; KeyError otherwise."""
+        return self.chain.validator_set_for(height)
+
+
+def _forged_signature(height: int, index: int) -> bytes:
+    d = sm3.digest(wire.encode(["hil forge-commit", height, index]))
+    return d + sm3.digest(d)
+
+
+class _ForgedCommits(_View):
+    def __init__(self, chain: hc.Chain, start: int) -> None:
+        super().__init__(chain)
+        self.start = start
+
+    def commit(self, height: int) -> bytes | None:
+        raw = super().commit(height)
+        if raw is None or height < self.start:
+            return raw
+        commit = wire.decode(raw)
+        commit["signatures"] = [{"index": s["index"],
+                                 "signature": _forged_signature(height, s["index"])}
+                                for s in commit["signatures"]]
+        return wire.encode(commit)
+
+
+def _vote(chain_id: str, height: int, block_id: bytes) -> bytes:
+    return wire.encode({"type": "commit", "chain_id": chain_id, "height": height,
+                        "block_id": block_id})
+
+
+def _set_cbor(keys: list[hc.Key]) -> bytes:
+    return wire.encode([{"alg": k.alg, "public_key": k.public_key, "power": k.power or 1}
+                        for k in keys])
+
+
+def hijack_keys(params: hc.ChainParams) -> list[hc.Key]:
+    """The fresh validator set E of ``set-hijack`` for a chain, in set order (by peer_id)."""
+    seed = "hil district-node set-hijack/" + params.seed
+    keys = []
+    for i in range(params.validators):
+        alg = hc.ALGS[i % 2] if params.alg == "mixed" else params.alg
+        keys.append(hc.derive_key(seed, hc.ROLE_VALIDATOR, i, alg, label=f"hijacker-{i}",
+                                  power=1))
+    return sorted(keys, key=lambda k: k.peer_id)
+
+
+class _Fork(_View):
+    """A forked chain from ``start`` on: headers transformed and re-linked, commits re-signed.
+
+    Forked headers are computed lazily in height order and cached (the real header of a
+    height never changes once written); commits are signed on first request and cached.
+    """
+
+    def __init__(self, chain: hc.Chain, mode: str, start: int) -> None:
+        super().__init__(chain)
+        self.mode = mode
+        self.start = start
+        self._headers: dict[int, bytes] = {}
+        self._ids: dict[int, bytes] = {}
+        self._timestamps: dict[int, int] = {}
+        self._commits: dict[int, bytes] = {}
+        self._keys: dict[bytes, hc.Key] = {}
+        self.hijack: list[hc.Key] = hijack_keys(chain.params) if mode == "set-hijack" else []
+        self.hijack_cbor = _set_cbor(self.hijack) if self.hijack else b""
+        self.hijack_hash = sm3.digest(self.hijack_cbor) if self.hijack else b""
+
+    def _extend(self, height: int) -> None:
+        if height < self.start or height in self._headers:
+            return
+        if height > self.chain.tip_height:
+            raise KeyError(height)
+        k = max(self._headers, default=self.start - 1) + 1
+        for h in range(k, height + 1):
+            d = wire.decode(self.chain.header(h))
+            if h > 0:
+                d["prev_hash"] = self.block_id(h - 1)
+            if h > self.start:
+                d["timestamp"] = max(d["timestamp"], self._timestamps[h - 1])
+            if h == self.start:
+                if self.mode == "wrong-link":
+                    d["prev_hash"] = sm3.digest(b"hil wrong-link" + d["prev_hash"])
+                elif self.mode == "equivocate":
+                    d["timestamp"] += 1
+                elif self.mode == "set-hijack":
+                    d["next_validators_hash"] = self.hijack_hash
+            elif self.mode == "set-hijack":
+                d["validators_hash"] = d["next_validators_hash"] = self.hijack_hash
+            raw = wire.encode(d)
+            self._headers[h] = raw
+            self._ids[h] = sm3.digest(raw)
+            self._timestamps[h] = d["timestamp"]
+
+    def header(self, height: int) -> bytes:
+        if height < self.start:
+            return self.chain.header(height)
+        self._extend(height)
+        return self._headers[height]
+
+    def headers(self, start: int, count: int) -> list[bytes]:
+        end = min(start + count - 1, self.chain.tip_height)
+        return [self.header(h) for h in range(max(start, 0), end + 1)]
+
+    def block_id(self, height: int) -> bytes:
+        if height < self.start:
+            return self.chain.block_id(height)
+        self._extend(height)
+        return self._ids[height]
+
+    def commit_heights(self, start: int, end: int) -> list[int]:
+        heights = set(self.chain.commit_heights(start, end))
+        if start <= self.start <= min(end, self.chain.tip_height):
+            heights.add(self.start)
+        return sorted(heights)
+
+    def _signers(self, height: int) -> list[hc.Key]:
+        if self.mode == "set-hijack":
+            return self.hijack
+        members = wire.decode(self.chain.validator_set_for(height))
+        if any(m["public_key"] not in self._keys for m in members):
+            self._keys = {k.public_key: k for k in self.chain.keys(hc.ROLE_VALIDATOR)}
+        return [self._keys[m["public_key"]] for m in members]
+
+    def commit(self, height: int) -> bytes | None:
+        if height < self.start:
+            return self.chain.commit(height)
+        if height > self.chain.tip_height:
+            return None
+        if height != self.start and self.chain.commit(height) is None:
+            return None
+        cached = self._commits.get(height)
+        if cached is None:
+            block_id = self.block_id(height)
+            vote = _vote(self.chain.chain_id, height, block_id)
+            sigs = [{"index": i, "signature": hc.sign(key, vote)}
+                    for i, key in enumerate(self._signers(height))]
+            cached = wire.encode({"height": height, "block_id": block_id, "signatures": sigs})
+            self._commits[height] = cached
+        return cached
+
+    def validator_set(self, height: int) -> bytes:
+        if self.mode == "set-hijack" and height > self.start:
+            if height > self.chain.tip_height + 1:
+                raise KeyError(height)
+            return self.hijack_cbor
+        return self.chain.validator_set_for(height)
+
+
+def _make_view(chain: hc.Chain, misbehave: Misbehaviour | None) -> _View:
+    if misbehave is None:
+        return _View(chain)
+    if misbehave.mode == "forge-commit":
+        return _ForgedCommits(chain, misbehave.start)
+    if misbehave.mode in _FORK_MODES:
+        return _Fork(chain, misbehave.mode, misbehave.start)
+    return _View(chain)
+
+
+# -- transaction checks -----------------------------------------------------------------------
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _bad_tx(message: str) -> _ApiError:
+    return _ApiError(400, "bad_tx", message)
+
+
+def _is_text(value: object, max_bytes: int = MAX_TEXT_BYTES) -> bool:
+    return isinstance(value, str) and len(value.encode("utf-8")) <= max_bytes
+
+
+def _is_bytes(value: object, size: int) -> bool:
+    return isinstance(value, bytes) and len(value) == size
+
+
+def _is_uint(value: object, high: int = _MAX_UINT) -> bool:
+    return type(value) is int and 0 <= value <= high
+
+
+def _check_fields(obj: object, what: str, spec: Mapping[str, Callable[[Any], bool]],
+                  optional: Mapping[str, Callable[[Any], bool]] | None = None) -> dict:
+    if not isinstance(obj, dict):
+        raise _bad_tx(f"{what} is not a map")
+    optional = optional or {}
+    missing = set(spec) - set(obj)
+    extra = set(obj) - set(spec) - set(optional)
+    if missing:
+        raise _bad_tx(f"{what} lacks {', '.join(sorted(missing))}")
+    if extra:
+        raise _bad_tx(f"{what} has unknown fields {', '.join(sorted(extra))}")
+    for key, check in (*spec.items(), *optional.items()):
+        if key in obj and not check(obj[key]):
+            raise _bad_tx(f"{what}.{key} is malformed")
+    return obj
+
+
+def _signed_shape(obj: object, what: str) -> dict:
+    return _check_fields(obj, what, {
+        "body": lambda v: isinstance(v, dict),
+        "alg": lambda v: v in _VERIFY,
+        "public_key": lambda v: _is_bytes(v, 65),
+        "signature": lambda v: _is_bytes(v, 64),
+    })
+
+
+_DATA_SPECS: dict[str, dict[str, Callable[[Any], bool]]] = {
+    "evidence.deposit": {
+        "digest": lambda v: _is_bytes(v, 32), "kind": _is_text, "issuer": _is_text},
+    "device.enroll": {
+        "terminal": lambda v: _is_bytes(v, 32), "alg": lambda v: v in _VERIFY,
+        "public_key": lambda v: _is_bytes(v, 65), "district": _is_text, "hall": _is_text,
+        "role": lambda v: v in ("kiosk", "pad")},
+    "license.authorize": {
+        "session": lambda v: _is_bytes(v, 16), "matter": _is_text, "agency": _is_text,
+        "licenses": lambda v: isinstance(v, list) and len(v) <= MAX_LICENSES
+        and all(_is_bytes(x, 32) for x in v),
+        "subject": lambda v: _is_bytes(v, 32), "attestation": lambda v: isinstance(v, dict),
+        "capture_digest": lambda v: _is_bytes(v, 32), "terminal": lambda v: _is_bytes(v, 32),
+        "not_after": _is_uint},
+    "authorization.revoke": {"authorization": lambda v: _is_bytes(v, 32)},
+}
+
+
+def _check_tx_shape(tx: object, chain_id: str) -> dict:
+    """The signed_tx, or _ApiError bad_tx (shape, chain_id, sender, data)."""
+    tx = _signed_shape(tx, "signed_tx")
+    body = _check_fields(tx["body"], "body", {
+        "chain_id": lambda v: _is_text(v, 64) and len(v) > 0,
+        "type": _is_text,
+        "timestamp": _is_uint,
+        "sender": lambda v: _is_bytes(v, 32),
+        "data": lambda v: isinstance(v, dict),
+        "nonce": lambda v: _is_bytes(v, 16),
+    }, {"recipient": _is_text, "memo": _is_text})
+    if body["chain_id"] != chain_id:
+        raise _bad_tx(f"chain_id {body['chain_id']!r} is not this chain's ({chain_id!r})")
+    if sm3.digest(tx["public_key"]) != body["sender"]:
+        raise _bad_tx("public_key does not hash to sender")
+    spec = _DATA_SPECS.get(body["type"])
+    if spec is None:
+        raise _bad_tx(f"unknown transaction type {body['type']!r}")
+    data = _check_fields(body["data"], "data", spec)
+    if body["type"] == "device.enroll" and sm3.digest(data["public_key"]) != data["terminal"]:
+        raise _bad_tx("data.terminal is not SM3(data.public_key)")
+    if body["type"] == "license.authorize":
+        if data["terminal"] != body["sender"]:
+            raise _bad_tx("data.terminal is not the sender")
+        _signed_shape(data["attestation"], "data.attestation")
+    return tx
+
+
+# -- the server -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Reply:
+    status: int
+    obj: Any
+    height: int | None = None  # the highest height the data reaches (for @HEIGHT)
+
+
+def _stderr_log(line: str) -> None:
+    print(f"district-node: {line}", file=sys.stderr, flush=True)
+
+
+def _uint_param(query: Any, name: str, default: int | None = None) -> int:
+    values = query.getall(name, [])
+    if not values:
+        if default is None:
+            raise _ApiError(400, "bad_request", f"missing query parameter {name!r}")
+        return default
+    if len(values) > 1:
+        raise _ApiError(400, "bad_request", f"query parameter {name!r} given twice")
+    if not _UINT.fullmatch(values[0]):
+        raise _ApiError(400, "bad_request", f"{name} must be a non-negative decimal integer")
+    return int(values[0])
+
+
+def _path_uint(text: str, name: str) -> int:
+    if not _UINT.fullmatch(text):
+        raise _ApiError(400, "bad_request", f"{name} must be a non-negative decimal integer")
+    return int(text)
+
+
+def _path_hex32(text: str, name: str) -> bytes:
+    if not _HEX32.fullmatch(text):
+        raise _ApiError(400, "bad_request", f"{name} must be 64 hex digits")
+    return bytes.fromhex(text)
+
+
+class DistrictNode:
+    """The district-node double in the running event loop::
+
+        node = DistrictNode(chain_dir, port=0, block_interval_ms=200)
+        url = await node.start()      # "http://127.0.0.1:PORT"
+        ...
+        await node.stop()
+
+    or ``async with DistrictNode(...) as node:``. ``misbehave`` is a
+    :class:`Misbehaviour` or its text (``"withhold@10"``). ``log`` gets one line per request
+    and per event (default: stderr). The chain directory is opened for writing (blocks are
+    appended to it): give each node its own copy.
+    """
+
+    def __init__(self, chain_dir: str | os.PathLike[str], *, host: str = "127.0.0.1",
+                 port: int = 0, district: str = DEFAULT_DISTRICT, block_interval_ms: int = 1000,
+                 empty_blocks: bool = False, misbehave: Misbehaviour | str | None = None,
+                 peer_key_seed: str | None = None, advertise: bool = False,
+                 log: Callable[[str], None] | None = None) -> None:
+        if not 1 <= len(district.encode("utf-8")) <= 64:
+            raise ValueError("district must be 1..64 UTF-8 bytes")
+        if block_interval_ms < 0:
+            raise ValueError("block_interval_ms must be >= 0")
+        self.chain_dir = pathlib.Path(chain_dir)
+        self.host = host
+        self.requested_port = port
+        self.district = district
+        self.block_interval_ms = block_interval_ms
+        self.empty_blocks = empty_blocks
+        self.misbehave = (Misbehaviour.parse(misbehave) if isinstance(misbehave, str)
+                          else misbehave)
+        self.advertise = advertise
+        self.log = log or _stderr_log
+        self.chain = hc.Chain.open(self.chain_dir)
+        self.chain_id = self.chain.chain_id
+        self.peer_key = hc.derive_key(peer_key_seed if peer_key_seed is not None
+                                      else f"{self.chain_id}/{district}",
+                                      "district-node", 0, "sm2", label="district-node")
+        self.peer_id = self.peer_key.peer_id
+        self.view = _make_view(self.chain, self.misbehave)
+        self.software = SOFTWARE if self.misbehave is None else \
+            f"{SOFTWARE} misbehave={self.misbehave}"
+        self.port = 0
+        self.url = ""
+        self.blocks_produced = 0
+        self._admins = {k.peer_id for k in self.chain.keys(hc.ROLE_ADMIN)}
+        self._issuers = {k.peer_id for k in self.chain.keys(hc.ROLE_ISSUER)}
+        self._enrolled = self._enrolled_in_chain()
+        self._pending: dict[bytes, tuple[bytes, dict]] = {}  # tx_id -> (CBOR, signed_tx)
+        self._inflight: dict[bytes, tuple[bytes, dict]] = {}
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopping: asyncio.Event | None = None
+        self._tip_changed: asyncio.Event | None = None
+        self._produce_lock: asyncio.Lock | None = None
+        self._zeroconf: Any = None
+        self._service: Any = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        """Serve; return the URL. With ``advertise``, registers the mDNS service first."""
+        self._stopping = asyncio.Event()
+        self._tip_changed = asyncio.Event()
+        self._produce_lock = asyncio.Lock()
+        app = web.Application(middlewares=[self._middleware])
+        routes = [
+            ("GET", "/v1/info", self._info),
+            ("GET", "/v1/headers", self._headers),
+            ("GET", "/v1/commits/{height}", self._commit),
+            ("GET", "/v1/validators/{height}", self._validators),
+            ("GET", "/v1/tx/{tx_id}", self._tx),
+            ("GET", "/v1/lookup/{digest}", self._lookup),
+            ("POST", "/v1/tx", self._post_tx),
+            ("GET", "/v1/wait", self._wait),
+        ]
+        for method, path, fn in routes:
+            app.router.add_route(method, path, self._wrap(fn))
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.requested_port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"http://{host}:{self.port}"
+        if self.block_interval_ms:
+            self._tasks.append(asyncio.create_task(self._produce_loop()))
+        if self.advertise:
+            await self._register_mdns()
+        self.log(f"serving {self.chain_dir} (chain {self.chain_id!r}, tip "
+                 f"{self.chain.tip_height}) at {self.url}; peer_id {self.peer_id.hex()}; "
+                 f"misbehave {self.misbehave or 'none'}; block interval "
+                 f"{self.block_interval_ms} ms; TEST FIXTURE")
+        return self.url
+
+    async def stop(self) -> None:
+        """Unregister mDNS, stop producing, end waits and trickles, close the server."""
+        if self._stopping is not None:
+            self._stopping.set()
+        await self._unregister_mdns()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        self.chain.close()
+        self.log("stopped")
+
+    async def __aenter__(self) -> DistrictNode:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def pending(self) -> list[bytes]:
+        """tx_ids accepted and not yet in a block, in arrival order."""
+        return [*self._inflight, *self._pending]
+
+    # -- mDNS --------------------------------------------------------------------------------
+
+    async def _register_mdns(self) -> None:
+        from zeroconf import IPVersion
+        from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+
+        peer_hex = self.peer_id.hex()
+        instance = f"hil {self.district} {peer_hex[:8]}".encode()[:63].decode(
+            "utf-8", errors="ignore")
+        self._service = AsyncServiceInfo(
+            SERVICE_TYPE, f"{instance}.{SERVICE_TYPE}",
+            addresses=[socket.inet_aton("127.0.0.1")], port=self.port,
+            properties={"chain": self.chain_id, "proto": str(PROTOCOL),
+                        "district": self.district, "peer": peer_hex},
+            server=f"hil-district-{peer_hex[:12]}.local.")
+        self._zeroconf = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+        # Each call returns the broadcast as a second awaitable: wait for it too, so that
+        # "ready" means announced and a goodbye is sent before the sockets close.
+        await (await self._zeroconf.async_register_service(self._service,
+                                                           allow_name_change=True))
+        self.log(f"advertising {self._service.name} on 127.0.0.1 (chain={self.chain_id}, "
+                 f"proto={PROTOCOL}, district={self.district}, peer={peer_hex})")
+
+    async def _unregister_mdns(self) -> None:
+        zc, self._zeroconf = self._zeroconf, None
+        if zc is None:
+            return
+        try:
+            if self._service is not None:
+                await (await zc.async_unregister_service(self._service))
+                self.log(f"unregistered {self._service.name}")
+        finally:
+            await zc.async_close()
+
+    # -- block production --------------------------------------------------------------------
+
+    async def _produce_loop(self) -> None:
+        assert self._stopping is not None
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.block_interval_ms / 1000)
+            if self._stopping.is_set():
+                return
+            if self._pending or self.empty_blocks:
+                try:
+                    await self.produce_block()
+                except Exception as exc:  # keep serving; the log says why
+                    self.log(f"block production failed: {exc!r}")
+
+    async def produce_block(self) -> hc.AppendedBlock | None:
+        """Append a block with (up to 1000 of) the pending txs now; None if nothing pending
+        and not ``empty_blocks``. Used by the production loop; tests may call it directly."""
+        assert self._produce_lock is not None and self._tip_changed is not None
+        async with self._produce_lock:
+            if not self._pending and not self.empty_blocks:
+                return None
+            ids = list(self._pending)[:MAX_TXS_PER_BLOCK]
+            self._inflight = {i: self._pending.pop(i) for i in ids}
+            try:
+                block = await asyncio.to_thread(
+                    self.chain.append_block, [self._inflight[i][0] for i in ids])
+            except ValueError as exc:  # not expected: every tx was checked; drop the batch
+                self.log(f"append_block refused {len(ids)} txs, dropped: {exc}")
+                return None
+            finally:
+                self._inflight = {}
+            self.blocks_produced += 1
+            self.log(f"block {block.height} {block.block_id.hex()[:16]} with "
+                     f"{len(block.tx_ids)} txs")
+            event, self._tip_changed = self._tip_changed, asyncio.Event()
+            event.set()
+            return block
+
+    # -- enrollment state --------------------------------------------------------------------
+
+    def _enrolled_in_chain(self) -> set[bytes]:
+        """Terminals enrolled by device.enroll txs from an admin already in the chain."""
+        db = self.chain_dir / "chain.db"
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            rows = con.execute("SELECT cbor FROM txs WHERE instr(cbor, ?) > 0",
+                               (_ENROLL_TAG,)).fetchall()
+        finally:
+            con.close()
+        enrolled = set()
+        for (cbor,) in rows:
+            with contextlib.suppress(wire.WireError, KeyError, TypeError):
+                body = wire.decode(cbor)["body"]
+                if body["type"] == "device.enroll" and body["sender"] in self._admins:
+                    enrolled.add(body["data"]["terminal"])
+        return enrolled
+
+    def _authorization_sender(self, tx_id: bytes) -> bytes | None:
+        """The sender of license.authorize ``tx_id`` (chain or pending), else None."""
+        entry = self._pending.get(tx_id) or self._inflight.get(tx_id)
+        if entry is not None:
+            body = entry[1]["body"]
+        else:
+            try:
+                body = wire.decode(self.chain.tx(tx_id)[0])["body"]
+            except KeyError:
+                return None
+        return body["sender"] if body.get("type") == "license.authorize" else None
+
+    def _in_chain(self, tx_id: bytes) -> bool:
+        try:
+            self.chain.tx(tx_id)
+        except KeyError:
+            return False
+        return True
+
+    # -- HTTP plumbing -----------------------------------------------------------------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Callable[..., Any]
+                          ) -> web.StreamResponse:
+        started = time.monotonic()
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:  # routing: unknown path or method
+            code = {404: "not_found", 405: "method_not_allowed"}.get(
+                exc.status, "bad_request" if exc.status < 500 else "internal")
+            response = await self._respond(request, _Reply(
+                exc.status, {"error": code, "message": exc.reason}))
+        except Exception as exc:
+            self.log("internal error: " + "".join(traceback.format_exception(exc)).strip())
+            response = await self._respond(request, _Reply(
+                500, {"error": "internal", "message": type(exc).__name__}))
+        ms = (time.monotonic() - started) * 1000
+        size = response.body_length if response.prepared else response.content_length
+        self.log(f"{request.remote} {request.method} {request.path_qs} {response.status} "
+                 f"{size or 0}B {ms:.0f}ms")
+        return response
+
+    def _wrap(self, fn: Callable[[web.Request], Any]) -> Callable[..., Any]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            try:
+                reply = await fn(request)
+            except _ApiError as exc:
+                reply = _Reply(exc.status, {"error": exc.code, "message": exc.message})
+            return await self._respond(request, reply)
+        return handler
+
+    def _affected(self, reply: _Reply) -> str | None:
+        m = self.misbehave
+        if m is None or m.mode not in _TRANSPORT_MODES:
+            return None
+        if m.height is None or (reply.height is not None and reply.height >= m.height):
+            return m.mode
+        return None
+
+    async def _respond(self, request: web.Request, reply: _Reply) -> web.StreamResponse:
+        body = wire.encode(reply.obj)
+        mode = self._affected(reply)
+        if mode is None:
+            return web.Response(status=reply.status, body=body, content_type=CBOR)
+        if mode == "garbage":
+            return web.Response(status=reply.status, body=GARBAGE_BODY, content_type=CBOR)
+        response = web.StreamResponse(status=200 if mode == "oversize" else reply.status)
+        response.content_type = CBOR
+        if mode == "oversize":
+            response.enable_chunked_encoding()
+            chunks = self._oversize_chunks()
+        else:
+            response.content_length = len(body)
+            chunks = self._slow_chunks(body)
+        await response.prepare(request)
+        sent = 0
+        try:
+            async for chunk in chunks:
+                await response.write(chunk)
+                sent += len(chunk)
+            await response.write_eof()
+        except ConnectionError as exc:
+            # The client went away (or we are stopping): drop the connection, half-sent.
+            self.log(f"{mode} response to {request.method} {request.path_qs} cut after "
+                     f"{sent} bytes: {exc or type(exc).__name__}")
+            if request.transport is not None:
+                request.transport.close()
+        return response
+
+    async def _oversize_chunks(self) -> AsyncIterator[bytes]:
+        yield _OVERSIZE_HEAD
+        left = OVERSIZE_BYTES
+        zeros = bytes(_OVERSIZE_CHUNK)
+        while left > 0:
+            if self._stopping is not None and self._stopping.is_set():
+                raise ConnectionResetError("stopping")
+            n = min(left, _OVERSIZE_CHUNK)
+            yield zeros[:n]
+            left -= n
+
+    async def _slow_chunks(self, body: bytes) -> AsyncIterator[bytes]:
+        assert self._stopping is not None
+        for i in range(0, len(body), SLOW_CHUNK):
+            if i:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), SLOW_PERIOD_S)
+                if self._stopping.is_set():
+                    raise ConnectionResetError("stopping")
+            yield body[i:i + SLOW_CHUNK]
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    @property
+    def _limit(self) -> int | None:
+        """The highest height served under withhold, else None."""
+        m = self.misbehave
+        return m.start if m is not None and m.mode == "withhold" else None
+
+    def _withheld(self, height: int) -> bool:
+        limit = self._limit
+        return limit is not None and height > limit
+
+    async def _info(self, request: web.Request) -> _Reply:
+        tip = self.view.tip
+        return _Reply(200, {
+            "chain_id": self.chain_id, "protocol": PROTOCOL, "height": tip,
+            "tip_id": self.view.block_id(tip), "genesis_id": self.view.block_id(0),
+            "peer_id": self.peer_id, "district": self.district, "software": self.software,
+        }, tip)
+
+    async def _headers(self, request: web.Request) -> _Reply:
+        first = _uint_param(request.query, "from")
+        count = _uint_param(request.query, "count", MAX_HEADERS)
+        if not 1 <= count <= MAX_HEADERS:
+            raise _ApiError(400, "bad_request", f"count must be 1..{MAX_HEADERS}")
+        view = self.view
+        tip = view.tip
+        if first > tip:
+            raise _ApiError(404, "not_found", f"from {first} is past the tip {tip}")
+        limit = tip if self._limit is None else min(tip, self._limit)
+        if first > limit:
+            return _Reply(200, {"headers": [], "commits": [], "validator_sets": []}, None)
+        last = min(first + count - 1, limit)
+        in_range = view.commit_heights(first, last)
+        if in_range:
+            last = in_range[-1]
+        else:
+            after = view.commit_heights(last + 1, min(first + MAX_HEADERS - 1, limit))
+            if after:
+                last = after[0]
+        raw = view.headers(first, last - first + 1)
+        headers = [wire.decode(h) for h in raw]
+        changes = [h["height"] for h in headers
+                   if h["next_validators_hash"] != h["validators_hash"]]
+        with_commit = set(view.commit_heights(first, last))
+        commits = [wire.decode(view.commit(h)) for h in sorted({*changes, last})
+                   if h in with_commit]
+        sets = [{"height": h, "validators": wire.decode(view.validator_set(h))}
+                for h in [first, *(c + 1 for c in changes)]]
+        return _Reply(200, {"headers": headers, "commits": commits, "validator_sets": sets},
+                      last)
+
+    async def _commit(self, request: web.Request) -> _Reply:
+        height = _path_uint(request.match_info["height"], "height")
+        raw = None
+        if height <= self.view.tip and not self._withheld(height):
+            raw = self.view.commit(height)
+        if raw is None:
+            raise _ApiError(404, "not_found", f"no commit for height {height}")
+        return _Reply(200, wire.decode(raw), height)
+
+    async def _validators(self, request: web.Request) -> _Reply:
+        height = _path_uint(request.match_info["height"], "height")
+        if height > self.view.tip + 1 or self._withheld(height):
+            raise _ApiError(404, "not_found", f"no validator set for height {height}")
+        return _Reply(200, {"height": height,
+                            "validators": wire.decode(self.view.validator_set(height))}, height)
+
+    async def _tx(self, request: web.Request) -> _Reply:
+        tx_id = _path_hex32(request.match_info["tx_id"], "tx_id")
+        try:
+            raw, height, _ = self.chain.tx(tx_id)
+        except KeyError:
+            raise _ApiError(404, "not_found", "no such transaction in the chain") from None
+        if self._withheld(height):
+            raise _ApiError(404, "not_found", "no such transaction in the chain")
+        proof = self.chain.inclusion_proof(tx_id)
+        m = self.misbehave
+        if m is not None and m.mode == "bad-proof" and height >= m.start:
+            path = list(proof["path"])
+            if path:
+                path[0] = sm3.digest(b"hil bad-proof" + path[0])
+            else:
+                path = [sm3.digest(b"hil bad-proof" + tx_id)]
+            proof["path"] = path
+        return _Reply(200, {"tx": wire.decode(raw), "height": height, "proof": proof}, height)
+
+    async def _lookup(self, request: web.Request) -> _Reply:
+        digest = _path_hex32(request.match_info["digest"], "digest")
+        found = [(tx_id, self.chain.tx(tx_id)[1]) for tx_id in self.chain.lookup(digest)]
+        found = [(i, h) for i, h in found if not self._withheld(h)]
+        return _Reply(200, {"tx_ids": [i for i, _ in found]},
+                      max((h for _, h in found), default=None))
+
+    async def _wait(self, request: web.Request) -> _Reply:
+        height = _uint_param(request.query, "height")
+        timeout_ms = _uint_param(request.query, "timeout_ms", MAX_WAIT_MS)
+        if timeout_ms > MAX_WAIT_MS:
+            raise _ApiError(400, "bad_request", f"timeout_ms must be 0..{MAX_WAIT_MS}")
+        assert self._stopping is not None
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            tip = self.view.tip
+            left = deadline - time.monotonic()
+            if tip >= height or left <= 0 or self._stopping.is_set():
+                return _Reply(200, {"height": tip}, tip)
+            assert self._tip_changed is not None
+            changed = asyncio.ensure_future(self._tip_changed.wait())
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            try:
+                # Woken by our own blocks at once; 0.5 s polls catch another appender.
+                await asyncio.wait({changed, stopping}, timeout=min(left, 0.5),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
+                stopping.cancel()
+
+    async def _post_tx(self, request: web.Request) -> _Reply:
+        if request.content_type != CBOR:
+            raise _ApiError(415, "unsupported_media_type", f"Content-Type must be {CBOR}")
+        if request.content_length is not None and request.content_length > MAX_TX_BYTES:
+            raise _ApiError(413, "too_large", f"a signed_tx is at most {MAX_TX_BYTES} bytes")
+        data = bytearray()
+        while True:
+            chunk = await request.content.read(65536)
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > MAX_TX_BYTES:
+                raise _ApiError(413, "too_large", f"a signed_tx is at most {MAX_TX_BYTES} bytes")
+        try:
+            tx = wire.decode(bytes(data), MAX_TX_BYTES)
+        except wire.WireError as exc:
+            raise _bad_tx(f"not canonical CBOR: {exc}") from None
+        tx = _check_tx_shape(tx, self.chain_id)
+        body = tx["body"]
+        body_cbor = wire.encode(body)
+        if not _VERIFY[tx["alg"]](tx["public_key"], body_cbor, tx["signature"]):
+            raise _ApiError(400, "bad_signature", "the signature does not verify")
+        sender, kind, fields = body["sender"], body["type"], body["data"]
+        if kind == "evidence.deposit" and sender not in self._issuers:
+            raise _ApiError(400, "unknown_sender", "evidence.deposit from a key that is not "
+                            "an issuing office of this chain")
+        if kind == "device.enroll" and sender not in self._admins:
+            raise _ApiError(400, "unknown_sender", "device.enroll not signed by the district "
+                            "admin")
+        if kind == "license.authorize" and sender not in self._enrolled:
+            raise _ApiError(400, "unknown_sender", "license.authorize from a terminal that is "
+                            "not enrolled")
+        if kind == "authorization.revoke":
+            author = self._authorization_sender(fields["authorization"])
+            if author is None:
+                raise _bad_tx("data.authorization is not a known license.authorize")
+            if sender != author and sender not in self._admins:
+                raise _ApiError(400, "unknown_sender", "authorization.revoke from neither "
+                                "the authorizing terminal nor the admin")
+        tx_id = sm3.digest(body_cbor)
+        if tx_id in self._pending or tx_id in self._inflight or self._in_chain(tx_id):
+            raise _ApiError(400, "duplicate", "transaction already in the chain or pending")
+        if len(self._pending) >= MAX_PENDING:
+            raise _ApiError(503, "busy", "the pending pool is full")
+        self._pending[tx_id] = (bytes(data), tx)
+        if kind == "device.enroll":
+            self._enrolled.add(fields["terminal"])
+        self.log(f"accepted {kind} {tx_id.hex()[:16]} ({len(self._pending)} pending)")
+        return _Reply(202, {"tx_id": tx_id}, None)
+
+
+# -- the CLI ----------------------------------------------------------------------------------
+
+
+def run_cli(chain_dir: str, *, host: str, port: int, district: str, block_interval_ms: int,
+            empty_blocks: bool, misbehave: Misbehaviour | None, peer_key_seed: str | None,
+            advertise: bool, exit_with_parent: bool = False) -> int:
+    """``appliance-hil district-node``: serve until SIGTERM/SIGINT; exit status."""
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        signals: list[int] = []
+
+        def on_signal(signum: int) -> None:
+            signals.append(signum)
+            stop.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            node = DistrictNode(chain_dir, host=host, port=port, district=district,
+                                block_interval_ms=block_interval_ms, empty_blocks=empty_blocks,
+                                misbehave=misbehave, peer_key_seed=peer_key_seed,
+                                advertise=advertise)
+        except (OSError, ValueError, sqlite3.Error) as exc:
+            _stderr_log(f"cannot start on {chain_dir}: {exc}")
+            return 2
+        try:
+            url = await node.start()
+        except Exception as exc:  # a busy port, mDNS sockets refused, ...
+            _stderr_log(f"cannot serve on {host}:{port}: {exc!r}")
+            await node.stop()
+            return 1
+        print(f"ready {url}", flush=True)
+        parent = os.getppid()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+            if exit_with_parent and os.getppid() != parent:
+                _stderr_log("parent exited")
+                break
+        if signals:
+            _stderr_log(f"{signal.Signals(signals[0]).name}: stopping")
+        await node.stop()
+        return 0
+
+    return asyncio.run(main())
+
+
+class DistrictNodeProcess:
+    """``appliance-hil district-node`` as a subprocess, for tests::
+
+        with DistrictNodeProcess(chain_dir, misbehave="withhold@10") as node:
+            urllib.request.urlopen(node.url + "/v1/info")
+
+    Starts ``python -m hil.cli district-node --port 0 ...``, waits for its ``ready URL`` line
+    (RuntimeError with the node's log if it exits or times out first), and on exit sends
+    SIGTERM and waits. Its stderr (one line per request) goes to ``log_path`` (a temporary
+    file unless given, removed on exit unless the start failed); :meth:`log_text` reads it.
+    """
+
+    def __init__(self, chain_dir: str | os.PathLike[str], *, host: str = "127.0.0.1",
+                 port: int = 0, district: str | None = None,
+                 block_interval_ms: int | None = None, empty_blocks: bool = False,
+                 misbehave: Misbehaviour | str | None = None, peer_key_seed: str | None = None,
+                 advertise: bool = False, ready_timeout: float = 30.0,
+                 log_path: str | os.PathLike[str] | None = None) -> None:
+        self.argv = [sys.executable, "-m", "hil.cli", "district-node", "--chain",
+                     str(chain_dir), "--host", host, "--port", str(port), "--exit-with-parent"]
+        for flag, value in (("--district", district), ("--block-interval-ms", block_interval_ms),
+                            ("--misbehave", misbehave), ("--peer-key-seed", peer_key_seed)):
+            if value is not None:
+                self.argv += [flag, str(value)]
+        if empty_blocks:
+            self.argv.append("--empty-blocks")
+        if advertise:
+            self.argv.append("--advertise")
+        self.ready_timeout = ready_timeout
+        self._own_log = log_path is None
+        if log_path is None:
+            fd, name = tempfile.mkstemp(prefix="district-node-", suffix=".log")
+            os.close(fd)
+            log_path = name
+        self.log_path = pathlib.Path(log_path)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self) -> DistrictNodeProcess:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")] if p)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=log, env=env)
+        assert self.proc.stdout is not None
+        line = _read_line(self.proc.stdout.fileno(), self.ready_timeout,
+                          lambda: self.proc is not None and self.proc.poll() is not None)
+        if line is None or not line.startswith(b"ready "):
+            with contextlib.suppress(subprocess.TimeoutExpired):  # stdout closed: exiting
+                self.proc.wait(timeout=5)
+            status = self.proc.poll()
+            what = (f"exited with status {status}" if status is not None
+                    else f"not ready after {self.ready_timeout:.0f} s")
+            self.stop()
+            self._own_log = False  # keep the log of a failed start
+            raise RuntimeError(f"district-node {what}; its log:\n{self.log_text()}")
+        self.url = line.decode().split(None, 1)[1].strip()
+        return self
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, wait (SIGKILL after ``timeout``); the exit status."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        return proc.returncode
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def __enter__(self) -> DistrictNodeProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        if self._own_log:
+            with contextlib.suppress(OSError):
+                self.log_path.unlink()
+
+
+def _read_line(fd: int, timeout: float, dead: Callable[[], bool]) -> bytes | None:
+    """One line from ``fd`` within ``timeout`` seconds; None on timeout or end of file."""
+    deadline = time.monotonic() + timeout
+    buf = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if sel.select(min(left, 0.2)):
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    return None
+                buf += chunk
+            elif dead():
+                return None
+    return buf.split(b"\n", 1)[0]
