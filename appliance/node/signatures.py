@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from appliance.gm import ecdsa, sm2
 
-__all__ = ["ALGORITHMS", "DEFAULT_ALG", "generate_keypair", "sign", "verify"]
+__all__ = ["ALGORITHMS", "DEFAULT_ALG", "generate_keypair", "public_key_of", "sign", "verify"]
 
 DEFAULT_ALG = "sm2"
 ALGORITHMS = ("sm2", "ecdsa-p256")
@@ -48,4 +48,13 @@ def generate_keypair(alg: str = DEFAULT_ALG) -> tuple[bytes, bytes]:
         return sm2.generate_keypair()
     if alg == "ecdsa-p256":
         return ecdsa.generate_keypair()
+    raise ValueError(f"unknown signature algorithm {alg!r}")
+
+
+def public_key_of(alg: str, private_key: bytes) -> bytes:
+    """The 65-byte public key of ``private_key`` for ``alg``."""
+    if alg == "sm2":
+        return sm2.public_key_of(private_key)
+    if alg == "ecdsa-p256":
+        return ecdsa.public_key_of(private_key)
     raise ValueError(f"unknown signature algorithm {alg!r}")
