@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .hsm import cli as hsm_cli
 
     hsm_cli.add_parser(sub)
+    from .node import cli as node_cli
+
+    node_cli.add_parser(sub)
     return parser
 
 

@@ -22,12 +22,9 @@ Responses (§7; every body canonical CBOR; errors ``{"error": code, "message": t
   ``{headers, commits, validator_sets}``. The range is H .. min(H+N-1, tip), then made to end
   on a height that has a commit (commits may be sparse, ``--commit-every``):
 
-  * if the range holds a commit height, it is cut back to the last one;
-  * if it holds none, it is extended to the first commit height after it when that is at
-    most H+999 (so the response may hold MORE than N headers, never more than 1000);
-  * if there is none within H .. H+999 either (only a chain made with ``--commit-every`` >
-    1000 and no set change nearby), the range is served as requested, without a commit for
-    its last header: a client has to join it with the next response.
+  * if the range holds a commit height, it is cut back to the last one (fewer headers);
+  * if it holds none, it is served as requested, without a commit for its last header: a
+    client has to join it with the next response. It is never extended past ``count``.
 
   ``commits``: for every set-change header in the range (``next_validators_hash !=
   validators_hash``) and for the last header, ascending, no duplicates. ``validator_sets``
@@ -352,7 +349,7 @@ class _Fork(_View):
 
     def commit_heights(self, start: int, end: int) -> list[int]:
         heights = set(self.chain.commit_heights(start, end))
-        if start <= self.start <= min(end, self.chain.tip_height):
+        if self.mode != "wrong-link" and start <= self.start <= min(end, self.chain.tip_height):
             heights.add(self.start)
         return sorted(heights)
 
@@ -365,7 +362,9 @@ class _Fork(_View):
         return [self._keys[m["public_key"]] for m in members]
 
     def commit(self, height: int) -> bytes | None:
-        if height < self.start:
+        # wrong-link: the validators never signed the fork, so the commits served are the real
+        # chain's, which certify other block_ids (re-signing would make it an equivocation).
+        if height < self.start or self.mode == "wrong-link":
             return self.chain.commit(height)
         if height > self.chain.tip_height:
             return None
@@ -896,12 +895,8 @@ class DistrictNode:
             return _Reply(200, {"headers": [], "commits": [], "validator_sets": []}, None)
         last = min(first + count - 1, limit)
         in_range = view.commit_heights(first, last)
-        if in_range:
+        if in_range:  # never more than asked (§7: "may return fewer")
             last = in_range[-1]
-        else:
-            after = view.commit_heights(last + 1, min(first + MAX_HEADERS - 1, limit))
-            if after:
-                last = after[0]
         raw = view.headers(first, last - first + 1)
         headers = [wire.decode(h) for h in raw]
         changes = [h["height"] for h in headers

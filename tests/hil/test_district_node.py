@@ -347,9 +347,9 @@ def test_headers_ranges_sets_and_skipping_sync(chain_dir: Path) -> None:
                 cases = {
                     (0, 1000): (range(0, 26), [9, 19, 25], [0, 10, 20]),
                     (5, 20): (range(5, 25), [9, 19, 24], [5, 10, 20]),
-                    (1, 3): (range(1, 5), [4], [1]),  # no commit in 1..3: up to 4
+                    (1, 3): (range(1, 4), [], [1]),  # no commit in 1..3: never extended
                     (1, 6): (range(1, 5), [4], [1]),  # cut back to the commit at 4
-                    (13, 2): (range(13, 17), [16], [13]),
+                    (13, 2): (range(13, 15), [], [13]),
                     (19, 1): (range(19, 20), [19], [19, 20]),  # change: the next set too
                     (21, 1000): (range(21, 26), [25], [21]),
                     (25, 1): (range(25, 26), [25], [25]),
@@ -680,9 +680,13 @@ def test_wrong_link(chain_dir: Path, base_chain: Path) -> None:
                 for h in (6, 7, 8):
                     assert hs[h]["prev_hash"] == block_id(hs[h - 1])
                 vset = (await c.ok("/v1/validators/5"))["validators"]
-                for h in (5, 8):  # 5 has no commit in the chain; the fork gives one
-                    assert commit_valid(await c.ok(f"/v1/commits/{h}"), h, block_id(hs[h]),
-                                        vset)
+                # The validators never signed the fork: the commit at 8 is the real chain's,
+                # valid for the real block only; 5 has none.
+                commit = await c.ok("/v1/commits/8")
+                assert commit_valid(commit, 8, block_id(real[8]), vset)
+                assert commit["block_id"] != block_id(hs[8])
+                async with s.get(node.url + "/v1/commits/5") as r404:
+                    assert r404.status == 404
                 genesis, sets = await trusted_genesis(c, chain_dir)
                 with pytest.raises(Rejected) as exc:
                     verify_segment(genesis, sets, resp)

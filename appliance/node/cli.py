@@ -1,0 +1,291 @@
+"""``appliance node ...``: the light node's header sync and its state, from the command line.
+
+Every call prints one JSON object on stdout; logs (one event a line) go to stderr.
+
+``appliance node sync --trust FILE [--peer URL ...] [--discover] [--state DIR] [--strict]
+[--until-height H]`` verifies headers from the anchor (or the stored tip) on and stores them.
+Exit status: 0 when the verified tip reaches H (or, without ``--until-height``, the best tip
+the usable peers claim); 1 when no valid chain could be had (nothing stored for ``--timeout``
+seconds: no peers, every peer banned, or the peers do not reach H); 2 bad usage or trust file;
+3 the header store cannot be used (corrupt, or holding another anchor's chain); 4 an internal
+error (a bug: the message says what; ``--log-level debug`` logs the traceback).
+
+``appliance node status [--state DIR]`` reads the store: height, tip id, alarms, evidence, and
+the peer table the last sync wrote.
+
+The node's state is ``DIR/node/headers.sqlite`` (and ``DIR/node/peers.json``), with DIR from
+``--state``, else ``$APPLIANCE_STATE``, else ``/var/lib/appliance``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_NO_CHAIN, EXIT_USAGE, EXIT_STORE, EXIT_INTERNAL = 0, 1, 2, 3, 4
+DEFAULT_STATE = "/var/lib/appliance"
+STORE_NAME = "headers.sqlite"
+PEERS_NAME = "peers.json"
+
+
+def state_dir(arg: str | None) -> Path:
+    return Path(arg or os.environ.get("APPLIANCE_STATE") or DEFAULT_STATE)
+
+
+def node_dir(arg: str | None) -> Path:
+    return state_dir(arg) / "node"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("node", help="the SPV light node: header sync and state",
+                       description="The light node's verified header chain. State lives in "
+                       "DIR/node/ (DIR from --state, $APPLIANCE_STATE or /var/lib/appliance).")
+    cmds = p.add_subparsers(dest="node_command", metavar="COMMAND", required=True)
+
+    s = cmds.add_parser("sync", help="verify and store headers from district nodes",
+                        description="Sync the verified header chain from district nodes "
+                        "(protocol §5, §7). Exit 0 when the tip reaches --until-height (or the "
+                        "peers' tip), 1 when no valid chain can be had.")
+    s.add_argument("--trust", required=True, metavar="FILE",
+                   help="the trust anchor: canonical CBOR {chain_id, height, block_id, "
+                   "validators}")
+    s.add_argument("--peer", action="append", default=[], metavar="URL",
+                   help="a district node's base URL (repeatable)")
+    s.add_argument("--discover", action="store_true",
+                   help="also find district nodes by mDNS (_gov-ledger._tcp.local.)")
+    s.add_argument("--discover-interface", action="append", default=None, metavar="ADDR",
+                   help="browse only on this interface address (repeatable; e.g. 127.0.0.1)")
+    s.add_argument("--discover-wait", type=float, default=2.0, metavar="S",
+                   help="with --discover, listen this long before declaring the tip reached "
+                   "(default 2)")
+    s.add_argument("--state", default=None, metavar="DIR", help="state directory")
+    s.add_argument("--strict", action="store_true",
+                   help="audit mode: a valid commit on every header")
+    s.add_argument("--until-height", type=_uint, default=None, metavar="H",
+                   help="stop when the verified tip reaches H")
+    s.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="give up when nothing could be stored for S seconds (default 60)")
+    s.add_argument("--batch", type=_uint, default=1000, metavar="N",
+                   help="headers per request, 1..1000 (default 1000)")
+    s.add_argument("--ban-base-ms", type=_uint, default=2000, metavar="MS",
+                   help="first ban of a misbehaving peer; doubles each time (default 2000)")
+    s.add_argument("--ban-max-ms", type=_uint, default=300_000, metavar="MS",
+                   help="longest ban (default 300000)")
+    s.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=run_sync)
+
+    st = cmds.add_parser("status", help="height, tip, alarms and peers of the stored chain")
+    st.add_argument("--state", default=None, metavar="DIR", help="state directory")
+    st.set_defaults(func=run_status)
+
+
+def _uint(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
+    return value
+
+
+def _out(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, sort_keys=True), flush=True)
+
+
+def _fail(code: int, error: str, message: str) -> int:
+    print(f"appliance node: {message}", file=sys.stderr, flush=True)
+    _out({"ok": False, "error": error, "message": message})
+    return code
+
+
+def _setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper()))
+    logging.getLogger("zeroconf").setLevel(logging.WARNING)
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
+
+
+# --- sync ---------------------------------------------------------------------------------------
+
+
+def run_sync(args: argparse.Namespace) -> int:
+    _setup_logging(args.log_level)
+    from .errors import LedgerError
+    from .model import decode_trust_anchor
+    from .peers import normalize_url
+    from .store import HeaderStore, StoreCorrupt, StoreError
+    from .sync import SyncConfig
+
+    try:
+        anchor_bytes = Path(args.trust).read_bytes()
+    except OSError as exc:
+        return _fail(EXIT_USAGE, "usage", f"cannot read the trust anchor {args.trust}: "
+                     f"{exc.strerror or exc}")
+    try:
+        anchor = decode_trust_anchor(anchor_bytes)
+    except LedgerError as exc:
+        return _fail(EXIT_USAGE, "usage", f"{args.trust} is not a trust anchor: {exc}")
+    if args.until_height is not None and args.until_height < anchor.height:
+        return _fail(EXIT_USAGE, "usage", f"--until-height {args.until_height} is below the "
+                     f"trust anchor's height {anchor.height}")
+    peers = []
+    for url in args.peer:
+        try:
+            peers.append(normalize_url(url))
+        except ValueError as exc:
+            return _fail(EXIT_USAGE, "usage", str(exc))
+    if not peers and not args.discover:
+        return _fail(EXIT_USAGE, "usage", "no peers: give --peer URL (repeatable) or "
+                     "--discover")
+    try:
+        config = SyncConfig(batch=args.batch, strict=args.strict,
+                            until_height=args.until_height, ban_base_ms=max(1, args.ban_base_ms),
+                            ban_max_ms=max(1, args.ban_base_ms, args.ban_max_ms))
+    except ValueError as exc:
+        return _fail(EXIT_USAGE, "usage", str(exc))
+    directory = node_dir(args.state)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _fail(EXIT_STORE, "store", f"cannot create {directory}: {exc.strerror or exc}")
+    try:
+        store = HeaderStore.open(directory / STORE_NAME)
+    except StoreCorrupt as exc:
+        return _fail(EXIT_STORE, "store_corrupt", f"{exc} (move it aside to sync again "
+                     "from the anchor)")
+    except StoreError as exc:
+        return _fail(EXIT_STORE, "store", str(exc))
+    try:
+        return asyncio.run(_sync(args, store, anchor_bytes, anchor.chain_id, peers, config))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug: say what, without a stack trace (unless debugging)
+        logging.getLogger("appliance.node").debug("internal error", exc_info=True)
+        return _fail(EXIT_INTERNAL, "internal", f"internal error: {type(exc).__name__}: {exc}")
+    finally:
+        store.close()
+
+
+async def _sync(args: argparse.Namespace, store: Any, anchor_bytes: bytes, chain_id: str,
+                peers: list[str], config: Any) -> int:
+    from .client import NodeSync, SyncAborted
+    from .discovery import Discovery
+
+    try:
+        node = NodeSync(store, anchor_bytes, config,
+                        peers_file=Path(store.path).with_name(PEERS_NAME))
+    except SyncAborted as exc:
+        return _fail(EXIT_STORE, "store", str(exc))
+    for url in peers:
+        node.add_peer(url, "static")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    discovery = None
+    if args.discover:
+        discovery = Discovery(chain_id, lambda url, name: node.add_peer(url, f"mdns:{name}"),
+                              lambda url, name: node.remove_peer(url, f"mdns:{name}"),
+                              interfaces=args.discover_interface)
+        try:
+            await discovery.start()
+        except OSError as exc:
+            return _fail(EXIT_USAGE, "discovery", f"mDNS discovery could not start: {exc}")
+        if args.discover_wait > 0:
+            # Let announcements come in first: the peers' tip is the best of all of them.
+            await _wait(stop, args.discover_wait)
+    try:
+        result = await node.run(stop_at_tip=True, stall_timeout_s=args.timeout, stop=stop)
+    except SyncAborted as exc:
+        return _fail(EXIT_STORE, "store", str(exc))
+    finally:
+        if discovery is not None:
+            await discovery.stop()
+    doc = result.to_json()
+    if not result.ok:
+        print(f"appliance node: {result.message}", file=sys.stderr, flush=True)
+        doc["error"] = result.reason
+    _out(doc)
+    if result.reason == "stopped":
+        return 130
+    return EXIT_OK if result.ok else EXIT_NO_CHAIN
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+# --- status -------------------------------------------------------------------------------------
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from .store import HeaderStore, StoreCorrupt, StoreError
+
+    directory = node_dir(args.state)
+    path = directory / STORE_NAME
+    doc: dict[str, Any] = {"ok": True, "state": str(directory), "store": str(path)}
+    peers_doc = _read_peers(directory / PEERS_NAME)
+    if not path.exists():
+        _out({**doc, "initialized": False, "height": None, "tip_id": None, "alarms": [],
+              "authorizations_blocked": False, **peers_doc})
+        return EXIT_OK
+    try:
+        store = HeaderStore.open(path)
+    except StoreCorrupt as exc:
+        return _fail(EXIT_STORE, "store_corrupt", str(exc))
+    except StoreError as exc:
+        return _fail(EXIT_STORE, "store", str(exc))
+    try:
+        alarms = [{"id": a.id, "kind": a.kind, "detail": a.detail,
+                   "raised_at_ms": a.raised_at_ms, "evidence_id": a.evidence_id}
+                  for a in store.alarms()]
+        evidence = store.evidence()
+        doc.update({"initialized": store.initialized, "alarms": alarms,
+                    "authorizations_blocked": bool(alarms),
+                    "evidence": [{"id": e.id, "height": e.height, "kind": e.kind,
+                                  "at_ms": e.at_ms} for e in evidence]})
+        if store.initialized:
+            tip = store.tip()
+            doc.update({"chain_id": store.chain_id, "anchor_height": store.anchor_height,
+                        "height": tip.height, "tip_id": tip.block_id.hex(),
+                        "next_set_hash": tip.next_set_hash.hex(),
+                        "window_start": store.window_start()})
+        else:
+            doc.update({"height": None, "tip_id": None})
+    except StoreError as exc:
+        return _fail(EXIT_STORE, "store", str(exc))
+    finally:
+        store.close()
+    _out({**doc, **peers_doc})
+    return EXIT_OK
+
+
+def _read_peers(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"peers": [], "peers_updated_at_ms": None}
+    if not isinstance(data, dict):
+        return {"peers": [], "peers_updated_at_ms": None}
+    updated = data.get("updated_at_ms")
+    age = None if not isinstance(updated, int) else round(time.time() - updated / 1000, 1)
+    return {"peers": data.get("peers", []), "peers_updated_at_ms": updated,
+            "peers_age_s": age}
