@@ -13,6 +13,14 @@ error (a bug: the message says what; ``--log-level debug`` logs the traceback).
 ``appliance node status [--state DIR]`` reads the store: height, tip id, alarms, evidence, and
 the peer table the last sync wrote.
 
+``appliance node tx TXID_HEX [--trust FILE] [--peer URL ...] [--discover] [--state DIR]``
+prints the transaction's verified inclusion (its proof checked against a verified header: the
+store is synced as far as that needs first); ``appliance node lookup DIGEST_HEX ...`` prints the
+verified ``evidence.deposit`` hits of a document digest (an empty list is an answer: not on
+chain). ``--trust`` may be left out once the store is initialized (its anchor is used). Exit
+status: 0 an answer; 1 none could be had (``error``: ``not_found``, ``not_verifiable``,
+``no_peers``, ``timeout``); 2, 3, 4 and 130 as for ``sync``.
+
 The node's state is ``DIR/node/headers.sqlite`` (and ``DIR/node/peers.json``), with DIR from
 ``--state``, else ``$APPLIANCE_STATE``, else ``/var/lib/appliance``.
 """
@@ -86,6 +94,43 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     st = cmds.add_parser("status", help="height, tip, alarms and peers of the stored chain")
     st.add_argument("--state", default=None, metavar="DIR", help="state directory")
     st.set_defaults(func=run_status)
+
+    t = cmds.add_parser("tx", help="a transaction's verified inclusion",
+                        description="Fetch a transaction and verify its inclusion proof against "
+                        "the verified header chain (synced as needed first). Exit 0 with the "
+                        "verified inclusion; 1 when it is not found, not verifiable or no peer "
+                        "answered.")
+    t.add_argument("tx_id", metavar="TXID_HEX", help="the transaction id, 64 hex digits")
+    _query_options(t)
+    t.set_defaults(func=run_tx)
+
+    lk = cmds.add_parser("lookup", help="verified evidence.deposit transactions of a document",
+                         description="Look up the evidence.deposit transactions of a document "
+                         "digest on the peers and verify each hit (synced as needed first). "
+                         "Exit 0 with the verified hits (an empty list: not on chain); 1 when no "
+                         "peer answered.")
+    lk.add_argument("digest", metavar="DIGEST_HEX", help="SM3 of the document, 64 hex digits")
+    _query_options(lk)
+    lk.set_defaults(func=run_lookup)
+
+
+def _query_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust", default=None, metavar="FILE",
+                   help="the trust anchor (canonical CBOR); default: the one of the "
+                   "initialized store")
+    p.add_argument("--peer", action="append", default=[], metavar="URL",
+                   help="a district node's base URL (repeatable)")
+    p.add_argument("--discover", action="store_true",
+                   help="also find district nodes by mDNS (_gov-ledger._tcp.local.)")
+    p.add_argument("--discover-interface", action="append", default=None, metavar="ADDR",
+                   help="browse only on this interface address (repeatable)")
+    p.add_argument("--discover-wait", type=float, default=2.0, metavar="S",
+                   help="with --discover, listen this long before asking (default 2)")
+    p.add_argument("--state", default=None, metavar="DIR", help="state directory")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="give up when no answer could be had in S seconds (default 60)")
+    p.add_argument("--log-level", default="warning",
+                   choices=["debug", "info", "warning", "error"])
 
 
 def _uint(text: str) -> int:
@@ -231,6 +276,185 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
     except TimeoutError:
         pass
+
+
+# --- tx and lookup ------------------------------------------------------------------------------
+
+
+def run_tx(args: argparse.Namespace) -> int:
+    return _run_query(args, "tx", args.tx_id)
+
+
+def run_lookup(args: argparse.Namespace) -> int:
+    return _run_query(args, "lookup", args.digest)
+
+
+def _hex32(text: str) -> bytes | None:
+    if len(text) != 64:
+        return None
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return None
+
+
+def _run_query(args: argparse.Namespace, kind: str, key_hex: str) -> int:
+    _setup_logging(args.log_level)
+    from .errors import LedgerError
+    from .model import decode_trust_anchor
+    from .peers import normalize_url
+    from .store import HeaderStore, StoreCorrupt, StoreError
+
+    what = "TXID_HEX" if kind == "tx" else "DIGEST_HEX"
+    key = _hex32(key_hex)
+    if key is None:
+        return _fail(EXIT_USAGE, "usage", f"{what} must be 64 hex digits, got {key_hex[:80]!r}")
+    peers = []
+    for url in args.peer:
+        try:
+            peers.append(normalize_url(url))
+        except ValueError as exc:
+            return _fail(EXIT_USAGE, "usage", str(exc))
+    if not peers and not args.discover:
+        return _fail(EXIT_USAGE, "usage", "no peers: give --peer URL (repeatable) or "
+                     "--discover")
+    if not args.timeout > 0:
+        return _fail(EXIT_USAGE, "usage", "--timeout must be > 0")
+    anchor_bytes = None
+    if args.trust is not None:
+        try:
+            anchor_bytes = Path(args.trust).read_bytes()
+        except OSError as exc:
+            return _fail(EXIT_USAGE, "usage", f"cannot read the trust anchor {args.trust}: "
+                         f"{exc.strerror or exc}")
+    directory = node_dir(args.state)
+    if anchor_bytes is None and not (directory / STORE_NAME).exists():
+        return _fail(EXIT_USAGE, "usage", f"no header store in {directory}: give --trust FILE")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _fail(EXIT_STORE, "store", f"cannot create {directory}: {exc.strerror or exc}")
+    try:
+        store = HeaderStore.open(directory / STORE_NAME)
+    except StoreCorrupt as exc:
+        return _fail(EXIT_STORE, "store_corrupt", f"{exc} (move it aside to sync again "
+                     "from the anchor)")
+    except StoreError as exc:
+        return _fail(EXIT_STORE, "store", str(exc))
+    try:
+        if anchor_bytes is None:
+            if not store.initialized:
+                return _fail(EXIT_USAGE, "usage", f"{store.path} is empty: give --trust FILE")
+            anchor_bytes = store.anchor
+        try:
+            anchor = decode_trust_anchor(anchor_bytes)
+        except LedgerError as exc:
+            return _fail(EXIT_USAGE, "usage", f"{args.trust} is not a trust anchor: {exc}")
+        return asyncio.run(_query(args, kind, key, store, anchor_bytes, anchor.chain_id,
+                                  peers))
+    except KeyboardInterrupt:
+        return 130
+    except StoreError as exc:
+        return _fail(EXIT_STORE, "store", str(exc))
+    except Exception as exc:  # a bug: say what, without a stack trace (unless debugging)
+        logging.getLogger("appliance.node").debug("internal error", exc_info=True)
+        return _fail(EXIT_INTERNAL, "internal", f"internal error: {type(exc).__name__}: {exc}")
+    finally:
+        store.close()
+
+
+async def _query(args: argparse.Namespace, kind: str, key: bytes, store: Any,
+                 anchor_bytes: bytes, chain_id: str, peers: list[str]) -> int:
+    """Run the sync in the background and ask the question; the sync stores what the answer
+    needs (the header of the transaction's block) before the answer is given."""
+    from .client import NodeSync, SyncAborted, TxError
+    from .discovery import Discovery
+    from .sync import SyncConfig
+
+    try:
+        node = NodeSync(store, anchor_bytes, SyncConfig(),
+                        peers_file=Path(store.path).with_name(PEERS_NAME))
+    except SyncAborted as exc:
+        return _fail(EXIT_STORE, "store", str(exc))
+    for url in peers:
+        node.add_peer(url, "static")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    discovery = None
+    if args.discover:
+        discovery = Discovery(chain_id, lambda url, name: node.add_peer(url, f"mdns:{name}"),
+                              lambda url, name: node.remove_peer(url, f"mdns:{name}"),
+                              interfaces=args.discover_interface)
+        try:
+            await discovery.start()
+        except OSError as exc:
+            return _fail(EXIT_USAGE, "discovery", f"mDNS discovery could not start: {exc}")
+    started = time.monotonic()
+    sync_task = asyncio.create_task(node.run(stop_at_tip=False, stall_timeout_s=None,
+                                             stop=stop))
+    question = asyncio.create_task(_ask(node, kind, key, args))
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({question, sync_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if question.done():
+            try:
+                doc = question.result()
+            except TxError as exc:
+                message = exc.message
+                print(f"appliance node: {message}", file=sys.stderr, flush=True)
+                _out({"ok": False, "error": exc.code, "message": message,
+                      ("tx_id" if kind == "tx" else "digest"): key.hex(),
+                      **_state(node, started)})
+                return EXIT_NO_CHAIN
+            _out({"ok": True, **doc, **_state(node, started)})
+            return EXIT_OK
+        if sync_task.done():
+            sync_task.result()  # SyncAborted (the store refused a write) or a bug: raised
+            return _fail(EXIT_INTERNAL, "internal", "the sync ended before the answer")
+        return 130  # SIGINT/SIGTERM
+    except SyncAborted as exc:
+        return _fail(EXIT_STORE, "store", str(exc))
+    finally:
+        question.cancel()
+        stopper.cancel()
+        stop.set()
+        await asyncio.gather(question, stopper, return_exceptions=True)
+        try:
+            await sync_task
+        except Exception:  # already reported above, or a failure on the way out
+            logging.getLogger("appliance.node").debug("sync ended with", exc_info=True)
+        if discovery is not None:
+            await discovery.stop()
+
+
+async def _ask(node: Any, kind: str, key: bytes, args: argparse.Namespace) -> dict[str, Any]:
+    if args.discover and args.discover_wait > 0:
+        await asyncio.sleep(args.discover_wait)  # let announcements come in
+    if kind == "tx":
+        inclusion = await node.get_inclusion(key, timeout_s=args.timeout)
+        return inclusion.to_json()
+    result = await node.lookup_detailed(key, timeout_s=args.timeout)
+    if result.dropped and not result.hits:
+        # Peers listed transactions for this digest and none verified: that is not "not on
+        # chain", it is no trustworthy answer (the window clerk must not be told "forged").
+        from .client import NotVerifiable
+
+        raise NotVerifiable(
+            f"peers listed {len(result.dropped)} transaction(s) for this digest but none "
+            "verified; the answer is unknown, not 'not on chain'")
+    return {"digest": key.hex(), "hits": [h.to_json() for h in result.hits],
+            "dropped": [d.to_json() for d in result.dropped], "asked": list(result.peers)}
+
+
+def _state(node: Any, started: float) -> dict[str, Any]:
+    tip = node.machine.tip
+    return {"verified_height": None if tip is None else tip.height,
+            "alarms": [{"id": a.id, "kind": a.kind, "detail": a.detail,
+                        "raised_at_ms": a.raised_at_ms} for a in node.store.alarms()],
+            "peers": node.machine.peers.snapshot(),
+            "elapsed_s": round(time.monotonic() - started, 3)}
 
 
 # --- status -------------------------------------------------------------------------------------

@@ -19,7 +19,12 @@ Thin on purpose: every decision is the machine's (:mod:`appliance.node.sync`). T
   authorizations until an operator clears it;
 - writes the peer table to ``peers.json`` next to the store (atomically, at most once a
   second) for ``appliance node status``;
-- logs one event per line (logger ``appliance.node``).
+- logs one event per line (logger ``appliance.node``);
+- transactions (:meth:`NodeSync.submit_tx`, :meth:`NodeSync.wait_for_inclusion`,
+  :meth:`NodeSync.get_inclusion`, :meth:`NodeSync.lookup`): ``POST /v1/tx``, ``/v1/wait`` and
+  ``/v1/lookup`` are sent from here, with the same limits, and judged by the pure helpers of
+  :mod:`~appliance.node.sync`; every inclusion is the machine's verdict (a proof against a
+  verified header). A peer whose answer is wrong is banned through the machine.
 
 A failed write to the store stops the run (:class:`SyncAborted`): the machine's view and the
 disk must never disagree.
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -42,27 +48,42 @@ import aiohttp
 
 from appliance import wire
 
-from . import sync
+from . import sync, verify
+from .errors import LedgerError, MalformedError, VerificationError
 from .model import (
+    MAX_SIGNED_TX_BYTES,
     Header,
+    SignedTx,
     TrustAnchor,
     ValidatorSet,
     decode_header,
     decode_trust_anchor,
     decode_validator_set,
 )
-from .peers import BANNED, CONFLICT, OK
+from .peers import BANNED, CONFLICT, NEW, OK
 from .store import HeaderStore, StoreError
+from .sync import VerifiedInclusion
 
 __all__ = [
-    "FetchError", "Limits", "NodeSync", "SyncAborted", "SyncResult", "USER_AGENT", "fetch",
-    "load_machine",
+    "DroppedHit", "FetchError", "InclusionTimeout", "Limits", "LookupResult", "NoPeers",
+    "NodeSync", "NotFound", "NotVerifiable", "SyncAborted", "SyncResult", "TxError",
+    "TxRejected", "USER_AGENT", "VerifiedInclusion", "fetch", "load_machine",
 ]
 
 log = logging.getLogger("appliance.node")
 
 USER_AGENT = "appliance-light-node/1"
 READ_CHUNK = 64 * 1024
+CBOR = "application/cbor"
+#: Longest single ``/v1/wait`` (the protocol allows 30 s); shorter ones keep the loop lively.
+WAIT_POLL_MS = 10_000
+#: A transaction submitted and not yet included is offered again to the usable peers that have
+#: not accepted it, this often (a node that accepted it may not relay it, or may drop it).
+RESUBMIT_AFTER_S = 5.0
+#: Least time between two rounds of a wait, so a peer that answers /v1/wait at once with a
+#: height it does not have cannot make the client spin.
+MIN_ROUND_S = 0.2
+LOOKUP_CONCURRENCY = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +112,77 @@ class SyncAborted(Exception):
     """The run cannot go on (the store refused a write, or was given another anchor)."""
 
 
+class TxError(Exception):
+    """A transaction could not be submitted, found or verified; ``code`` says which, stably
+    (the CLI prints it as ``error``)."""
+
+    code = "tx_error"
+
+    def __init__(self, message: str, *, code: str | None = None, tx_id: bytes | None = None,
+                 peer: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+        self.tx_id = tx_id
+        self.peer = peer
+
+
+class TxRejected(TxError):
+    """The transaction itself is refused: ``code`` is ``bad_tx``, ``bad_signature`` or
+    ``unknown_sender`` (§7), from the district node ``peer``, or found here before sending it
+    (``peer`` None: its signature, sender or chain_id is wrong, or it is too large)."""
+
+
+class NoPeers(TxError):
+    """No district node could be asked, or none gave an answer (all unreachable, banned...)."""
+
+    code = "no_peers"
+
+
+class NotFound(TxError):
+    """Every peer asked says the transaction is not in a block it has."""
+
+    code = "not_found"
+
+
+class NotVerifiable(TxError):
+    """A peer served the transaction, but no answer verified (a bad proof, a header that could
+    not be had): it is not accepted. The peers at fault are banned."""
+
+    code = "not_verifiable"
+
+
+class InclusionTimeout(TxError):
+    """The transaction was not in a block any peer could prove before the time ran out."""
+
+    code = "timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class DroppedHit:
+    """A lookup hit that was not kept: ``reason`` (``not_found``, ``not_verifiable``,
+    ``lookup_type``, ``lookup_digest``), and the peers that listed it (banned for it)."""
+
+    tx_id: bytes
+    reason: str
+    peers: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tx_id": self.tx_id.hex(), "reason": self.reason, "peers": list(self.peers)}
+
+
+@dataclass(frozen=True, slots=True)
+class LookupResult:
+    """What :meth:`NodeSync.lookup_detailed` found: the verified ``hits`` in chain order, the
+    ``dropped`` ones, and the peers whose lookup answer was used."""
+
+    digest: bytes
+    hits: tuple[VerifiedInclusion, ...]
+    dropped: tuple[DroppedHit, ...]
+    peers: tuple[str, ...]
+
+
 def new_session(limits: Limits) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit_per_host=limits.connections_per_peer,
                                      enable_cleanup_closed=True)
@@ -102,14 +194,19 @@ def new_session(limits: Limits) -> aiohttp.ClientSession:
 
 
 async def fetch(session: aiohttp.ClientSession, req: sync.Request,
-                limits: Limits = Limits()) -> tuple[int, bytes]:
-    """GET ``req.url``; (status, body) or FetchError(timeout | slow | oversize | unreachable |
-    disconnected | http). The body limit is ``req.max_bytes``, enforced while reading."""
+                limits: Limits = Limits(), *, data: bytes | None = None) -> tuple[int, bytes]:
+    """GET ``req.url`` (POST ``data`` as ``application/cbor`` when given); (status, body) or
+    FetchError(timeout | slow | oversize | unreachable | disconnected | http). The body limit
+    of the answer is ``req.max_bytes``, enforced while reading."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
         async with asyncio.timeout(limits.headers_timeout_s):
-            resp = await session.get(req.url, allow_redirects=False)
+            if data is None:
+                resp = await session.get(req.url, allow_redirects=False)
+            else:
+                resp = await session.post(req.url, data=data, allow_redirects=False,
+                                          headers={"Content-Type": CBOR})
     except TimeoutError:
         raise FetchError("timeout", "no response headers in time") from None
     except aiohttp.ClientConnectorError as exc:
@@ -196,6 +293,21 @@ class SyncResult:
                 "elapsed_s": round(self.elapsed_s, 3)}
 
 
+def _urls(urls: tuple[str, ...] | list[str]) -> str:
+    return ", ".join(urls) if urls else "no peer"
+
+
+def _accumulate(prev: sync.TxNotFound | None, res: sync.TxNotFound) -> sync.TxNotFound:
+    """What the rounds of a wait found together: a peer that served the transaction with a
+    proof that failed stays on record after it is banned (and asked no more)."""
+    if prev is None:
+        return res
+    return dataclasses.replace(
+        res, reason=res.reason if res.served_by or not prev.served_by else prev.reason,
+        absent=tuple(dict.fromkeys(prev.absent + res.absent)),
+        served_by=tuple(dict.fromkeys(prev.served_by + res.served_by)))
+
+
 def load_machine(store: HeaderStore, anchor: TrustAnchor, anchor_bytes: bytes,
                  config: sync.SyncConfig) -> sync.SyncMachine:
     """A machine that resumes from the store's tip (or starts from the anchor)."""
@@ -208,9 +320,15 @@ def load_machine(store: HeaderStore, anchor: TrustAnchor, anchor_bytes: bytes,
         raw = store.validator_set(set_hash)
         return None if raw is None else decode_validator_set(raw)
 
+    def lookup_checkpoints(height: int) -> tuple[tuple[int, bytes], tuple[int, bytes]] | None:
+        try:
+            return store.checkpoints_around(height)
+        except StoreError:
+            return None
+
     if not store.initialized:
         return sync.SyncMachine(anchor, config, lookup_header=lookup_header,
-                                lookup_set=lookup_set)
+                                lookup_set=lookup_set, lookup_checkpoints=lookup_checkpoints)
     if store.anchor != anchor_bytes:
         raise SyncAborted(f"{store.path} holds the chain of another trust anchor "
                           f"({store.chain_id!r} at height {store.anchor_height}); use another "
@@ -226,7 +344,8 @@ def load_machine(store: HeaderStore, anchor: TrustAnchor, anchor_bytes: bytes,
     if signing is not None:
         sets.append(decode_validator_set(signing))
     return sync.SyncMachine(anchor, config, tip=header, next_set=next_set, sets=sets,
-                            lookup_header=lookup_header, lookup_set=lookup_set)
+                            lookup_header=lookup_header, lookup_set=lookup_set,
+                            lookup_checkpoints=lookup_checkpoints)
 
 
 class NodeSync:
@@ -257,7 +376,12 @@ class NodeSync:
             Path(store.path).with_name("peers.json")
         self._clock = clock
         self._wake: asyncio.Event | None = None
+        self._session: aiohttp.ClientSession | None = None
         self._tx_waiters: dict[bytes, list[asyncio.Future]] = {}
+        # Transactions submitted and not yet seen included, with the peers that accepted them
+        # (offered again to the others while waiting; bounded: the oldest are forgotten).
+        self._submitted: dict[bytes, tuple[SignedTx, set[str]]] = {}
+        self.resubmit_after_s = RESUBMIT_AFTER_S
         self._reached: sync.TipReached | None = None
         self._last_progress = 0.0
         self._peers_written = 0.0
@@ -282,16 +406,400 @@ class NodeSync:
 
     async def fetch_tx(self, tx_id: bytes) -> sync.TxVerified | sync.TxNotFound:
         """A transaction with its proof checked against a stored header, or TxNotFound.
-        Needs :meth:`run` going in the same loop."""
+        Needs :meth:`run` going in the same loop. Cancelling it forgets the query."""
         fut = asyncio.get_running_loop().create_future()
         self._tx_waiters.setdefault(tx_id, []).append(fut)
         self.machine.fetch_tx(tx_id)
         self._poke()
-        return await fut
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            waiters = self._tx_waiters.get(tx_id, [])
+            if fut in waiters:
+                waiters.remove(fut)
+            if not waiters:
+                self._tx_waiters.pop(tx_id, None)
+                self.machine.cancel_tx(tx_id)
+            raise
 
     def _poke(self) -> None:
         if self._wake is not None:
             self._wake.set()
+
+    # -- transactions (all need run() going in the same loop) -------------------------------
+
+    async def submit_tx(self, tx: SignedTx, *, timeout_s: float = 30.0) -> bytes:
+        """Submit ``tx`` (``POST /v1/tx``) to the peers in turn until one accepts it; its tx_id.
+
+        Checked here first (chain_id, sender, signature, the 64 KiB limit): what the chain
+        would refuse is never sent (:class:`TxRejected`, ``peer`` None). A node's 400
+        ``bad_tx`` / ``bad_signature`` / ``unknown_sender`` is :class:`TxRejected` with that
+        code (every honest node would say the same); 400 ``duplicate`` means it is already
+        there: submitted. A peer that fails in transport or answers anything else is banned
+        and the next one asked; 503 (busy) is no fault. Only usable peers are asked (they
+        answered ``/v1/info`` for our chain), in URL order; :class:`NoPeers` when none accepted
+        it within ``timeout_s``.
+        Accepting is only a node's word: :meth:`wait_for_inclusion` is the proof.
+        """
+        self._check_own(tx)
+        body = wire.encode(tx.to_obj())
+        tx_id = tx.tx_id
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        failures: dict[str, str] = {}
+        while True:
+            for url in self._submit_peers():
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                verdict = await self._post_tx(url, body, tx_id, left)
+                if verdict.outcome == sync.ACCEPTED:
+                    self._remember_submitted(tx, url)
+                    log.info("transaction %s accepted by %s%s", tx_id.hex(), url,
+                             " (already there)" if verdict.code == "duplicate" else "")
+                    return tx_id
+                if verdict.outcome == sync.REJECTED:
+                    raise TxRejected(
+                        f"{url} refused transaction {tx_id.hex()}: {verdict.code}"
+                        + (f" ({verdict.message})" if verdict.message else ""),
+                        code=verdict.code, tx_id=tx_id, peer=url)
+                failures[url] = verdict.code
+            left = deadline - loop.time()
+            if left <= 0:
+                raise NoPeers(self._peers_message(
+                    f"no district node accepted transaction {tx_id.hex()} in {timeout_s:g} s",
+                    failures), tx_id=tx_id)
+            await self._pause(left)
+
+    async def wait_for_inclusion(self, tx_id: bytes, *, timeout_s: float) -> VerifiedInclusion:
+        """Wait until ``tx_id`` is in a block, proven against the verified store.
+
+        Each round asks the peers for it (:meth:`fetch_tx`: the proof is checked against a
+        stored, verified header; a block above the stored tip is synced first, one below the
+        store's window is checked through checkpoints). While no peer has it in a block, the
+        round ends with ``GET /v1/wait?height=H`` on the usable peers (H one above the best
+        height known); when the tip grows the machine asks /v1/info again, so the sync follows.
+        A transaction submitted through this object is offered again every
+        ``resubmit_after_s`` (:data:`RESUBMIT_AFTER_S`) to the usable peers that have not
+        accepted it (one that did may not relay it).
+
+        Raises, when ``timeout_s`` has passed: :class:`NotVerifiable` (a peer served it and
+        nothing verified: it is not accepted, the peer is banned), :class:`NoPeers` (no peer
+        answered) or :class:`InclusionTimeout`.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        last: sync.TxNotFound | None = None
+        offered = loop.time()
+        while True:
+            started = loop.time()
+            left = deadline - started
+            if left <= 0:
+                raise self._timeout_error(tx_id, last, timeout_s)
+            try:
+                async with asyncio.timeout(left):
+                    res = await self.fetch_tx(tx_id)
+            except TimeoutError:
+                raise self._timeout_error(tx_id, last, timeout_s) from None
+            if isinstance(res, sync.TxVerified):
+                self._submitted.pop(tx_id, None)
+                return res.inclusion
+            last = _accumulate(last, res)
+            if tx_id in self._submitted and loop.time() - offered >= self.resubmit_after_s:
+                offered = loop.time()
+                await self._offer_again(tx_id, deadline)
+            await self._wait_for_growth(deadline)
+            pause = min(MIN_ROUND_S - (loop.time() - started), deadline - loop.time())
+            if pause > 0:
+                await asyncio.sleep(pause)
+
+    async def get_inclusion(self, tx_id: bytes, *, timeout_s: float = 30.0
+                            ) -> VerifiedInclusion:
+        """``tx_id`` as it is now: verified inclusion, or :class:`NotFound` (every peer that
+        answered says it is in no block), :class:`NotVerifiable` (served, nothing verified),
+        :class:`NoPeers` (no peer answered within ``timeout_s``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        last: sync.TxNotFound | None = None
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise self._timeout_error(tx_id, last, timeout_s)
+            try:
+                async with asyncio.timeout(left):
+                    res = await self.fetch_tx(tx_id)
+            except TimeoutError:
+                raise self._timeout_error(tx_id, last, timeout_s) from None
+            if isinstance(res, sync.TxVerified):
+                return res.inclusion
+            if res.served_by:
+                raise NotVerifiable(self._not_verifiable_message(tx_id, res), tx_id=tx_id)
+            if res.absent:
+                raise NotFound(f"transaction {tx_id.hex()} is not in a block of "
+                               f"{_urls(res.absent)}", tx_id=tx_id)
+            last = res  # nobody answered yet: a ban may run out, discovery may find a node
+            await asyncio.sleep(min(0.5, max(0.0, deadline - loop.time())))
+
+    async def lookup(self, digest: bytes, *, timeout_s: float = 30.0
+                     ) -> list[VerifiedInclusion]:
+        """The ``evidence.deposit`` transactions of document ``digest``, each verified, in
+        chain order; an empty list when it is not on chain. See :meth:`lookup_detailed`."""
+        return list((await self.lookup_detailed(digest, timeout_s=timeout_s)).hits)
+
+    async def lookup_detailed(self, digest: bytes, *, timeout_s: float = 30.0) -> LookupResult:
+        """``GET /v1/lookup/{digest}`` on every usable peer (the union of their answers: one
+        node alone could leave a hit out), then each listed tx_id through
+        :meth:`get_inclusion`. A hit is kept only if it verifies and is an
+        ``evidence.deposit`` whose ``data.digest`` is ``digest``; otherwise it is dropped and
+        the peers that listed it are banned (``lookup_not_found``,
+        ``lookup_not_verifiable``, ``lookup_type``, ``lookup_digest``). :class:`NoPeers` if no
+        peer answered the lookup, or a hit could not be checked for want of peers (no answer
+        is better than an incomplete one)."""
+        if type(digest) is not bytes or len(digest) != 32:
+            raise ValueError("digest must be 32 bytes")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        listers: dict[bytes, list[str]] = {}
+        answered: list[str] = []
+        while True:
+            peers = [p.url for p in self.machine.peers.usable()]
+            if peers:
+                found = await asyncio.gather(*(self._lookup_on(url, digest, deadline)
+                                               for url in peers))
+                for url, ids in zip(peers, found, strict=True):
+                    if ids is not None:
+                        answered.append(url)
+                        for tx_id in ids:
+                            listers.setdefault(tx_id, []).append(url)
+                if answered:
+                    break
+            left = deadline - loop.time()
+            if left <= 0:
+                raise NoPeers(self._peers_message(
+                    f"no peer answered the lookup of {digest.hex()} in {timeout_s:g} s"))
+            await self._pause(left)
+        sem = asyncio.Semaphore(LOOKUP_CONCURRENCY)
+
+        async def check(tx_id: bytes) -> VerifiedInclusion | DroppedHit:
+            async with sem:
+                try:
+                    inc = await self.get_inclusion(
+                        tx_id, timeout_s=max(0.0, deadline - loop.time()))
+                except (NotFound, NotVerifiable) as exc:
+                    reason = f"lookup_{exc.code}"
+                else:
+                    bad = sync.check_lookup_hit(inc.tx, digest)
+                    if bad is None:
+                        return inc
+                    reason = bad
+            peers = tuple(listers[tx_id])
+            for url in peers:
+                self._ban(url, reason, f"it listed {tx_id.hex()[:16]} for digest "
+                          f"{digest.hex()[:16]}")
+            log.warning("lookup %s: hit %s dropped (%s), listed by %s", digest.hex(),
+                        tx_id.hex(), reason, ", ".join(peers))
+            return DroppedHit(tx_id, reason, peers)
+
+        tasks = [asyncio.create_task(check(tx_id)) for tx_id in listers]
+        try:
+            results = [await t for t in tasks]
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        hits = sorted((r for r in results if isinstance(r, VerifiedInclusion)),
+                      key=lambda i: (i.height, i.leaf_index))
+        return LookupResult(digest, tuple(hits),
+                            tuple(r for r in results if isinstance(r, DroppedHit)),
+                            tuple(answered))
+
+    # -- transactions: helpers --------------------------------------------------------------
+
+    def _check_own(self, tx: SignedTx) -> None:
+        try:
+            verify.verify_tx(tx, self.anchor.chain_id)
+            size = len(wire.encode(tx.to_obj()))
+        except LedgerError as exc:
+            code = "bad_signature" if isinstance(exc, VerificationError) \
+                and exc.rule == "tx_signature" else "bad_tx"
+            raise TxRejected(f"{code}: transaction {tx.tx_id.hex()} not sent: {exc}",
+                             code=code, tx_id=tx.tx_id) from None
+        if size > MAX_SIGNED_TX_BYTES:
+            raise TxRejected(f"bad_tx: transaction {tx.tx_id.hex()} not sent: {size} bytes > "
+                             f"{MAX_SIGNED_TX_BYTES}", code="bad_tx", tx_id=tx.tx_id)
+
+    def _submit_peers(self) -> list[str]:
+        # Only peers that answered /v1/info for our chain: a node of another chain would
+        # answer bad_tx, which is not a verdict on the transaction.
+        return [p.url for p in self.machine.peers.usable()]
+
+    def _remember_submitted(self, tx: SignedTx, url: str) -> None:
+        entry = self._submitted.pop(tx.tx_id, None)
+        given = entry[1] if entry is not None else set()
+        given.add(url)
+        self._submitted[tx.tx_id] = (tx, given)
+        while len(self._submitted) > 256:
+            del self._submitted[next(iter(self._submitted))]
+
+    async def _send(self, req: sync.Request, *, data: bytes | None = None,
+                    limits: Limits | None = None) -> tuple[int, bytes]:
+        for _ in range(3):  # run() may have been created and not started yet
+            if self._session is not None:
+                break
+            await asyncio.sleep(0)
+        session = self._session
+        if session is None or session.closed:
+            raise TxError("the light node is not running (NodeSync.run)", code="stopped")
+        try:
+            return await fetch(session, req, limits or self.limits, data=data)
+        except RuntimeError as exc:  # the session closed under us: run() ended
+            raise TxError(f"the light node stopped: {exc}", code="stopped") from None
+
+    async def _pause(self, left: float) -> None:
+        """Before asking again: briefly while a peer's /v1/info is still due (it is about to
+        become usable), longer otherwise (a ban has to run out, discovery to find a node)."""
+        waiting = any(p.state == NEW for p in self.machine.peers)
+        await asyncio.sleep(max(0.0, min(0.05 if waiting else 0.5, left)))
+
+    def _ban(self, url: str, reason: str, detail: str = "") -> None:
+        self.machine.ban_peer(url, reason, self.now_ms(), detail)
+        self._peers_dirty = True
+        self._poke()
+
+    async def _post_tx(self, url: str, body: bytes, tx_id: bytes, left: float
+                       ) -> sync.SubmitVerdict:
+        req = sync.Request(0, url, "submit", "/v1/tx", sync.MAX_SUBMIT_BYTES)
+        try:
+            async with asyncio.timeout(left):
+                status, answer = await self._send(req, data=body)
+        except TimeoutError:  # our own deadline, not the peer's fault
+            return sync.SubmitVerdict(sync.RETRY, "deadline")
+        except FetchError as exc:
+            self._ban(url, exc.reason, f"POST /v1/tx: {exc.detail}")
+            return sync.SubmitVerdict(sync.BAN, exc.reason, exc.detail)
+        verdict = sync.judge_submit(status, answer, tx_id)
+        if verdict.outcome == sync.BAN:
+            self._ban(url, verdict.code, f"POST /v1/tx: HTTP {status} {verdict.message}")
+        elif verdict.outcome == sync.RETRY:
+            log.info("peer %s busy: %s", url, verdict.code)
+        return verdict
+
+    async def _offer_again(self, tx_id: bytes, deadline: float) -> None:
+        tx, given = self._submitted[tx_id]
+        body = wire.encode(tx.to_obj())
+        loop = asyncio.get_running_loop()
+        for url in [u for u in self._submit_peers() if u not in given]:
+            left = min(deadline - loop.time(), 5.0)
+            if left <= 0:
+                return
+            verdict = await self._post_tx(url, body, tx_id, left)
+            if verdict.outcome == sync.ACCEPTED:
+                given.add(url)
+                log.info("transaction %s offered again, accepted by %s", tx_id.hex(), url)
+
+    async def _wait_for_growth(self, deadline: float) -> None:
+        """Until a usable peer says its tip passed the best height known (``/v1/wait``), or
+        WAIT_POLL_MS; then the machine asks /v1/info again (the sync follows)."""
+        loop = asyncio.get_running_loop()
+        left = deadline - loop.time()
+        if left <= 0:
+            return
+        usable = self.machine.peers.usable()
+        if not usable:
+            await asyncio.sleep(min(0.5, left))
+            return
+        tip = self.machine.tip
+        known = [tip.height if tip is not None else self.anchor.height]
+        known += [p.height for p in usable if p.height is not None]
+        target = max(known) + 1
+        timeout_ms = max(0, min(WAIT_POLL_MS, int(left * 1000)))
+        tasks = [asyncio.create_task(self._wait_on(p.url, target, timeout_ms)) for p in usable]
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                height = await next_done
+                if height is not None and height >= target:
+                    break
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.machine.poll_info()
+        self._poke()
+
+    async def _wait_on(self, url: str, height: int, timeout_ms: int) -> int | None:
+        """The height a peer's ``/v1/wait`` answers (its claim), or None (it is banned)."""
+        extra = timeout_ms / 1000
+        limits = dataclasses.replace(self.limits,
+                                     headers_timeout_s=self.limits.headers_timeout_s + extra,
+                                     total_timeout_s=self.limits.total_timeout_s + extra)
+        req = sync.Request(0, url, "wait", f"/v1/wait?height={height}&timeout_ms={timeout_ms}",
+                           sync.MAX_WAIT_BYTES)
+        try:
+            status, body = await self._send(req, limits=limits)
+        except FetchError as exc:
+            self._ban(url, exc.reason, f"{req.path}: {exc.detail}")
+            return None
+        if status != 200:
+            self._ban(url, sync.http_reason(status, body), f"{req.path}: HTTP {status}")
+            return None
+        try:
+            return sync.decode_wait_response(body)
+        except MalformedError as exc:
+            self._ban(url, sync.ban_reason(exc), f"{req.path}: {exc}")
+            return None
+
+    async def _lookup_on(self, url: str, digest: bytes, deadline: float
+                         ) -> tuple[bytes, ...] | None:
+        """The tx_ids a peer lists for ``digest`` (its claim), or None (it is banned, or there
+        was no time)."""
+        req = sync.Request(0, url, "lookup", f"/v1/lookup/{digest.hex()}",
+                           sync.MAX_LOOKUP_BYTES)
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return None
+        try:
+            async with asyncio.timeout(left):
+                status, body = await self._send(req)
+        except TimeoutError:
+            return None
+        except FetchError as exc:
+            self._ban(url, exc.reason, f"{req.path}: {exc.detail}")
+            return None
+        if status != 200:
+            self._ban(url, sync.http_reason(status, body), f"{req.path}: HTTP {status}")
+            return None
+        try:
+            return sync.decode_lookup_response(body)
+        except MalformedError as exc:
+            self._ban(url, sync.ban_reason(exc), f"{req.path}: {exc}")
+            return None
+
+    def _timeout_error(self, tx_id: bytes, last: sync.TxNotFound | None,
+                       timeout_s: float) -> TxError:
+        if last is not None and last.served_by:
+            return NotVerifiable(self._not_verifiable_message(tx_id, last), tx_id=tx_id)
+        if (last is None and not self.machine.peers.usable()) or \
+                (last is not None and not last.absent):
+            return NoPeers(self._peers_message(
+                f"no peer answered for transaction {tx_id.hex()} in {timeout_s:g} s"),
+                tx_id=tx_id)
+        return InclusionTimeout(f"transaction {tx_id.hex()} was not in a block any peer could "
+                                f"prove within {timeout_s:g} s", tx_id=tx_id)
+
+    @staticmethod
+    def _not_verifiable_message(tx_id: bytes, res: sync.TxNotFound) -> str:
+        return (f"transaction {tx_id.hex()} was served by {_urls(res.served_by)} but did not "
+                f"verify ({res.reason}); it is not accepted")
+
+    def _peers_message(self, prefix: str, failures: dict[str, str] | None = None) -> str:
+        peers = list(self.machine.peers)
+        if not peers:
+            return f"{prefix}: no peers to ask; give --peer URL or --discover"
+        parts = []
+        for p in peers:
+            why = (failures or {}).get(p.url) or p.last_reason
+            parts.append(f"{p.url} ({p.state}{f': {why}' if why else ''})")
+        return f"{prefix}; peers: " + ", ".join(parts)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -305,6 +813,7 @@ class NodeSync:
         self._last_progress = started
         own = session is None
         session = session or new_session(self.limits)
+        self._session = session
         tasks: dict[asyncio.Task, sync.Request] = {}
         result: SyncResult | None = None
         try:
@@ -354,6 +863,7 @@ class NodeSync:
                         events = self.machine.receive(req.id, status, body, self.now_ms())
                     await self._apply(events)
         finally:
+            self._session = None
             for task in tasks:
                 task.cancel()
             if tasks:

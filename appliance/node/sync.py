@@ -50,16 +50,30 @@ What it does:
 - **Done**: :class:`TipReached` when the stored tip reaches ``until_height``, or (without it)
   the best height claimed by the usable peers once every known peer has answered /v1/info.
 - **Transactions**: :meth:`SyncMachine.fetch_tx` asks for ``GET /v1/tx/{id}`` and checks the
-  signed_tx and its proof against a stored header (verify.verify_proof); a bad proof bans the
-  peer and another one is asked.
+  signed_tx and its proof against a verified, stored header (verify.verify_proof); a bad proof
+  bans the peer and another one is asked. A transaction above the stored tip waits until the
+  sync has stored its header (the peer that served it is asked for ``/v1/info`` again at once,
+  since it evidently has a higher tip). A transaction below the store's window (its header
+  pruned) is checked through checkpoints: the headers between the two known block_ids that
+  bracket its height (``lookup_checkpoints``, i.e. ``HeaderStore.checkpoints_around``) are asked
+  from one peer (``GET /v1/headers``, continued while the node returns fewer than asked) and
+  accepted only if they hash-link from one to the other (tx.verify_link_range); a range that does
+  not link bans its server and another peer is asked.
+
+The adapter handles transaction submission, ``/v1/wait`` and ``/v1/lookup`` itself with the pure
+helpers here (:func:`judge_submit`, :func:`decode_wait_response`, :func:`decode_lookup_response`,
+:func:`check_lookup_hit`) and reports a peer whose answer was wrong with
+:meth:`SyncMachine.ban_peer`.
 
 **Strict mode** (a commit on every header) asks for one header per request: every answer then
 carries the commit of its (last) header, and the requests are pipelined deeper. A node that
 keeps sparse commits cannot serve an audit: it is banned (``strict_no_commit``).
 
 The response decoders (:func:`decode_info`, :func:`decode_headers`, :func:`decode_validators`,
-:func:`decode_tx_response`, :func:`decode_error` and :func:`appliance.node.model.decode_commit`)
-raise :class:`~appliance.node.errors.MalformedError` only.
+:func:`decode_tx_response`, :func:`decode_error`, :func:`decode_submit_response`,
+:func:`decode_wait_response`, :func:`decode_lookup_response` and
+:func:`appliance.node.model.decode_commit`) raise :class:`~appliance.node.errors.MalformedError`
+only.
 """
 
 from __future__ import annotations
@@ -90,12 +104,15 @@ from .model import (
     decode_commit,
 )
 from .peers import BANNED, CONFLICT, NEW, OK, PeerTable
+from .tx import verify_link_range
 
 __all__ = [
     "AppendSegment", "BanPeer", "EquivocationFound", "Event", "HeadersResponse", "Info",
-    "Initialize", "PeerInfo", "Request", "SyncConfig", "SyncMachine", "TipReached", "TxNotFound",
-    "TxVerified", "decode_error", "decode_headers", "decode_info", "decode_tx_response",
-    "decode_validators",
+    "Initialize", "PeerInfo", "Request", "SubmitVerdict", "SyncConfig", "SyncMachine",
+    "TipReached", "TxNotFound", "TxVerified", "VerifiedInclusion", "check_lookup_hit",
+    "check_old_header", "decode_error", "decode_headers", "decode_info",
+    "decode_lookup_response", "decode_submit_response", "decode_tx_response",
+    "decode_validators", "decode_wait_response", "judge_submit",
 ]
 
 log = logging.getLogger(__name__)
@@ -107,11 +124,22 @@ MAX_INFO_BYTES = 16 * 1024  # 3 texts of <= 1 KiB, 3 hashes, 2 uints
 MAX_VALIDATORS_BYTES = MAX_VALIDATOR_SET_BYTES + 16
 MAX_TX_BYTES = MAX_SIGNED_TX_BYTES + MAX_PROOF_BYTES + 64
 MAX_ERROR_BYTES = 4 * MAX_TEXT
+#: Answers to POST /v1/tx ({tx_id} or an error) and to /v1/wait ({height} or an error).
+MAX_SUBMIT_BYTES = MAX_ERROR_BYTES
+MAX_WAIT_BYTES = MAX_ERROR_BYTES
+#: The protocol does not bound a lookup answer (only the 8 MiB of any body). Every hit costs a
+#: GET /v1/tx and a proof check, so an answer with more ids than this is refused as malformed.
+MAX_LOOKUP_IDS = 10_000
+MAX_LOOKUP_BYTES = len(wire.encode({"tx_ids": [bytes(32)] * MAX_LOOKUP_IDS}))
+#: The codes of a 400 to POST /v1/tx that mean "this transaction is refused" (§7); the fourth,
+#: ``duplicate``, means it is already there.
+SUBMIT_REJECTIONS = frozenset({"bad_tx", "bad_signature", "unknown_sender"})
 #: A commitless range is joined with the next ones from the same node up to this many headers.
 MAX_JOINED_HEADERS = 10 * MAX_HEADERS_PER_RESPONSE
 
 # Request kinds.
 INFO, HEADERS, CHECK, COMMIT, TX = "info", "headers", "check", "commit", "tx"
+RANGE = "range"  # headers between two checkpoints, for an old transaction
 
 
 # --- configuration, requests, events -----------------------------------------------------------
@@ -227,17 +255,72 @@ class TipReached(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class VerifiedInclusion:
+    """A transaction proven (§4, §5) to be in block ``height`` of the verified chain:
+    ``block_id`` is that header's, verified (in the store, or linked to a stored checkpoint), and
+    the proof of leaf ``leaf_index`` leads to its tx_root."""
+
+    tx: SignedTx
+    tx_id: bytes
+    height: int
+    block_id: bytes
+    leaf_index: int
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able: bytes as hex, ``data`` converted recursively."""
+        body = self.tx.body
+        doc: dict[str, Any] = {
+            "tx_id": self.tx_id.hex(), "height": self.height, "block_id": self.block_id.hex(),
+            "leaf_index": self.leaf_index, "chain_id": body.chain_id, "type": body.type,
+            "timestamp": body.timestamp, "sender": body.sender.hex(), "data": _json(body.data),
+            "nonce": body.nonce.hex(), "alg": self.tx.alg, "public_key": self.tx.public_key.hex(),
+        }
+        if body.recipient is not None:
+            doc["recipient"] = body.recipient
+        if body.memo is not None:
+            doc["memo"] = body.memo
+        return doc
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: _json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
 class TxVerified(Event):
+    """The transaction and its proof verified against the header at ``height``."""
+
     tx_id: bytes
     tx: SignedTx
     height: int
     peer: str
+    block_id: bytes
+    leaf_index: int
+
+    @property
+    def inclusion(self) -> VerifiedInclusion:
+        return VerifiedInclusion(self.tx, self.tx_id, self.height, self.block_id, self.leaf_index)
 
 
 @dataclass(frozen=True, slots=True)
 class TxNotFound(Event):
+    """No usable peer served the transaction with a proof that verified.
+
+    ``absent``: peers that answered 404 (they do not have it in a block). ``served_by``: peers
+    that served it but whose answer could not be verified (a bad proof, a header that could not
+    be had). Both empty: no peer gave an answer (none usable, or each failed).
+    """
+
     tx_id: bytes
     reason: str
+    absent: tuple[str, ...] = ()
+    served_by: tuple[str, ...] = ()
 
 
 # --- response decoders -------------------------------------------------------------------------
@@ -272,6 +355,9 @@ _HEADERS_KEYS = frozenset({"headers", "commits", "validator_sets"})
 _SET_ENTRY_KEYS = frozenset({"height", "validators"})
 _TX_KEYS = frozenset({"tx", "height", "proof"})
 _ERROR_KEYS = frozenset({"error", "message"})
+_SUBMIT_KEYS = frozenset({"tx_id"})
+_WAIT_KEYS = frozenset({"height"})
+_LOOKUP_KEYS = frozenset({"tx_ids"})
 _MAX_UINT = 2**64 - 1
 
 
@@ -391,6 +477,118 @@ def decode_error(data: bytes) -> tuple[str, str]:
     return _text(m["error"], "error.error"), _text(m["message"], "error.message")
 
 
+def decode_submit_response(data: bytes) -> bytes:
+    """``{tx_id}``, the 202 answer to ``POST /v1/tx``."""
+    m = _exact(_body(data, MAX_SUBMIT_BYTES, "submit response"), _SUBMIT_KEYS,
+               "submit response")
+    return _hash(m["tx_id"], "submit response.tx_id")
+
+
+def decode_wait_response(data: bytes) -> int:
+    """``{height}``, the answer to ``GET /v1/wait`` (the node's claim: untrusted)."""
+    m = _exact(_body(data, MAX_WAIT_BYTES, "wait response"), _WAIT_KEYS, "wait response")
+    return _uint(m["height"], "wait response.height")
+
+
+def decode_lookup_response(data: bytes) -> tuple[bytes, ...]:
+    """``{tx_ids: [bytes(32)]}``, the answer to ``GET /v1/lookup/{digest}``: at most
+    :data:`MAX_LOOKUP_IDS`, no id twice (claims of the node: each is fetched and verified)."""
+    m = _exact(_body(data, MAX_LOOKUP_BYTES, "lookup response"), _LOOKUP_KEYS,
+               "lookup response")
+    raw = m["tx_ids"]
+    if type(raw) is not list:
+        raise MalformedError("type", "lookup response.tx_ids: expected an array")
+    if len(raw) > MAX_LOOKUP_IDS:
+        raise MalformedError("count", f"lookup response: {len(raw)} ids > {MAX_LOOKUP_IDS}")
+    ids = tuple(_hash(i, "lookup response.tx_ids entry") for i in raw)
+    if len(set(ids)) != len(ids):
+        raise MalformedError("duplicate", "lookup response: an id listed twice")
+    return ids
+
+
+# --- pure decisions for what the adapter sends itself ----------------------------------------
+
+ACCEPTED, REJECTED, RETRY, BAN = "accepted", "rejected", "retry", "ban"
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitVerdict:
+    """What one peer's answer to ``POST /v1/tx`` means (:func:`judge_submit`).
+
+    ``outcome``: ``accepted`` (202, or 400 ``duplicate``: it is already there; ``code`` is then
+    ``duplicate``), ``rejected`` (400 ``bad_tx``/``bad_signature``/``unknown_sender``: ``code``
+    names it; the transaction itself is refused, asking another node will not help), ``retry``
+    (503: the node is busy; try another, no fault) or ``ban`` (anything else: ``code`` is the
+    ban reason, as the machine words them). ``message`` is the node's text, for people.
+    """
+
+    outcome: str
+    code: str = ""
+    message: str = ""
+
+
+def judge_submit(status: int, body: bytes, tx_id: bytes) -> SubmitVerdict:
+    """The meaning of a peer's answer (``status``, ``body``) to ``POST /v1/tx`` of ``tx_id``.
+
+    A 202 must carry our tx_id (a node that says it accepted another transaction is banned:
+    ``tx_id``). Never raises for anything a peer can send.
+    """
+    if status == 202:
+        try:
+            got = decode_submit_response(body)
+        except MalformedError as exc:
+            return SubmitVerdict(BAN, _reason(exc), str(exc))
+        if got != tx_id:
+            return SubmitVerdict(BAN, "tx_id", f"it accepted {got.hex()[:16]}..., not ours")
+        return SubmitVerdict(ACCEPTED)
+    try:
+        code, message = decode_error(body)
+    except MalformedError:
+        code, message = "", ""
+    if status == 400 and code == "duplicate":
+        return SubmitVerdict(ACCEPTED, code, message)
+    if status == 400 and code in SUBMIT_REJECTIONS:
+        return SubmitVerdict(REJECTED, code, message)
+    reason = http_reason(status, body)
+    if status == 503:
+        return SubmitVerdict(RETRY, reason, message)
+    return SubmitVerdict(BAN, reason, message)
+
+
+def check_lookup_hit(tx: SignedTx, digest: bytes) -> str | None:
+    """None if a verified transaction is what ``GET /v1/lookup/{digest}`` promised: an
+    ``evidence.deposit`` whose ``data.digest`` is ``digest``; else the ban reason for the peers
+    that listed it (``lookup_type``, ``lookup_digest``)."""
+    if tx.body.type != "evidence.deposit":
+        return "lookup_type"
+    got = tx.body.data.get("digest")
+    if type(got) is not bytes or got != digest:
+        return "lookup_digest"
+    return None
+
+
+def check_old_header(lower: tuple[int, bytes], upper: tuple[int, bytes],
+                     headers: list[Header] | tuple[Header, ...], height: int) -> Header:
+    """The header at ``height`` (below the store's window), from ``headers`` fetched between the
+    known block_ids ``lower`` and ``upper`` (``HeaderStore.checkpoints_around(height)``).
+
+    When the block_id at ``height`` itself is known (``lower[0] == height``: a checkpoint, the
+    anchor), ``headers`` is that one header and must hash to it; otherwise ``headers`` are
+    ``lower+1 .. upper`` and must hash-link from one known block_id to the other
+    (:func:`~appliance.node.tx.verify_link_range`). Raises VerificationError.
+    """
+    low, low_id = lower
+    if not low <= height <= upper[0]:
+        raise VerificationError("height", height, f"not between {low} and {upper[0]}")
+    if low == height:
+        if len(headers) != 1 or headers[0].height != height:
+            raise VerificationError("height", height, "expected the one header at the height")
+        if headers[0].block_id != low_id:
+            raise VerificationError("prev_hash", height, "not the block_id the store knows")
+        return headers[0]
+    return verify_link_range(lower, upper, headers)[height]
+
+
 # --- the machine -------------------------------------------------------------------------------
 
 
@@ -436,10 +634,42 @@ class _Conflict:
 
 
 @dataclass(slots=True)
+class _OldRange:
+    """Fetching the headers that check an old transaction's header (below the store's window)
+    against the two known block_ids around it, from one peer at a time."""
+
+    tx: SignedTx
+    height: int
+    proof: Proof
+    tx_peer: str  # who served the transaction and its proof
+    lower: tuple[int, bytes]
+    upper: tuple[int, bytes]
+    peer: str | None = None  # who serves the headers now
+    headers: list[Header] = field(default_factory=list)
+    tried: set[str] = field(default_factory=set)
+
+    @property
+    def first(self) -> int:
+        return self.height if self.lower[0] == self.height else self.lower[0] + 1
+
+    @property
+    def last(self) -> int:
+        return self.height if self.lower[0] == self.height else self.upper[0]
+
+    @property
+    def next(self) -> int:
+        return self.first + len(self.headers)
+
+
+@dataclass(slots=True)
 class _TxQuery:
     tx_id: bytes
     tried: set[str] = field(default_factory=set)
     waiting: tuple[SignedTx, int, Proof, str] | None = None  # proof for a height not stored yet
+    old: _OldRange | None = None
+    absent: list[str] = field(default_factory=list)  # peers that answered 404
+    served_by: list[str] = field(default_factory=list)  # peers whose answer did not verify
+    notes: list[str] = field(default_factory=list)  # why, for people
 
 
 class SyncMachine:
@@ -449,6 +679,9 @@ class SyncMachine:
     starts from the anchor and emits :class:`Initialize`). ``lookup_header(h)`` and
     ``lookup_set(hash)`` read the store's verified headers and sets (deterministic local reads;
     None when not held); without them only what this machine verified itself is known.
+    ``lookup_checkpoints(h)`` gives the known (height, block_id) pairs that bracket a height whose
+    header is no longer held (``HeaderStore.checkpoints_around``), or None: old transactions are
+    checked through them.
     """
 
     def __init__(
@@ -461,6 +694,8 @@ class SyncMachine:
         sets: Iterable[ValidatorSet] = (),
         lookup_header: Callable[[int], Header | None] | None = None,
         lookup_set: Callable[[bytes], ValidatorSet | None] | None = None,
+        lookup_checkpoints: Callable[[int], tuple[tuple[int, bytes], tuple[int, bytes]] | None]
+        | None = None,
     ) -> None:
         self.anchor = anchor
         self.config = config = config or SyncConfig()
@@ -471,6 +706,7 @@ class SyncMachine:
         self._lookahead = max(config.lookahead, 64) if config.strict else config.lookahead
         self._lookup_header = lookup_header
         self._lookup_set = lookup_set
+        self._lookup_checkpoints = lookup_checkpoints
         self._sets: dict[bytes, ValidatorSet] = {anchor.validators.hash: anchor.validators}
         for s in sets:
             self._sets[s.hash] = s
@@ -485,6 +721,9 @@ class SyncMachine:
         self._trusted: Header | None = tip
         self._trusted_next: ValidatorSet | None = next_set
         self._pending: list[_Segment] = []
+        # Headers handed out in AppendSegment since the adapter last called in: it may not have
+        # written them yet, so they are looked up here, not in the store.
+        self._unstored: dict[int, Header] = {}
         self._buffer: dict[int, _Batch] = {}
         self._inflight: dict[int, Request] = {}
         self._commits: dict[int, Commit] = {}  # verified commits of our own chain (recent)
@@ -564,6 +803,7 @@ class SyncMachine:
 
     def requests(self, now_ms: int) -> list[Request]:
         """The requests to send now (they count as in flight until receive()/fail())."""
+        self._unstored.clear()
         out: list[Request] = []
         for peer in self.peers.expire(now_ms):
             log.debug("peer %s: ban over, retrying", peer.url)
@@ -600,6 +840,7 @@ class SyncMachine:
 
     def receive(self, request_id: int, status: int, body: bytes, now_ms: int) -> list[Event]:
         """An answer came: HTTP ``status`` and the whole ``body``."""
+        self._unstored.clear()
         req = self._inflight.pop(request_id, None)
         if req is None:
             return self._take()
@@ -622,6 +863,7 @@ class SyncMachine:
     def fail(self, request_id: int, reason: str, now_ms: int, detail: str = "") -> list[Event]:
         """The request failed in transport: ``timeout``, ``slow``, ``oversize``,
         ``unreachable``, ``disconnected``... The peer is banned."""
+        self._unstored.clear()
         req = self._inflight.pop(request_id, None)
         if req is not None and req.peer in self.peers:
             peer = self.peers.get(req.peer)
@@ -636,6 +878,27 @@ class SyncMachine:
         if type(tx_id) is not bytes or len(tx_id) != 32:
             raise ValueError("tx_id must be 32 bytes")
         self._txs.setdefault(tx_id, _TxQuery(tx_id))
+
+    def cancel_tx(self, tx_id: bytes) -> None:
+        """Forget a :meth:`fetch_tx` nobody waits for any more (no event follows)."""
+        self._txs.pop(tx_id, None)
+        for rid in [rid for rid, r in self._inflight.items()
+                    if r.tx_id == tx_id and r.kind in (TX, RANGE)]:
+            del self._inflight[rid]
+
+    def ban_peer(self, url: str, reason: str, now_ms: int, detail: str = "") -> None:
+        """Ban a peer for an answer the adapter handled itself (a submission, a wait, a lookup
+        that did not verify); the :class:`BanPeer` comes with the next :meth:`events`."""
+        self._ban(url, reason, now_ms, detail=detail)
+
+    def poll_info(self, url: str | None = None) -> None:
+        """Ask ``/v1/info`` of the usable peers (or of ``url``) at the next :meth:`requests`:
+        the chain has grown (``/v1/wait`` said so), so the sync goes on without waiting for the
+        next ``info_interval_ms``."""
+        peer = None if url is None else self.peers.get(url)
+        for p in self.peers:
+            if p.state == OK and (peer is None or p is peer):
+                self._info_due[p.url] = 0
 
     # -- internals: requests ----------------------------------------------------------------
 
@@ -757,22 +1020,54 @@ class SyncMachine:
 
     def _tx_requests(self) -> list[Request]:
         out = []
-        busy = {r.tx_id for r in self._inflight.values() if r.kind == TX}
+        busy = {r.tx_id for r in self._inflight.values() if r.kind in (TX, RANGE)}
         for q in list(self._txs.values()):
             if q.tx_id in busy or q.waiting is not None:
+                continue
+            if q.old is not None:
+                req = self._range_request(q)
+                if req is not None:
+                    out.append(req)
                 continue
             choices = [p for p in self._header_peers() if p.url not in q.tried]
             if not choices:
                 if not self._waiting_for_info():
-                    del self._txs[q.tx_id]
-                    self._events.append(TxNotFound(
-                        q.tx_id, f"none of {len(q.tried)} peers served it with a valid proof"))
+                    self._tx_not_found(q, f"none of {len(q.tried)} peers served it with a "
+                                          "valid proof")
                 continue
             peer = choices[0]
             q.tried.add(peer.url)
             out.append(self._new(peer.url, TX, f"/v1/tx/{q.tx_id.hex()}", MAX_TX_BYTES,
                                  tx_id=q.tx_id))
         return out
+
+    def _range_request(self, q: _TxQuery) -> Request | None:
+        """The next piece of an old transaction's checkpoint range, from the peer serving it,
+        or from another one when that one is gone (the range then starts again)."""
+        o = q.old
+        assert o is not None
+        current = self.peers.get(o.peer) if o.peer is not None else None
+        if current is None or current.state != OK or current.url in self._probing:
+            choices = [p for p in self._header_peers() if p.url not in o.tried
+                       and p.height is not None and p.height >= o.last]
+            if not choices:
+                if not self._waiting_for_info():
+                    q.served_by.append(o.tx_peer)
+                    self._tx_not_found(q, f"no peer served the headers {o.first}..{o.last} "
+                                          f"that link block {o.height} to known block_ids")
+                return None
+            o.peer, o.headers = choices[0].url, []
+            o.tried.add(o.peer)
+        count = min(MAX_HEADERS_PER_RESPONSE, o.last - o.next + 1)
+        return self._new(o.peer, RANGE, f"/v1/headers?from={o.next}&count={count}",
+                         MAX_RESPONSE_BYTES, height=o.next, count=count, tx_id=q.tx_id)
+
+    def _tx_not_found(self, q: _TxQuery, reason: str) -> None:
+        del self._txs[q.tx_id]
+        if q.notes:
+            reason += "; " + "; ".join(q.notes[-4:])
+        self._events.append(TxNotFound(q.tx_id, reason, tuple(dict.fromkeys(q.absent)),
+                                       tuple(dict.fromkeys(q.served_by))))
 
     # -- internals: answers -----------------------------------------------------------------
 
@@ -785,6 +1080,9 @@ class SyncMachine:
         if status == 404 and req.kind in (COMMIT, TX):
             # A commit it does not keep (nodes may keep sparse commits) or a tx it does not
             # know: not a fault; the next requests() asks another peer.
+            q = self._txs.get(req.tx_id) if req.kind == TX else None
+            if q is not None:
+                q.absent.append(req.peer)
             return
         code = ""
         try:
@@ -792,7 +1090,7 @@ class SyncMachine:
         except MalformedError:
             pass
         reason = f"http_{status}" + (f"_{code[:40]}" if code else "")
-        if req.kind in (HEADERS, CHECK) and status == 404:
+        if req.kind in (HEADERS, CHECK, RANGE) and status == 404:
             reason = "withhold"
         self._ban(req.peer, reason, now_ms, detail=f"{req.path}: HTTP {status}")
 
@@ -971,35 +1269,82 @@ class SyncMachine:
         q = self._txs.get(req.tx_id)
         if q is None:
             return
-        tx, height, proof = decode_tx_response(body)
-        if tx.tx_id != req.tx_id:
-            raise VerificationError("proof", height, "the node served another transaction")
-        verify.verify_tx(tx, self.anchor.chain_id)
+        try:
+            tx, height, proof = decode_tx_response(body)
+            if tx.tx_id != req.tx_id:
+                raise VerificationError("proof", height, "the node served another transaction")
+            verify.verify_tx(tx, self.anchor.chain_id)
+        except LedgerError:
+            q.served_by.append(req.peer)
+            raise  # receive() bans
         if self._trusted is None or height > self._trusted.height:
             q.waiting = (tx, height, proof, req.peer)
+            peer = self.peers.get(req.peer)
+            if peer is not None and (peer.height is None or peer.height < height):
+                # It has a block above what it told us: its tip has grown, ask it now.
+                self._info_due[peer.url] = 0
             return
         self._finish_tx(q, tx, height, proof, req.peer, now_ms)
 
     def _finish_tx(self, q: _TxQuery, tx: SignedTx, height: int, proof: Proof, peer: str,
                    now_ms: int) -> None:
         header = self._our_header(height)
-        if header is None:
-            del self._txs[q.tx_id]
-            self._events.append(TxNotFound(q.tx_id, f"header {height} is not held"))
+        if header is not None:
+            self._check_proof(q, tx, height, proof, peer, header, now_ms)
             return
+        around = None
+        if self._lookup_checkpoints is not None and height >= self.anchor.height:
+            around = self._lookup_checkpoints(height)
+        q.waiting = None
+        if around is None:
+            # Below the trust anchor (or no store to read): nothing here can prove it. Not the
+            # peer's fault; the next requests() asks another one.
+            q.served_by.append(peer)
+            q.notes.append(f"{peer} served it at height {height}, where no verified header or "
+                           "checkpoint is known")
+            return
+        q.old = _OldRange(tx, height, proof, peer, around[0], around[1])
+
+    def _check_proof(self, q: _TxQuery, tx: SignedTx, height: int, proof: Proof, peer: str,
+                     header: Header, now_ms: int) -> None:
         try:
             verify.verify_proof(tx.tx_id, proof, header)
         except VerificationError as exc:
             q.waiting = None
+            q.served_by.append(peer)
+            q.notes.append(f"{peer} served a proof that does not verify")
             self._ban(peer, "proof", now_ms, detail=str(exc))
             return
         del self._txs[q.tx_id]
         self.peers.good(peer)
-        self._events.append(TxVerified(q.tx_id, tx, height, peer))
+        self._events.append(TxVerified(q.tx_id, tx, height, peer, header.block_id,
+                                       proof.leaf_index))
+
+    def _on_range(self, req: Request, body: bytes, now_ms: int) -> None:
+        q = self._txs.get(req.tx_id)
+        o = q.old if q is not None else None
+        if o is None or req.peer != o.peer or req.height != o.next:
+            return  # abandoned meanwhile
+        resp = decode_headers(body)
+        if not resp.headers:
+            self._ban(req.peer, "withhold", now_ms,
+                      detail=f"no headers from {req.height} (checkpoint range)")
+            return
+        for i, h in enumerate(resp.headers):
+            if h.height != req.height + i:
+                raise VerificationError("height", h.height, f"expected {req.height + i}")
+        o.headers.extend(resp.headers[:o.last - o.next + 1])  # a node may send more
+        if o.next <= o.last:
+            return  # fewer than asked: the next requests() asks for the rest
+        header = check_old_header(o.lower, o.upper, o.headers, o.height)  # raises: ban
+        self.peers.good(req.peer, len(o.headers))
+        assert q is not None
+        q.old = None
+        self._check_proof(q, o.tx, o.height, o.proof, o.tx_peer, header, now_ms)
 
     _HANDLERS: dict[str, Callable[[SyncMachine, Request, bytes, int], None]] = {
         INFO: _on_info, HEADERS: _on_headers, CHECK: _on_check, COMMIT: _on_commit,
-        TX: _on_tx,
+        TX: _on_tx, RANGE: _on_range,
     }
 
     # -- internals: verification, confirmation, storing -------------------------------------
@@ -1130,6 +1475,8 @@ class SyncMachine:
                 else:
                     return
             self._pending.pop(0)
+            for h in seg.headers:
+                self._unstored[h.height] = h
             self._trusted, self._trusted_next = seg.tip, seg.result.next_set
             self.appended += len(seg.headers)
             self._events.append(AppendSegment(
@@ -1173,7 +1520,7 @@ class SyncMachine:
         t = self._trusted
         if t is not None and t.height == height:
             return t
-        h = self._recent.get(height)
+        h = self._recent.get(height) or self._unstored.get(height)
         if h is not None:
             return h
         if self._lookup_header is not None and t is not None and height <= t.height:
@@ -1243,6 +1590,20 @@ def _prefix(result: verify.SegmentResult, headers: tuple[Header, ...],
     after = changes[-1].next_set if changes else next_set
     return verify.SegmentResult(headers[-1], after, changes,
                                 tuple(h for h in result.commit_heights if h <= last))
+
+
+def http_reason(status: int, body: bytes) -> str:
+    """The ban reason for an HTTP error answer: ``http_<status>[_<code>]``."""
+    try:
+        code = decode_error(body)[0]
+    except MalformedError:
+        code = ""
+    return f"http_{status}" + (f"_{code[:40]}" if code else "")
+
+
+def ban_reason(exc: LedgerError) -> str:
+    """The ban reason for data that failed: the rule, or ``malformed[_<reason>]``."""
+    return _reason(exc)
 
 
 def _reason(exc: LedgerError) -> str:
