@@ -117,13 +117,10 @@ import contextlib
 import os
 import pathlib
 import re
-import selectors
 import signal
 import socket
 import sqlite3
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -135,6 +132,7 @@ from aiohttp import web
 from appliance import wire
 from appliance.gm import ecdsa, sm2, sm3
 from hil import chain as hc
+from hil.process import FixtureProcess
 
 __all__ = [
     "DEFAULT_DISTRICT", "DistrictNode", "DistrictNodeProcess", "GARBAGE_BODY", "MODES",
@@ -1074,17 +1072,18 @@ def run_cli(chain_dir: str, *, host: str, port: int, district: str, block_interv
     return asyncio.run(main())
 
 
-class DistrictNodeProcess:
+class DistrictNodeProcess(FixtureProcess):
     """``appliance-hil district-node`` as a subprocess, for tests::
 
         with DistrictNodeProcess(chain_dir, misbehave="withhold@10") as node:
             urllib.request.urlopen(node.url + "/v1/info")
 
     Starts ``python -m hil.cli district-node --port 0 ...``, waits for its ``ready URL`` line
-    (RuntimeError with the node's log if it exits or times out first), and on exit sends
-    SIGTERM and waits. Its stderr (one line per request) goes to ``log_path`` (a temporary
-    file unless given, removed on exit unless the start failed); :meth:`log_text` reads it.
+    and on exit stops it (:class:`hil.process.FixtureProcess`); its stderr (one line per
+    request) is in :meth:`log_text`.
     """
+
+    name = "district-node"
 
     def __init__(self, chain_dir: str | os.PathLike[str], *, host: str = "127.0.0.1",
                  port: int = 0, district: str | None = None,
@@ -1092,99 +1091,19 @@ class DistrictNodeProcess:
                  misbehave: Misbehaviour | str | None = None, peer_key_seed: str | None = None,
                  advertise: bool = False, ready_timeout: float = 30.0,
                  log_path: str | os.PathLike[str] | None = None) -> None:
-        self.argv = [sys.executable, "-m", "hil.cli", "district-node", "--chain",
-                     str(chain_dir), "--host", host, "--port", str(port), "--exit-with-parent"]
+        args = ["district-node", "--chain", str(chain_dir), "--host", host, "--port", str(port)]
         for flag, value in (("--district", district), ("--block-interval-ms", block_interval_ms),
                             ("--misbehave", misbehave), ("--peer-key-seed", peer_key_seed)):
             if value is not None:
-                self.argv += [flag, str(value)]
+                args += [flag, str(value)]
         if empty_blocks:
-            self.argv.append("--empty-blocks")
+            args.append("--empty-blocks")
         if advertise:
-            self.argv.append("--advertise")
-        self.ready_timeout = ready_timeout
-        self._own_log = log_path is None
-        if log_path is None:
-            fd, name = tempfile.mkstemp(prefix="district-node-", suffix=".log")
-            os.close(fd)
-            log_path = name
-        self.log_path = pathlib.Path(log_path)
-        self.proc: subprocess.Popen[bytes] | None = None
+            args.append("--advertise")
+        super().__init__(args, ready_timeout=ready_timeout, log_path=log_path)
         self.url = ""
 
     def start(self) -> DistrictNodeProcess:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")] if p)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.PIPE, stderr=log, env=env)
-        assert self.proc.stdout is not None
-        line = _read_line(self.proc.stdout.fileno(), self.ready_timeout,
-                          lambda: self.proc is not None and self.proc.poll() is not None)
-        if line is None or not line.startswith(b"ready "):
-            with contextlib.suppress(subprocess.TimeoutExpired):  # stdout closed: exiting
-                self.proc.wait(timeout=5)
-            status = self.proc.poll()
-            what = (f"exited with status {status}" if status is not None
-                    else f"not ready after {self.ready_timeout:.0f} s")
-            self.stop()
-            self._own_log = False  # keep the log of a failed start
-            raise RuntimeError(f"district-node {what}; its log:\n{self.log_text()}")
-        self.url = line.decode().split(None, 1)[1].strip()
+        super().start()
+        self.url = self.ready_line.split(None, 1)[1].strip()
         return self
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM, wait (SIGKILL after ``timeout``); the exit status."""
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=timeout)
-        if proc.stdout is not None:
-            proc.stdout.close()
-        return proc.returncode
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def __enter__(self) -> DistrictNodeProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        if self._own_log:
-            with contextlib.suppress(OSError):
-                self.log_path.unlink()
-
-
-def _read_line(fd: int, timeout: float, dead: Callable[[], bool]) -> bytes | None:
-    """One line from ``fd`` within ``timeout`` seconds; None on timeout or end of file."""
-    deadline = time.monotonic() + timeout
-    buf = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            if sel.select(min(left, 0.2)):
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    return None
-                buf += chunk
-            elif dead():
-                return None
-    return buf.split(b"\n", 1)[0]

@@ -54,14 +54,13 @@ import selectors
 import signal
 import subprocess
 import sys
-import tempfile
 import termios
 import time
 import tty
-from collections.abc import Callable
 from typing import IO, Any
 
 from hil.faults import FaultSpec, FrameCounter, LineFaults
+from hil.process import FixtureProcess
 from hil.tools import find_tool, require_tool
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -627,19 +626,18 @@ class Emulator:
         return 0
 
 
-class HsmEmulator:
+class HsmEmulator(FixtureProcess):
     """The emulator as a subprocess, for tests and benchmarks::
 
         with HsmEmulator(tmp_path / "gmcrypto0", tmp_path / "store.bin") as emu:
             client = Client(str(emu.link))
 
-    Starts ``python -m hil.cli hsm-emulator ...``, waits for its ``ready`` line (raising
-    RuntimeError with the emulator's log if it exits or times out first) and on exit sends
-    SIGTERM and waits for it. The emulator's stderr (its log and the firmware's stderr) goes
-    to ``log_path`` (a temporary file unless given, removed on exit from the ``with`` block;
-    after a failed start it stays, and its text is in the RuntimeError); :meth:`log_text`
-    reads it.
+    Starts ``python -m hil.cli hsm-emulator ...``, waits for its ``ready`` line and on exit
+    stops it (:class:`hil.process.FixtureProcess`); the emulator's log and the firmware's
+    stderr are in :meth:`log_text`.
     """
+
+    name = "hsm-emulator"
 
     def __init__(self, link: str | os.PathLike, store: str | os.PathLike, *,
                  runtime: str = "cpython", baud: int = 0, faults: FaultSpec | str | None = None,
@@ -650,105 +648,23 @@ class HsmEmulator:
                  ) -> None:
         self.link = pathlib.Path(link)
         self.store = pathlib.Path(store)
-        self.ready_timeout = ready_timeout
-        self.argv = [sys.executable, "-m", "hil.cli", "hsm-emulator", "--link", str(link),
-                     "--store", str(store), "--runtime", runtime, "--baud", str(baud),
-                     "--exit-with-parent"]
+        args = ["hsm-emulator", "--link", str(link), "--store", str(store), "--runtime",
+                runtime, "--baud", str(baud)]
         spec = str(faults) if isinstance(faults, FaultSpec) else faults
         if spec:
-            self.argv += ["--faults", spec]
+            args += ["--faults", spec]
         for flag, value in (("--seed", seed), ("--serial", serial), ("--slow-ms", slow_ms),
                             ("--firmware", firmware), ("--micropython", micropython)):
             if value is not None:
-                self.argv += [flag, str(value)]
+                args += [flag, str(value)]
         if kat_fail:
-            self.argv.append("--kat-fail")
-        self._own_log = log_path is None
-        if log_path is None:
-            fd, name = tempfile.mkstemp(prefix="hsm-emulator-", suffix=".log")
-            os.close(fd)
-            log_path = name
-        self.log_path = pathlib.Path(log_path)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.ready_line = ""  # what the emulator printed: "ready PATH"
+            args.append("--kat-fail")
+        super().__init__(args, ready_timeout=ready_timeout, log_path=log_path)
 
     @property
     def port(self) -> str:
         """The path to open with pyserial (the symlink to the pty)."""
         return str(self.link)
-
-    def start(self) -> HsmEmulator:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")] if p)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.PIPE, stderr=log, env=env)
-        assert self.proc.stdout is not None
-        line = _read_line(self.proc.stdout.fileno(), self.ready_timeout,
-                          lambda: self.proc is not None and self.proc.poll() is not None)
-        if line is None or not line.startswith(b"ready "):
-            what = ("exited with status %s" % self.proc.poll() if self.proc.poll() is not None
-                    else "not ready after %.0f s" % self.ready_timeout)
-            self.stop()
-            raise RuntimeError("hsm-emulator %s; its log:\n%s" % (what, self.log_text()))
-        self.ready_line = line.decode(errors="replace")
-        return self
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM, wait (SIGKILL after ``timeout``); the emulator's exit status."""
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=timeout)
-        if proc.stdout is not None:
-            proc.stdout.close()
-        return proc.returncode
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def __enter__(self) -> HsmEmulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        if self._own_log:
-            with contextlib.suppress(OSError):
-                self.log_path.unlink()
-
-
-def _read_line(fd: int, timeout: float, dead: Callable[[], bool]) -> bytes | None:
-    """One line from ``fd`` within ``timeout`` seconds; None on timeout or end of file."""
-    deadline = time.monotonic() + timeout
-    buf = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            if sel.select(min(left, 0.2)):
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    return None
-                buf += chunk
-            elif dead():
-                return None
-    return buf.split(b"\n", 1)[0]
 
 
 __all__ = ["EXIT_POWER_CUT", "Emulator", "HsmEmulator", "find_micropython", "firmware_command",
