@@ -226,8 +226,11 @@ def run_sync(args: argparse.Namespace) -> int:
         store.close()
 
 
-async def _sync(args: argparse.Namespace, store: Any, anchor_bytes: bytes, chain_id: str,
-                peers: list[str], config: Any) -> int:
+async def _start_node(args: argparse.Namespace, store: Any, anchor_bytes: bytes, chain_id: str,
+                      peers: list[str], config: Any) -> tuple[Any, asyncio.Event, Any] | int:
+    """The NodeSync with its static peers, SIGTERM/SIGINT setting the stop event and, with
+    --discover, mDNS discovery started: (node, stop, discovery or None), or an exit status
+    after the failure was printed."""
     from .client import NodeSync, SyncAborted
     from .discovery import Discovery
 
@@ -251,9 +254,20 @@ async def _sync(args: argparse.Namespace, store: Any, anchor_bytes: bytes, chain
             await discovery.start()
         except OSError as exc:
             return _fail(EXIT_USAGE, "discovery", f"mDNS discovery could not start: {exc}")
-        if args.discover_wait > 0:
-            # Let announcements come in first: the peers' tip is the best of all of them.
-            await _wait(stop, args.discover_wait)
+    return node, stop, discovery
+
+
+async def _sync(args: argparse.Namespace, store: Any, anchor_bytes: bytes, chain_id: str,
+                peers: list[str], config: Any) -> int:
+    from .client import SyncAborted
+
+    started = await _start_node(args, store, anchor_bytes, chain_id, peers, config)
+    if isinstance(started, int):
+        return started
+    node, stop, discovery = started
+    if discovery is not None and args.discover_wait > 0:
+        # Let announcements come in first: the peers' tip is the best of all of them.
+        await _wait(stop, args.discover_wait)
     try:
         result = await node.run(stop_at_tip=True, stall_timeout_s=args.timeout, stop=stop)
     except SyncAborted as exc:
@@ -367,30 +381,13 @@ async def _query(args: argparse.Namespace, kind: str, key: bytes, store: Any,
                  anchor_bytes: bytes, chain_id: str, peers: list[str]) -> int:
     """Run the sync in the background and ask the question; the sync stores what the answer
     needs (the header of the transaction's block) before the answer is given."""
-    from .client import NodeSync, SyncAborted, TxError
-    from .discovery import Discovery
+    from .client import SyncAborted, TxError
     from .sync import SyncConfig
 
-    try:
-        node = NodeSync(store, anchor_bytes, SyncConfig(),
-                        peers_file=Path(store.path).with_name(PEERS_NAME))
-    except SyncAborted as exc:
-        return _fail(EXIT_STORE, "store", str(exc))
-    for url in peers:
-        node.add_peer(url, "static")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    discovery = None
-    if args.discover:
-        discovery = Discovery(chain_id, lambda url, name: node.add_peer(url, f"mdns:{name}"),
-                              lambda url, name: node.remove_peer(url, f"mdns:{name}"),
-                              interfaces=args.discover_interface)
-        try:
-            await discovery.start()
-        except OSError as exc:
-            return _fail(EXIT_USAGE, "discovery", f"mDNS discovery could not start: {exc}")
+    started = await _start_node(args, store, anchor_bytes, chain_id, peers, SyncConfig())
+    if isinstance(started, int):
+        return started
+    node, stop, discovery = started
     started = time.monotonic()
     sync_task = asyncio.create_task(node.run(stop_at_tip=False, stall_timeout_s=None,
                                              stop=stop))
