@@ -24,6 +24,7 @@ hypothesis test checks it), and caches ``encoded`` and ``block_id = SM3(encoded)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +42,7 @@ __all__ = [
     "SignedTx", "TrustAnchor", "TxBody", "Validator", "ValidatorSet", "ZERO_HASH",
     "decode_block", "decode_commit", "decode_header", "decode_proof", "decode_signed_tx",
     "decode_trust_anchor", "decode_tx_body", "decode_validator_set", "enc", "encode_header",
-    "peer_id", "vote_bytes",
+    "parse_header_at", "peer_id", "vote_bytes",
 ]
 
 PROTOCOL_VERSION = "1"
@@ -400,6 +401,129 @@ def _make_header(
     _set_encoded(h, encoded)
     _set_block_id(h, digest(encoded))
     return h
+
+
+def parse_header_at(data: bytes, pos: int) -> tuple[Header, int] | None:
+    """The canonical header map that starts at ``data[pos]``, and the offset just after it.
+
+    A fast path for header arrays in response bodies: reads the fixed shape (the 8 keys in
+    canonical order) straight from the bytes, builds the Header (which validates every field and
+    encodes it canonically) and accepts only if that encoding equals the bytes read, so what it
+    returns is exactly what ``Header.from_obj(wire.decode(data[pos:end]))`` gives. Returns None
+    for anything else (other shapes, bad fields, non-canonical spellings, truncation): the caller
+    then falls back to the generic decoder, which gives the typed error.
+    """
+    m = _HDR_HEAD.match(data, pos)
+    if m is not None:  # the common shape, version "1", in two C-level matches
+        height_raw, tx_root, c_head = m.groups()
+        i = m.end()
+        n = c_head[0] - 0x60 if len(c_head) == 1 else c_head[1]
+        c_raw = data[i : i + n]
+        t = _HDR_TAIL.match(data, i + n)
+        if t is not None and len(c_raw) == n:
+            prev_hash, ts_raw, validators_hash, next_validators_hash = t.groups()
+            try:
+                h = _make_header(
+                    c_raw.decode(), _uint_of(height_raw), "1", prev_hash, tx_root,
+                    _uint_of(ts_raw), validators_hash, next_validators_hash,
+                )  # fmt: skip
+            except (MalformedError, ValueError):
+                return None
+            end = t.end()
+            return (h, end) if h.encoded == data[pos:end] else None
+    try:
+        if not data.startswith(_HDR_START, pos):
+            return None
+        i = pos + 8
+        height, i = _read_uint(data, i)
+        if not data.startswith(_K_TX_ROOT, i):
+            return None
+        tx_root = data[i + 10 : i + 42]
+        i += 42
+        if data.startswith(_K_VERSION_1, i):
+            version = "1"
+            i += 10
+        elif data.startswith(_K_VERSION, i):
+            version, i = _read_text(data, i + 8)
+        else:
+            return None
+        if not data.startswith(_K_CHAIN_ID, i):
+            return None
+        chain_id, i = _read_text(data, i + 9)
+        if not data.startswith(_K_PREV_HASH, i):
+            return None
+        prev_hash = data[i + 12 : i + 44]
+        i += 44
+        if not data.startswith(_K_TIMESTAMP, i):
+            return None
+        timestamp, i = _read_uint(data, i + 10)
+        if not data.startswith(_K_VALIDATORS_HASH, i):
+            return None
+        validators_hash = data[i + 18 : i + 50]
+        i += 50
+        if not data.startswith(_K_NEXT_VALIDATORS_HASH, i):
+            return None
+        next_validators_hash = data[i + 23 : i + 55]
+        i += 55
+        h = _make_header(
+            chain_id, height, version, prev_hash, tx_root, timestamp, validators_hash,
+            next_validators_hash,
+        )  # fmt: skip
+    except (MalformedError, IndexError, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+    if h.encoded != data[pos:i]:  # a short slice (truncation) or a non-shortest head
+        return None
+    return h, i
+
+
+_HDR_START = _MAP8 + _K_HEIGHT
+_K_VERSION_1 = _K_VERSION + b"\x611"
+_UINT_RE = rb"([\x00-\x17]|\x18.|\x19..|\x1a.{4}|\x1b.{8})"  # any head length, see _uint_of
+_HDR_HEAD = re.compile(
+    re.escape(_HDR_START) + _UINT_RE + re.escape(_K_TX_ROOT) + rb"(.{32})"
+    + re.escape(_K_VERSION_1 + _K_CHAIN_ID) + rb"([\x61-\x77]|\x78[\x18-\x40])",
+    re.DOTALL,
+)
+_HDR_TAIL = re.compile(
+    re.escape(_K_PREV_HASH) + rb"(.{32})" + re.escape(_K_TIMESTAMP) + _UINT_RE
+    + re.escape(_K_VALIDATORS_HASH) + rb"(.{32})" + re.escape(_K_NEXT_VALIDATORS_HASH)
+    + rb"(.{32})",
+    re.DOTALL,
+)
+
+
+def _uint_of(raw: bytes) -> int:
+    """The value of a uint item matched by _UINT_RE (its head and argument bytes)."""
+    return raw[0] if len(raw) == 1 else int.from_bytes(raw[1:], "big")
+
+
+def _read_uint(data: bytes, i: int) -> tuple[int, int]:
+    """A major-type-0 item at data[i] (any head length; canonicity is checked by the caller)."""
+    b = data[i]
+    if b < 24:
+        return b, i + 1
+    if 24 <= b <= 27:
+        n = 1 << (b - 24)
+        if i + 1 + n > len(data):
+            raise IndexError
+        return int.from_bytes(data[i + 1 : i + 1 + n], "big"), i + 1 + n
+    raise ValueError
+
+
+def _read_text(data: bytes, i: int) -> tuple[str, int]:
+    """A major-type-3 item of at most 2**16 - 1 bytes at data[i], decoded as UTF-8."""
+    b = data[i]
+    if 0x60 <= b <= 0x77:
+        n, i = b - 0x60, i + 1
+    elif b == 0x78:
+        n, i = data[i + 1], i + 2
+    elif b == 0x79:
+        n, i = int.from_bytes(data[i + 1 : i + 3], "big"), i + 3
+    else:
+        raise ValueError
+    if i + n > len(data):
+        raise IndexError
+    return data[i : i + n].decode(), i + n
 
 
 def vote_bytes(chain_id: str, height: int, block_id: bytes) -> bytes:

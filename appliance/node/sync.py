@@ -102,6 +102,7 @@ from .model import (
     TrustAnchor,
     ValidatorSet,
     decode_commit,
+    parse_header_at,
 )
 from .peers import BANNED, CONFLICT, NEW, OK, PeerTable
 from .tx import verify_link_range
@@ -418,6 +419,66 @@ def decode_info(data: bytes) -> Info:
     )
 
 
+_HR_START = b"\xa3\x67commits"  # {commits, headers, validator_sets}: canonical key order
+_HR_HEADERS = b"\x67headers"
+_HR_SETS = b"\x6evalidator_sets"
+
+
+def _fast_headers(data: object, limit: int) -> tuple[tuple[Header, ...], list, list] | None:
+    """The headers, commits and validator sets of a well-formed headers response, or None.
+
+    The fast path of :func:`decode_headers`: the header array is read straight from the bytes
+    (:func:`~appliance.node.model.parse_header_at`, which re-encodes each header and compares),
+    the rest of the body, with an empty header array in its place, goes through the generic
+    canonical decoder. It returns only what the generic path would return for the same bytes
+    (canonical encoding is compositional and unique); anything unusual, invalid or not
+    canonical gives None, and the caller takes the generic path, which gives the typed error.
+    """
+    if type(data) is not bytes or len(data) > limit or not data.startswith(_HR_START):
+        return None
+    p = data.find(_HR_HEADERS, 9)  # the first candidate; checked below to be the real key
+    if p < 0:
+        return None
+    i = p + 8
+    if i >= len(data):
+        return None
+    b = data[i]
+    if 0x80 <= b <= 0x97:
+        n, i = b - 0x80, i + 1
+    elif b == 0x98 and i + 1 < len(data) and data[i + 1] >= 24:
+        n, i = data[i + 1], i + 2
+    elif b == 0x99 and i + 2 < len(data) and data[i + 1] != 0:
+        n, i = int.from_bytes(data[i + 1 : i + 3], "big"), i + 3
+    else:
+        return None
+    if n > MAX_HEADERS_PER_RESPONSE:
+        return None
+    headers: list[Header] = []
+    for _ in range(n):
+        parsed = parse_header_at(data, i)
+        if parsed is None:
+            return None
+        h, i = parsed
+        headers.append(h)
+    if not data.startswith(_HR_SETS, i):
+        return None
+    rest = data[:p] + b"\x67headers\x80" + data[i:]
+    try:
+        m = wire.decode(rest, limit)
+        if type(m) is not dict or m.keys() != _HEADERS_KEYS or m["headers"] != []:
+            return None
+        raw_commits, raw_sets = m["commits"], m["validator_sets"]
+        if type(raw_commits) is not list or type(raw_sets) is not list:
+            return None
+        # rest is canonical, so this holds iff the commits array ends exactly at p, i.e. the
+        # key found above is the map's "headers" key and not bytes inside a commit.
+        if len(wire.encode(raw_commits)) != p - 9:
+            return None
+    except wire.WireError:
+        return None
+    return tuple(headers), raw_commits, raw_sets
+
+
 def decode_headers(data: bytes, limit: int = MAX_RESPONSE_BYTES) -> HeadersResponse:
     """``{headers: [header], commits: [commit], validator_sets: [{height, validators}]}``.
 
@@ -426,15 +487,20 @@ def decode_headers(data: bytes, limit: int = MAX_RESPONSE_BYTES) -> HeadersRespo
     keyed by their hash (what a node says about their heights is not used: each set is checked
     against the hash a header names when it is used).
     """
-    m = _exact(_body(data, limit, "headers response"), _HEADERS_KEYS, "headers response")
-    raw_headers, raw_commits, raw_sets = m["headers"], m["commits"], m["validator_sets"]
-    for value, name in ((raw_headers, "headers"), (raw_commits, "commits"),
-                        (raw_sets, "validator_sets")):
-        if type(value) is not list:
-            raise MalformedError("type", f"headers response.{name}: expected an array")
-    if len(raw_headers) > MAX_HEADERS_PER_RESPONSE:
-        raise MalformedError("count", f"{len(raw_headers)} headers > {MAX_HEADERS_PER_RESPONSE}")
-    headers = tuple(Header.from_obj(h) for h in raw_headers)
+    fast = _fast_headers(data, limit)
+    if fast is not None:
+        headers, raw_commits, raw_sets = fast
+    else:
+        m = _exact(_body(data, limit, "headers response"), _HEADERS_KEYS, "headers response")
+        raw_headers, raw_commits, raw_sets = m["headers"], m["commits"], m["validator_sets"]
+        for value, name in ((raw_headers, "headers"), (raw_commits, "commits"),
+                            (raw_sets, "validator_sets")):
+            if type(value) is not list:
+                raise MalformedError("type", f"headers response.{name}: expected an array")
+        if len(raw_headers) > MAX_HEADERS_PER_RESPONSE:
+            raise MalformedError("count",
+                                 f"{len(raw_headers)} headers > {MAX_HEADERS_PER_RESPONSE}")
+        headers = tuple(Header.from_obj(h) for h in raw_headers)
     if len(raw_commits) > len(headers):
         raise MalformedError("count", "headers response: more commits than headers")
     commits: dict[int, Commit] = {}
