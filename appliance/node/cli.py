@@ -168,12 +168,29 @@ def _setup_logging(level: str) -> None:
 # --- sync ---------------------------------------------------------------------------------------
 
 
+def _open_store(directory: Path) -> Any:
+    """The header store in ``directory`` (created if missing), or an exit status after the
+    failure was printed."""
+    from .store import HeaderStore, StoreCorrupt, StoreError
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _fail(EXIT_STORE, "store", f"cannot create {directory}: {exc.strerror or exc}")
+    try:
+        return HeaderStore.open(directory / STORE_NAME)
+    except StoreCorrupt as exc:
+        return _fail(EXIT_STORE, "store_corrupt", f"{exc} (move it aside to sync again "
+                     "from the anchor)")
+    except StoreError as exc:
+        return _fail(EXIT_STORE, "store", str(exc))
+
+
 def run_sync(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     from .errors import LedgerError
     from .model import decode_trust_anchor
     from .peers import normalize_url
-    from .store import HeaderStore, StoreCorrupt, StoreError
     from .sync import SyncConfig
 
     try:
@@ -204,17 +221,9 @@ def run_sync(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(EXIT_USAGE, "usage", str(exc))
     directory = node_dir(args.state)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return _fail(EXIT_STORE, "store", f"cannot create {directory}: {exc.strerror or exc}")
-    try:
-        store = HeaderStore.open(directory / STORE_NAME)
-    except StoreCorrupt as exc:
-        return _fail(EXIT_STORE, "store_corrupt", f"{exc} (move it aside to sync again "
-                     "from the anchor)")
-    except StoreError as exc:
-        return _fail(EXIT_STORE, "store", str(exc))
+    store = _open_store(directory)
+    if isinstance(store, int):
+        return store
     try:
         return asyncio.run(_sync(args, store, anchor_bytes, anchor.chain_id, peers, config))
     except KeyboardInterrupt:
@@ -317,7 +326,7 @@ def _run_query(args: argparse.Namespace, kind: str, key_hex: str) -> int:
     from .errors import LedgerError
     from .model import decode_trust_anchor
     from .peers import normalize_url
-    from .store import HeaderStore, StoreCorrupt, StoreError
+    from .store import StoreError
 
     what = "TXID_HEX" if kind == "tx" else "DIGEST_HEX"
     key = _hex32(key_hex)
@@ -344,17 +353,9 @@ def _run_query(args: argparse.Namespace, kind: str, key_hex: str) -> int:
     directory = node_dir(args.state)
     if anchor_bytes is None and not (directory / STORE_NAME).exists():
         return _fail(EXIT_USAGE, "usage", f"no header store in {directory}: give --trust FILE")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return _fail(EXIT_STORE, "store", f"cannot create {directory}: {exc.strerror or exc}")
-    try:
-        store = HeaderStore.open(directory / STORE_NAME)
-    except StoreCorrupt as exc:
-        return _fail(EXIT_STORE, "store_corrupt", f"{exc} (move it aside to sync again "
-                     "from the anchor)")
-    except StoreError as exc:
-        return _fail(EXIT_STORE, "store", str(exc))
+    store = _open_store(directory)
+    if isinstance(store, int):
+        return store
     try:
         if anchor_bytes is None:
             if not store.initialized:

@@ -132,9 +132,10 @@ def test_cli_sync_two_honest_nodes_then_status(chain_dir: Path, honest: District
         assert doc["appended"] == tip[0] and doc["alarms"] == []
         peers = peers_of(doc)
         assert set(peers) == {honest.url, second.url}
-        assert all(p["state"] == "ok" and p["bans"] == 0 for p in peers.values())
-        # Pipelined across both: each served verified headers.
-        assert all(p["verified_headers"] > 0 for p in peers.values())
+        assert all(p["state"] == "ok" and p["bans"] == 0 for p in peers.values()), peers
+        # Every stored header was served and verified; which peer served which of the two
+        # batches is a race, but each segment was vouched for by the other peer first.
+        assert sum(p["verified_headers"] for p in peers.values()) >= tip[0], peers
         assert "vouched for by" in r.stderr  # segments cross-checked before storing
         check_store(tmp_path / "state", chain_dir).close()
 
