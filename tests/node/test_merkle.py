@@ -11,6 +11,7 @@ import hashlib
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rfc9162 import mth, path
 
 from appliance.node import merkle
 
@@ -19,31 +20,6 @@ def sm3(data: bytes) -> bytes:
     return hashlib.new("sm3", data).digest()
 
 
-def split(n: int) -> int:
-    k = 1
-    while k * 2 < n:
-        k *= 2
-    return k
-
-
-def mth(d: list[bytes]) -> bytes:
-    """MTH of RFC 9162 §2.1.1, recursively."""
-    if not d:
-        return sm3(b"")
-    if len(d) == 1:
-        return sm3(b"\x00" + d[0])
-    k = split(len(d))
-    return sm3(b"\x01" + mth(d[:k]) + mth(d[k:]))
-
-
-def path(m: int, d: list[bytes]) -> list[bytes]:
-    """PATH(m, D[n]) of RFC 9162 §2.1.3.1, recursively."""
-    if len(d) == 1:
-        return []
-    k = split(len(d))
-    if m < k:
-        return path(m, d[:k]) + [mth(d[k:])]
-    return path(m - k, d[k:]) + [mth(d[:k])]
 
 
 def leaves(n: int, salt: bytes = b"") -> list[bytes]:
