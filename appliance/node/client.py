@@ -734,6 +734,13 @@ class NodeSync:
                                      total_timeout_s=self.limits.total_timeout_s + extra)
         req = sync.Request(0, url, "wait", f"/v1/wait?height={height}&timeout_ms={timeout_ms}",
                            sync.MAX_WAIT_BYTES)
+        return await self._ask_peer(req, sync.decode_wait_response, limits=limits)
+
+    async def _ask_peer(self, req: sync.Request, decode: Callable[[bytes], Any], *,
+                        limits: Limits | None = None) -> Any:
+        """A peer's decoded 200 answer to ``req``, or None after banning it for a transport
+        failure, another status or a body that does not decode."""
+        url = req.peer
         try:
             status, body = await self._send(req, limits=limits)
         except FetchError as exc:
@@ -743,7 +750,7 @@ class NodeSync:
             self._ban(url, sync.http_reason(status, body), f"{req.path}: HTTP {status}")
             return None
         try:
-            return sync.decode_wait_response(body)
+            return decode(body)
         except MalformedError as exc:
             self._ban(url, sync.ban_reason(exc), f"{req.path}: {exc}")
             return None
@@ -759,19 +766,8 @@ class NodeSync:
             return None
         try:
             async with asyncio.timeout(left):
-                status, body = await self._send(req)
+                return await self._ask_peer(req, sync.decode_lookup_response)
         except TimeoutError:
-            return None
-        except FetchError as exc:
-            self._ban(url, exc.reason, f"{req.path}: {exc.detail}")
-            return None
-        if status != 200:
-            self._ban(url, sync.http_reason(status, body), f"{req.path}: HTTP {status}")
-            return None
-        try:
-            return sync.decode_lookup_response(body)
-        except MalformedError as exc:
-            self._ban(url, sync.ban_reason(exc), f"{req.path}: {exc}")
             return None
 
     def _timeout_error(self, tx_id: bytes, last: sync.TxNotFound | None,
