@@ -228,6 +228,130 @@ def _add_district_node(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_district_node)
 
 
+# Modes of identity-service, equal to hil.identity_service.MODES (a test checks): importing it
+# here would load OpenCV and the crypto backend for every subcommand.
+_IDENTITY_MODES = ("honest", "no_match", "timeout", "wrong_key", "down")
+
+
+def _cmd_identity_service(args: argparse.Namespace) -> int:
+    import json
+
+    if args.make_key is not None:
+        from hil.identity_service import make_key
+
+        try:
+            public_key = make_key(args.make_key)
+        except OSError as exc:
+            print(f"identity-service: cannot write {args.make_key}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 2
+        print(json.dumps({"key_file": args.make_key, "alg": "sm2",
+                          "public_key": public_key.hex()}))
+        return 0
+    if args.key is None or args.port is None:
+        print("identity-service: --key FILE and --port P are required (or --make-key FILE)",
+              file=sys.stderr)
+        return 2
+    from hil.identity_service import run_cli
+
+    return run_cli(key_file=args.key, enroll=args.enroll, host=args.host, port=args.port,
+                   mode=args.mode, service=args.service, threshold=args.threshold,
+                   exit_with_parent=args.exit_with_parent)
+
+
+def _add_identity_service(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "identity-service", help="TEST FIXTURE: the identity-service double (opens capture "
+        "envelopes, toy face comparison, signed attestations)",
+        description="TEST FIXTURE, not a biometric matcher: serve the identity-service API "
+        "(POST /v1/attest, GET /v1/info, POST /hil/mode). Opens the capture envelope with "
+        "the --key private key, checks MAC and digest, compares the capture with the "
+        "enrolled reference by a toy method (Haar face crop, 64x64 grey, equalised, "
+        "normalised cross-correlation) and answers an SM2-signed attestation. Captures stay "
+        "in memory. Prints 'ready http://HOST:PORT' when serving; logs on stderr; stops on "
+        "SIGTERM/SIGINT. See docs/hil.md.")
+    p.add_argument("--make-key", default=None, metavar="FILE",
+                   help="write a fresh SM2 private key (64 hex digits, mode 0600) to FILE, "
+                   "print its public key as JSON and exit")
+    p.add_argument("--key", default=None, metavar="FILE",
+                   help="the service's SM2 private key (written by --make-key)")
+    p.add_argument("--port", type=_non_negative_int, default=None, metavar="P",
+                   help="TCP port; 0 picks a free one (printed in the ready line)")
+    p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
+                   help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--enroll", action="append", default=[], metavar="NAME=IMAGE",
+                   help="a citizen (subject = SM3(UTF-8 NAME)) and the reference photo: an "
+                   "image file or synthetic:astronaut / synthetic:camera (repeatable)")
+    p.add_argument("--mode", choices=_IDENTITY_MODES, default="honest",
+                   help="honest (default), no_match, timeout, wrong_key or down; changeable "
+                   "at runtime with POST /hil/mode")
+    p.add_argument("--service", default="hil-identity", metavar="NAME",
+                   help="the service name put in attestations (default hil-identity)")
+    p.add_argument("--threshold", type=_non_negative_int, default=600, metavar="T",
+                   help="score (0..1000) from which the answer is match (default 600)")
+    p.add_argument("--exit-with-parent", action="store_true",
+                   help="stop when the parent process exits (used by hil.identity_service."
+                   "IdentityServiceProcess)")
+    p.set_defaults(func=_cmd_identity_service)
+
+
+# Misbehaviours of fisco-node, equal to hil.fisco_node.MODES (a test checks).
+_FISCO_MODES = ("forge-commit", "wrong-link", "set-hijack", "bad-proof", "swap-receipt",
+                "empty-forged", "withhold", "garbage", "oversize", "slow")
+
+
+def _fisco_misbehave(text: str) -> str:
+    mode, sep, height = text.partition("@")
+    if mode not in _FISCO_MODES:
+        raise argparse.ArgumentTypeError(
+            f"{mode!r}: choose one of {', '.join(_FISCO_MODES)} (optionally @HEIGHT)")
+    if sep and not (height.isascii() and height.isdigit()):
+        raise argparse.ArgumentTypeError(f"height {height!r} is not a non-negative integer")
+    return text
+
+
+def _cmd_fisco_node(args: argparse.Namespace) -> int:
+    from hil.fisco_node import run_cli
+
+    return run_cli(blocks=args.blocks, sealers=args.sealers, host=args.host, port=args.port,
+                   seed=args.seed, misbehave=args.misbehave, sig_cache=args.sig_cache,
+                   anchor_out=args.anchor_out, chain_id=args.chain_id, group=args.group,
+                   exit_with_parent=args.exit_with_parent)
+
+
+def _add_fisco_node(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fisco-node", help="TEST FIXTURE: a FISCO BCOS 3.x-shaped JSON-RPC node serving a "
+        "generated gm chain (misbehaviours)",
+        description="TEST FIXTURE, not a FISCO BCOS node: generate a gm-mode chain of N blocks "
+        "sealed by its own SM2 keys (derived from --seed, in the clear) in FISCO 3.x's hash "
+        "and proof layout, and serve getBlockNumber, getBlockByNumber, getBlockHashByNumber, "
+        "getTransaction and getTransactionReceipt (withProof) and batches over JSON-RPC "
+        "(HTTP POST /). Prints 'ready http://HOST:PORT' when serving; one line per request "
+        "on stderr; stops on SIGTERM/SIGINT. See docs/hil.md.")
+    p.add_argument("--blocks", required=True, type=_positive_int, metavar="N",
+                   help="blocks 0 .. N-1 (block 0 is the genesis block)")
+    p.add_argument("--sealers", type=_positive_int, default=4, metavar="K",
+                   help="sealers, weight 1 each (default 4)")
+    p.add_argument("--port", required=True, type=_non_negative_int, metavar="P",
+                   help="TCP port; 0 picks a free one (printed in the ready line)")
+    p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
+                   help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--seed", default="0", metavar="S", help="seed of keys and contents")
+    p.add_argument("--chain-id", default="chain0", metavar="ID", help="default chain0")
+    p.add_argument("--group", default="group0", metavar="G", help="default group0")
+    p.add_argument("--misbehave", type=_fisco_misbehave, default=None, metavar="MODE[@H]",
+                   help=f"one of {', '.join(_FISCO_MODES)}; from block H on (default 1; 0 "
+                   "for garbage, oversize, slow)")
+    p.add_argument("--sig-cache", default=None, metavar="FILE",
+                   help="keep the sealers' signatures in FILE across runs (signing is slow)")
+    p.add_argument("--anchor-out", default=None, metavar="FILE",
+                   help="write the trust anchor (genesis hash, sealers) as JSON to FILE")
+    p.add_argument("--exit-with-parent", action="store_true",
+                   help="stop when the parent process exits (hil.fisco_node.FiscoNodeProcess)")
+    p.set_defaults(func=_cmd_fisco_node)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="appliance-hil",
@@ -237,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_hsm_emulator(sub)
     _add_make_chain(sub)
     _add_district_node(sub)
+    _add_identity_service(sub)
+    _add_fisco_node(sub)
     return parser
 
 

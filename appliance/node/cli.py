@@ -89,10 +89,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="longest ban (default 300000)")
     s.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
+    _fisco_options(s)
     s.set_defaults(func=run_sync)
 
     st = cmds.add_parser("status", help="height, tip, alarms and peers of the stored chain")
     st.add_argument("--state", default=None, metavar="DIR", help="state directory")
+    _fisco_options(st)
     st.set_defaults(func=run_status)
 
     t = cmds.add_parser("tx", help="a transaction's verified inclusion",
@@ -102,6 +104,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "answered.")
     t.add_argument("tx_id", metavar="TXID_HEX", help="the transaction id, 64 hex digits")
     _query_options(t)
+    _fisco_options(t)
     t.set_defaults(func=run_tx)
 
     lk = cmds.add_parser("lookup", help="verified evidence.deposit transactions of a document",
@@ -112,6 +115,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     lk.add_argument("digest", metavar="DIGEST_HEX", help="SM3 of the document, 64 hex digits")
     _query_options(lk)
     lk.set_defaults(func=run_lookup)
+
+    ca = cmds.add_parser("clear-alarm", help="clear an alarm (logged in the audit log)",
+                         description="Clear every active alarm of KIND in the header store "
+                         "and write an alarm_cleared entry to the audit log (DIR/audit). "
+                         "Exit 0 when cleared, 1 when no such alarm is active, 3 when the "
+                         "store or the audit log cannot be used.")
+    ca.add_argument("kind", metavar="KIND", help="the alarm kind (see 'appliance node status')")
+    ca.add_argument("--operator", required=True, metavar="NAME", help="who clears it")
+    ca.add_argument("--state", default=None, metavar="DIR", help="state directory")
+    ca.set_defaults(func=run_clear_alarm)
+
+
+def _fisco_options(p: argparse.ArgumentParser) -> None:
+    from .fisco.cli import add_options
+
+    add_options(p)
+
+
+def _fisco(args: argparse.Namespace, name: str) -> int | None:
+    """Run the FISCO BCOS variant of a command when --chain-kind fisco-bcos-3 is given."""
+    if getattr(args, "chain_kind", "native") != "fisco-bcos-3":
+        return None
+    from .fisco import cli as fisco_cli
+
+    return getattr(fisco_cli, name)(args)
 
 
 def _query_options(p: argparse.ArgumentParser) -> None:
@@ -187,6 +215,8 @@ def _open_store(directory: Path) -> Any:
 
 
 def run_sync(args: argparse.Namespace) -> int:
+    if (code := _fisco(args, "run_sync")) is not None:
+        return code
     _setup_logging(args.log_level)
     from .errors import LedgerError
     from .model import decode_trust_anchor
@@ -305,6 +335,8 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
 
 
 def run_tx(args: argparse.Namespace) -> int:
+    if (code := _fisco(args, "run_tx")) is not None:
+        return code
     return _run_query(args, "tx", args.tx_id)
 
 
@@ -459,6 +491,8 @@ def _state(node: Any, started: float) -> dict[str, Any]:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    if (code := _fisco(args, "run_status")) is not None:
+        return code
     from .store import HeaderStore, StoreCorrupt, StoreError
 
     directory = node_dir(args.state)
@@ -511,3 +545,44 @@ def _read_peers(path: Path) -> dict[str, Any]:
     age = None if not isinstance(updated, int) else round(time.time() - updated / 1000, 1)
     return {"peers": data.get("peers", []), "peers_updated_at_ms": updated,
             "peers_age_s": age}
+
+
+# --- clear-alarm --------------------------------------------------------------------------------
+
+
+def run_clear_alarm(args: argparse.Namespace) -> int:
+    """Clear the alarm, then log ``alarm_cleared``; the audit log is checked first, so an
+    alarm is never cleared without its entry (barring a crash between the two writes)."""
+    from ..audit import AuditError, AuditFieldError, AuditLog
+    from .store import StoreError
+
+    directory = node_dir(args.state)
+    if not (directory / STORE_NAME).exists():
+        return _fail(EXIT_USAGE, "usage", f"no header store in {directory}")
+    audit = AuditLog(state_dir(args.state) / "audit")
+    try:
+        audit.check()
+    except (AuditError, OSError) as exc:
+        return _fail(EXIT_STORE, "audit", f"the audit log cannot be written: {exc}")
+    store = _open_store(directory)
+    if isinstance(store, int):
+        return store
+    try:
+        ids = [a.id for a in store.alarms() if a.kind == args.kind]
+        if not ids:
+            return _fail(EXIT_NO_CHAIN, "no_alarm", f"no active alarm of kind {args.kind!r}")
+        now_ms = time.time_ns() // 1_000_000
+        cleared = store.clear_alarm(args.kind, args.operator, at_ms=now_ms)
+        entry = audit.append("alarm_cleared", alarm=args.kind, operator=args.operator,
+                             alarm_ids=ids, cleared=cleared)
+    except StoreError as exc:
+        return _fail(EXIT_STORE, "store", str(exc))
+    except AuditFieldError as exc:
+        return _fail(EXIT_USAGE, "usage", str(exc))
+    except (AuditError, OSError) as exc:
+        return _fail(EXIT_STORE, "audit", f"alarm cleared but not logged: {exc}")
+    finally:
+        store.close()
+    _out({"ok": True, "kind": args.kind, "cleared": cleared, "alarm_ids": ids,
+          "operator": args.operator, "audit_seq": entry.seq, "cleared_at_ms": now_ms})
+    return EXIT_OK

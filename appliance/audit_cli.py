@@ -1,0 +1,152 @@
+"""``appliance audit ...``: verify, read and repair the audit log (appliance.audit).
+
+Every call prints one JSON object on stdout; errors are one line on stderr.
+
+``appliance audit verify [--log DIR | --state DIR]`` checks the whole chain. Exit status: 0 it
+verifies; 1 it does not (``error``, ``index``, ``segment``, ``line`` say where); 2 bad usage
+or no log there; 3 only a torn tail (a crash mid-write: ``appliance audit repair``).
+
+``appliance audit tail [-n N]`` prints the last N entries (default 20) and the head hash.
+
+``appliance audit repair --operator NAME`` truncates a torn tail and logs ``repaired``;
+exit 0 (also when there was nothing to repair), 1 when the log fails for another reason
+(repair never rewrites entries).
+
+The log is DIR/audit/ of the state directory (``--state``, ``$APPLIANCE_STATE``,
+``/var/lib/appliance``), or the directory given with ``--log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TORN, EXIT_INTERNAL = 0, 1, 2, 3, 4
+DEFAULT_STATE = "/var/lib/appliance"
+AUDIT_DIR = "audit"
+
+
+def audit_dir(log: str | None, state: str | None) -> Path:
+    if log:
+        return Path(log)
+    return Path(state or os.environ.get("APPLIANCE_STATE") or DEFAULT_STATE) / AUDIT_DIR
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("audit", help="the SM3-chained audit log: verify, tail, repair",
+                       description="The append-only audit log (logins, key use, "
+                       "authorizations, alarms). See docs/audit.md.")
+    cmds = p.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)
+    v = cmds.add_parser("verify", help="check the whole chain",
+                        description="Verify every entry's SM3 hash and link. Exit 0 when it "
+                        "verifies, 1 when it does not, 3 when only a torn tail (crash "
+                        "mid-write) is found.")
+    _where(v)
+    v.set_defaults(func=run_verify)
+    t = cmds.add_parser("tail", help="the newest entries and the head hash")
+    t.add_argument("-n", type=_count, default=20, metavar="N",
+                   help="how many entries (default 20)")
+    _where(t)
+    t.set_defaults(func=run_tail)
+    r = cmds.add_parser("repair", help="truncate a torn tail after a crash",
+                        description="Truncate only the partial entry a crash left at the end "
+                        "of the newest segment, and log a 'repaired' entry. Refuses when the "
+                        "log fails for any other reason.")
+    r.add_argument("--operator", required=True, metavar="NAME",
+                   help="who repairs (recorded in the log)")
+    _where(r)
+    r.set_defaults(func=run_repair)
+
+
+def _where(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--log", default=None, metavar="DIR", help="the audit log directory")
+    g.add_argument("--state", default=None, metavar="DIR",
+                   help="state directory (the log is DIR/audit)")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= value <= 100_000:
+        raise argparse.ArgumentTypeError("N must be 1..100000")
+    return value
+
+
+def _out(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, sort_keys=True), flush=True)
+
+
+def _fail(code: int, error: str, message: str, **extra: Any) -> int:
+    print(f"appliance audit: {message}", file=sys.stderr, flush=True)
+    _out({"ok": False, "error": error, "message": message, **extra})
+    return code
+
+
+def _existing(args: argparse.Namespace) -> Path | int:
+    directory = audit_dir(args.log, args.state)
+    if not directory.is_dir():
+        return _fail(EXIT_USAGE, "no_log", f"no audit log in {directory}")
+    return directory
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from .audit import verify
+
+    directory = _existing(args)
+    if isinstance(directory, int):
+        return directory
+    try:
+        report = verify(directory)
+    except Exception as exc:  # a bug: say what, no stack trace
+        return _fail(EXIT_INTERNAL, "internal", f"internal error: {type(exc).__name__}: {exc}")
+    doc = {"log": str(directory), **report.to_json()}
+    if report.ok:
+        _out(doc)
+        return EXIT_OK
+    where = f" at index {report.index}" if report.index is not None else ""
+    print(f"appliance audit: {report.error}{where} ({report.segment}"
+          f"{'' if report.line is None else f' line {report.line}'}): {report.detail}",
+          file=sys.stderr, flush=True)
+    _out(doc)
+    return EXIT_TORN if report.error == "torn_tail" else EXIT_FAILED
+
+
+def run_tail(args: argparse.Namespace) -> int:
+    from .audit import tail
+
+    directory = _existing(args)
+    if isinstance(directory, int):
+        return directory
+    try:
+        entries = tail(directory, args.n)
+    except OSError as exc:
+        return _fail(EXIT_USAGE, "io", f"cannot read {directory}: {exc.strerror or exc}")
+    _out({"ok": True, "log": str(directory), "entries": [e.to_json() for e in entries],
+          "head": entries[-1].hash.hex() if entries else None,
+          "head_seq": entries[-1].seq if entries else None})
+    return EXIT_OK
+
+
+def run_repair(args: argparse.Namespace) -> int:
+    from .audit import AuditError, repair
+
+    directory = _existing(args)
+    if isinstance(directory, int):
+        return directory
+    try:
+        result = repair(directory, operator=args.operator)
+    except AuditError as exc:
+        return _fail(EXIT_FAILED, exc.code, str(exc))
+    except OSError as exc:
+        return _fail(EXIT_FAILED, "io", f"cannot repair {directory}: {exc.strerror or exc}")
+    _out({"ok": True, "log": str(directory), "repaired": result.repaired,
+          "truncated_bytes": result.truncated_bytes, "segment": result.segment,
+          "entry": result.entry.to_json() if result.entry else None})
+    return EXIT_OK
