@@ -7,8 +7,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages the suite uses: the OpenSSL command line (an interop oracle), libudev
-# (pyudev, crypto-module hotplug).
-APT_PACKAGES := openssl libudev1
+# (pyudev, crypto-module hotplug), Chromium (the browser tests of the web UI, driven by
+# Playwright with executable_path; never `playwright install`) and a CJK system font (the UI
+# is in Chinese; it loads no web fonts).
+APT_PACKAGES := openssl libudev1 chromium fonts-wqy-microhei
 
 .PHONY: system venv test lint demo bench clean
 
@@ -35,9 +37,11 @@ lint: venv
 test: venv lint
 	$(PY) -m pytest
 
+# The simulated service hall on this machine (test fixtures): open the printed URL
+# (http://127.0.0.1:8080, the PAD at /pad); Ctrl-C stops it and removes its files.
 demo: venv
-	$(VENV)/bin/appliance --help
 	$(VENV)/bin/appliance selfcheck
+	$(VENV)/bin/appliance run --sim
 
 bench: venv
 	@set -e; for b in bench/[!_]*.py; do echo "== $$b"; $(PY) "$$b"; done

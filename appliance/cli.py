@@ -37,6 +37,23 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from . import config, service
+
+    try:
+        cfg = config.load(args.config)
+        if args.port is not None:
+            cfg = cfg.with_port(args.port)
+    except config.ConfigError as exc:
+        print(f"appliance run: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return service.run(cfg, sim=args.sim)
+    except (OSError, RuntimeError) as exc:
+        print(f"appliance run: {exc}", file=sys.stderr)
+        return 1
+
+
 def _print(obj: dict) -> None:
     print(json.dumps(obj, sort_keys=True))
 
@@ -53,12 +70,24 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(func=_cmd_version)
     sub.add_parser("selfcheck", help="known-answer tests of SM2/SM3/SM4/ECDSA and the codec"
                    ).set_defaults(func=_cmd_selfcheck)
+    run = sub.add_parser("run", help="the daemon: light node, crypto module, kiosk UI",
+                         description="Run the appliance (node, hsm and kiosk tasks). "
+                         "Configuration: --config, $APPLIANCE_CONFIG or "
+                         "/etc/appliance/appliance.toml (defaults when that is missing).")
+    run.add_argument("--config", metavar="FILE", help="the TOML configuration file")
+    run.add_argument("--sim", action="store_true",
+                     help="start the simulated service hall (test fixtures) on this machine")
+    run.add_argument("--port", type=int, metavar="P", help="UI port (overrides kiosk.listen)")
+    run.set_defaults(func=_cmd_run)
     from .hsm import cli as hsm_cli
 
     hsm_cli.add_parser(sub)
     from .node import cli as node_cli
 
     node_cli.add_parser(sub)
+    from . import audit_cli
+
+    audit_cli.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,927 @@
+"""The authorization flow of the kiosk: a sans-I/O state machine (docs/authorization-flow.md).
+
+:class:`AuthorizationFlow` takes events (what the citizen or the clerk touched, what the
+runner's I/O produced) and the time, and returns effects (dataclasses the runner executes)::
+
+    effects = flow.handle(MatterText(text, "camera"), now_ms)
+    view = flow.view()          # JSON-safe; what the UI renders
+
+It reads no clock, does no I/O, holds no image data and no key. Screens::
+
+    attract -> scan -> consent -> capture -> verifying -> signing -> submitting -> waiting
+            -> receipt -> attract
+    consent -> alternative (the clerk checks the ID card; nothing is signed) -> attract
+    any step -> error -> attract;   alarm -> blocked -> (cleared) -> attract
+
+The one rule everything else serves: :class:`SignAuthorization` is emitted only in the
+session whose capture was sealed with digest D, after an :class:`AttestationVerified` for
+that session, that subject and that D with result ``match``, with no equivocation alarm
+active and the matter not expired. Every failure ends on ``error`` (or ``blocked``) with a
+:class:`Wipe`; every return to ``attract`` emits :class:`Wipe` too.
+
+Results from the runner carry the session they belong to and are ignored unless the flow is
+in that session, on that step, waiting for exactly that result: a late answer (after a
+timeout, a cancel, an alarm) changes nothing.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .capture.events import ChallengeIssued, Failed, Hint, Passed, Progress
+from .capture.quality import HINTS
+from .matter import Matter, MatterError, decode_qr
+
+__all__ = [
+    "ACTIONS_TEXT", "ERRORS", "SCREENS", "Activity", "AlarmChanged", "Alternative",
+    "AttestationVerified", "Audit", "AuthorizationFlow", "AuthorizationSigned", "AwaitInclusion",
+    "Cancel", "CaptureSealed", "CaptureUpdate", "CheckNodes", "ClerkConfirmedId", "Consent",
+    "Decline", "Done", "Effect", "Event", "Extend", "FlowConfig", "Included", "MatterText",
+    "NodesChecked", "RECEIPT_PREFIX", "RequestAttestation", "SealCapture", "SignAuthorization",
+    "Start", "StartCapture", "StartScan", "StepFailed", "StopCapture", "StopScan", "SubmitTx",
+    "Submitted", "Tick", "Wipe", "ui_event",
+]
+
+SCREENS = ("attract", "scan", "consent", "alternative", "capture", "verifying", "signing",
+           "submitting", "waiting", "receipt", "error", "blocked")
+RECEIPT_PREFIX = "GOVTX1:"  # the receipt QR: GOVTX1:<tx_id hex>
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """Time limits in ms (None: no limit). The interactive screens can be extended;
+    the processing screens cannot (their limit is the step's, not the citizen's)."""
+
+    scan_ms: int = 60_000
+    consent_ms: int = 60_000
+    alternative_ms: int = 120_000
+    capture_ms: int = 45_000
+    verifying_ms: int = 20_000
+    signing_ms: int = 20_000
+    submitting_ms: int = 20_000
+    waiting_ms: int = 30_000
+    receipt_ms: int = 30_000
+    error_ms: int = 20_000
+    warn_fraction: float = 0.75
+    """The warning shows at 75 % of the time..."""
+    min_warn_lead_ms: int = 20_000
+    """...but at least 20 s before the end (WCAG 2.2.1 gives the user 20 s to extend)."""
+    max_extends: int = 10
+    """Extensions per screen visit: WCAG 2.2.1 asks at least ten."""
+    capture_attempts: int = 3
+    """Liveness attempts before ``liveness_failed`` (a citizen who stepped aside retries)."""
+
+    def __post_init__(self) -> None:
+        for name in ("scan_ms", "consent_ms", "alternative_ms", "capture_ms", "verifying_ms",
+                     "signing_ms", "submitting_ms", "waiting_ms", "receipt_ms", "error_ms"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if not 0 < self.warn_fraction < 1:
+            raise ValueError("warn_fraction must be in (0, 1)")
+        if self.max_extends < 0 or self.capture_attempts < 1 or self.min_warn_lead_ms < 0:
+            raise ValueError("max_extends >= 0, capture_attempts >= 1, min_warn_lead_ms >= 0")
+
+    def limit(self, screen: str) -> int | None:
+        return getattr(self, f"{screen}_ms", None)
+
+
+EXTENDABLE = frozenset({"scan", "consent", "alternative", "capture", "receipt", "error"})
+CANCELLABLE = frozenset({"scan", "consent", "alternative", "capture", "verifying", "signing"})
+ACTIVE = frozenset({"scan", "consent", "alternative", "receipt", "error"})  # activity resets
+BEFORE_SUBMIT = frozenset({"scan", "consent", "alternative", "capture", "verifying",
+                           "signing"})
+
+
+# -- error screens ------------------------------------------------------------------------------
+
+ERRORS: dict[str, tuple[str, str, str, str]] = {
+    # code: (title_zh, title_en, message_zh, message_en)
+    "consent_declined": (
+        "已取消授权", "Authorization declined",
+        "您没有同意授权，未记录任何信息。如需办理，请咨询窗口工作人员。",
+        "You did not consent. Nothing was recorded. Please ask at the window if you need "
+        "help."),
+    "matter_invalid": (
+        "事项码无法识别", "Matter code not recognised",
+        "这个二维码不是有效的授权事项码。请向窗口工作人员重新获取。",
+        "This QR code is not a valid matter code. Please ask the window clerk for a new one."),
+    "matter_expired": (
+        "事项码已过期", "Matter code expired",
+        "该授权事项已过有效期，未记录任何信息。请向窗口工作人员重新获取。",
+        "This matter has expired. Nothing was recorded. Please ask the window clerk for a "
+        "new code."),
+    "liveness_failed": (
+        "人脸采集未通过", "Face capture not completed",
+        "未能完成人脸采集与动作检测，未记录任何信息。您可以重试，或请工作人员核验身份证。",
+        "The face capture and the requested movements could not be completed. Nothing was "
+        "recorded. You can try again or ask the clerk to check your ID card."),
+    "identity_no_match": (
+        "身份核验未通过", "Identity not confirmed",
+        "人像比对未通过，未进行授权。请到窗口由工作人员核验身份证。",
+        "The photo comparison did not confirm your identity. Nothing was authorized. Please "
+        "go to the window to have your ID card checked."),
+    "identity_unavailable": (
+        "身份核验服务暂不可用", "Identity service unavailable",
+        "暂时无法连接身份核验服务，未进行授权。请稍后重试或到窗口办理。",
+        "The identity service cannot be reached. Nothing was authorized. Please try again "
+        "later or go to the window."),
+    "attestation_invalid": (
+        "核验结果无效", "Identity result not valid",
+        "身份核验服务返回的结果未通过校验，未进行授权。请到窗口办理。",
+        "The answer of the identity service failed its checks. Nothing was authorized. "
+        "Please go to the window."),
+    "camera_unavailable": (
+        "摄像头不可用", "Camera unavailable",
+        "摄像头暂时无法使用，未记录任何信息。请到窗口办理。",
+        "The camera is not working. Nothing was recorded. Please go to the window."),
+    "module_unavailable": (
+        "安全模块不可用", "Security module unavailable",
+        "本终端的密码模块暂时无法签名，未进行授权。请到窗口办理。",
+        "This terminal's crypto module cannot sign right now. Nothing was authorized. Please "
+        "go to the window."),
+    "node_unavailable": (
+        "区块链节点不可用", "Ledger unavailable",
+        "暂时无法连接区块链节点，授权未提交。请稍后重试或到窗口办理。",
+        "The ledger nodes cannot be reached. The authorization was not submitted. Please "
+        "try again later or go to the window."),
+    "inclusion_timeout": (
+        "上链确认超时", "Not yet confirmed",
+        "授权已提交，但未能在时限内确认上链。请凭交易编号向窗口工作人员查询。",
+        "The authorization was submitted but not confirmed in time. Please ask the window "
+        "clerk to check it with the transaction number."),
+    "proof_invalid": (
+        "上链证明无效", "Proof not valid",
+        "节点返回的上链证明未通过校验，不能出具回执。请凭交易编号向窗口工作人员查询。",
+        "The proof the ledger nodes gave did not verify; no receipt can be issued. Please "
+        "ask the window clerk with the transaction number."),
+    "blocked_alarm": (
+        "暂停授权", "Authorizations paused",
+        "本终端检测到区块链数据冲突，已暂停新的授权，等待管理员处理。请到窗口办理。",
+        "This terminal detected conflicting ledger data and has paused authorizations "
+        "until an administrator clears the alarm. Please go to the window."),
+    "timeout": (
+        "操作超时", "Time ran out",
+        "操作时间已到，未记录任何信息。请重新开始。",
+        "The time for this step ran out. Nothing was recorded. Please start again."),
+    "cancelled": (
+        "已取消", "Cancelled",
+        "操作已取消，未记录任何信息。",
+        "Cancelled. Nothing was recorded."),
+}
+
+# messages that replace the defaults once the transaction has left the terminal
+_SENT_MESSAGES = {
+    "blocked_alarm": (
+        "授权已提交，但本终端检测到区块链数据冲突，无法出具回执。请凭交易编号向窗口工作人员查询。",
+        "The authorization was submitted, but this terminal detected conflicting ledger "
+        "data and cannot issue a receipt. Please ask the window clerk with the transaction "
+        "number."),
+    "node_unavailable": (
+        "授权可能已提交，但无法确认。请凭交易编号向窗口工作人员查询。",
+        "The authorization may have been submitted but could not be confirmed. Please ask "
+        "the window clerk with the transaction number."),
+}
+
+ACTIONS_TEXT: dict[str, tuple[str, str]] = {
+    "blink": ("请眨眼", "Blink"),
+    "turn_left": ("请向左转头，再转回来", "Turn your head to your left, then back"),
+    "turn_right": ("请向右转头，再转回来", "Turn your head to your right, then back"),
+}
+
+# which failure codes each waiting step accepts from the runner (anything else: the default)
+_STEP_CODES: dict[str, tuple[str, frozenset[str]]] = {
+    "capture": ("camera_unavailable", frozenset({"camera_unavailable"})),
+    "seal": ("camera_unavailable", frozenset({"camera_unavailable"})),
+    "attest": ("identity_unavailable", frozenset({"identity_unavailable",
+                                                  "attestation_invalid"})),
+    "nodes": ("node_unavailable", frozenset({"node_unavailable"})),
+    "sign": ("module_unavailable", frozenset({"module_unavailable"})),
+    "submit": ("node_unavailable", frozenset({"node_unavailable"})),
+    "include": ("inclusion_timeout", frozenset({"inclusion_timeout", "proof_invalid",
+                                                "node_unavailable"})),
+}
+_TIMEOUT_CODE = {"verifying": "identity_unavailable", "signing": "module_unavailable",
+                 "submitting": "node_unavailable", "waiting": "inclusion_timeout"}
+
+
+# -- events -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Start:
+    """A touch on the attract screen."""
+
+
+@dataclass(frozen=True)
+class MatterText:
+    """A matter QR text: read by the camera (``camera``) or typed/scanned by a clerk."""
+
+    text: str
+    source: str = "clerk"
+
+
+@dataclass(frozen=True)
+class Consent:
+    pass
+
+
+@dataclass(frozen=True)
+class Decline:
+    pass
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """The citizen asks for the non-face path (the clerk checks the ID card)."""
+
+
+@dataclass(frozen=True)
+class ClerkConfirmedId:
+    clerk: str
+
+
+@dataclass(frozen=True)
+class Extend:
+    pass
+
+
+@dataclass(frozen=True)
+class Cancel:
+    pass
+
+
+@dataclass(frozen=True)
+class Done:
+    """Leave the receipt, error or hand-over screen."""
+
+
+@dataclass(frozen=True)
+class Activity:
+    """Any touch: resets the timer of an interactive screen (not an extension)."""
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passes (the runner sends it at the deadlines :meth:`next_deadline` gives)."""
+
+
+@dataclass(frozen=True)
+class CaptureUpdate:
+    """An event of the running :class:`~appliance.kiosk.capture.CaptureSession`."""
+
+    session: bytes
+    attempt: int
+    event: Hint | ChallengeIssued | Progress | Passed | Failed
+
+
+@dataclass(frozen=True)
+class CaptureSealed:
+    """The passed capture is sealed in an envelope (held by the runner) with this digest."""
+
+    session: bytes
+    capture_digest: bytes
+
+
+@dataclass(frozen=True)
+class AttestationVerified:
+    """A signed attestation that the runner's identity client has verified (signature by
+    the configured service key, fields equal to what was sent, fresh). ``signed`` is the
+    map to embed in license.authorize."""
+
+    session: bytes
+    signed: dict[str, Any]
+    result: str
+    score: int
+
+
+@dataclass(frozen=True)
+class NodesChecked:
+    """Whether a district node answered just now (checked before signing)."""
+
+    session: bytes
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class AuthorizationSigned:
+    """The license.authorize is signed in the crypto module (the runner holds the tx)."""
+
+    session: bytes
+    tx_id: bytes
+
+
+@dataclass(frozen=True)
+class Submitted:
+    session: bytes
+    tx_id: bytes
+
+
+@dataclass(frozen=True)
+class Included:
+    """The tx is in block ``height``, its proof verified against the verified header chain;
+    ``time_ms`` is that block's timestamp."""
+
+    session: bytes
+    tx_id: bytes
+    height: int
+    block_id: bytes
+    time_ms: int
+
+
+@dataclass(frozen=True)
+class StepFailed:
+    """A runner step failed. ``step``: capture, seal, attest, nodes, sign, submit, include;
+    ``code``: one of :data:`ERRORS` (a code the step cannot give becomes its default)."""
+
+    session: bytes
+    step: str
+    code: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class AlarmChanged:
+    """The light node's equivocation alarm was raised (``active``) or cleared."""
+
+    active: bool
+    detail: str = ""
+
+
+Event = (Start | MatterText | Consent | Decline | Alternative | ClerkConfirmedId | Extend
+         | Cancel | Done | Activity | Tick | CaptureUpdate | CaptureSealed
+         | AttestationVerified | NodesChecked | AuthorizationSigned | Submitted | Included
+         | StepFailed | AlarmChanged)
+
+
+def ui_event(obj: object) -> Event | None:
+    """The event of a UI message (``POST /api/event`` JSON), or None if it is not one.
+    Only the UI's own events: results of I/O never come from the UI."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        return None
+    kind = obj["type"]
+    simple = {"start": Start, "consent": Consent, "decline": Decline,
+              "alternative": Alternative, "extend": Extend, "cancel": Cancel, "done": Done,
+              "activity": Activity}
+    if kind in simple:
+        return simple[kind]()
+    if kind == "matter_text" and isinstance(obj.get("text"), str):
+        return MatterText(obj["text"], "clerk")
+    if kind == "clerk_confirmed_id" and isinstance(obj.get("clerk"), str):
+        return ClerkConfirmedId(obj["clerk"])
+    return None
+
+
+# -- effects ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Effect:
+    pass
+
+
+@dataclass(frozen=True)
+class StartScan(Effect):
+    """Read matter QR codes from the camera frames."""
+
+    session: bytes
+
+
+@dataclass(frozen=True)
+class StopScan(Effect):
+    pass
+
+
+@dataclass(frozen=True)
+class StartCapture(Effect):
+    """Start a new CaptureSession and feed it the camera frames."""
+
+    session: bytes
+    attempt: int
+
+
+@dataclass(frozen=True)
+class StopCapture(Effect):
+    """Stop feeding, cancel and close the capture session (its buffers are overwritten)."""
+
+    session: bytes
+
+
+@dataclass(frozen=True)
+class SealCapture(Effect):
+    """Seal the passed capture for the identity service; answer CaptureSealed."""
+
+    session: bytes
+
+
+@dataclass(frozen=True)
+class RequestAttestation(Effect):
+    """Send the sealed envelope; answer AttestationVerified or StepFailed(attest)."""
+
+    session: bytes
+    subject: bytes
+    capture_digest: bytes
+
+
+@dataclass(frozen=True)
+class CheckNodes(Effect):
+    """Is a district node reachable now? Answer NodesChecked (before anything is signed)."""
+
+    session: bytes
+
+
+@dataclass(frozen=True)
+class SignAuthorization(Effect):
+    """Build license.authorize with ``data`` and sign it in the crypto module."""
+
+    session: bytes
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SubmitTx(Effect):
+    session: bytes
+    tx_id: bytes
+
+
+@dataclass(frozen=True)
+class AwaitInclusion(Effect):
+    session: bytes
+    tx_id: bytes
+
+
+@dataclass(frozen=True)
+class Wipe(Effect):
+    """Drop everything of the session: capture buffers, envelope, attestation, signed tx."""
+
+    session: bytes | None
+
+
+@dataclass(frozen=True)
+class Audit(Effect):
+    """An audit log entry (bytes already as hex)."""
+
+    kind: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+# -- the machine --------------------------------------------------------------------------------
+
+def _clean_text(value: str, limit: int = 64) -> str | None:
+    value = value.strip()
+    if not 1 <= len(value) <= limit:
+        return None
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn") for c in value):
+        return None
+    return value
+
+
+class AuthorizationFlow:
+    def __init__(self, config: FlowConfig | None = None, *, terminal_id: bytes,
+                 new_session: Callable[[], bytes]) -> None:
+        if type(terminal_id) is not bytes or len(terminal_id) != 32:
+            raise ValueError("terminal_id must be 32 bytes (the terminal's peer_id)")
+        self.config = config or FlowConfig()
+        self.terminal_id = terminal_id
+        self._new_session = new_session
+        self.screen = "attract"
+        self._seq = 0
+        self._now = 0
+        self._alarm: str | None = None
+        self._view: dict[str, Any] | None = None
+        self._reset()
+        self._view = self._build_view()
+        self._view["seq"] = self._seq
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self.session: bytes | None = None
+        self.matter: Matter | None = None
+        self._entered = self._now
+        self._deadline: int | None = None
+        self._warn_at: int | None = None
+        self._extends = 0
+        self._attempt = 0
+        self._challenge: ChallengeIssued | None = None
+        self._hints: tuple[str, ...] = ()
+        self._progress = 0
+        self._capture_digest: bytes | None = None
+        self._attestation: dict[str, Any] | None = None
+        self._awaiting: str | None = None  # the runner result the flow waits for
+        self._signed = False  # SignAuthorization emitted in this session
+        self._tx_id: bytes | None = None
+        self._sent = False  # SubmitTx emitted
+        self._receipt: dict[str, Any] | None = None
+        self._error: dict[str, Any] | None = None
+        self._handover: dict[str, Any] | None = None
+
+    @property
+    def signed(self) -> bool:
+        return self._signed
+
+    def next_deadline(self) -> int | None:
+        """When the runner should send a Tick (ms), or None."""
+        return self._deadline
+
+    def _enter(self, screen: str) -> None:
+        self.screen = screen
+        self._entered = self._now
+        self._extends = 0
+        self._set_timer()
+
+    def _set_timer(self) -> None:
+        limit = self.config.limit(self.screen)
+        if self._handed_over():  # the hand-over notice stays as long as a receipt
+            limit = self.config.receipt_ms
+        if limit is None:
+            self._deadline = self._warn_at = None
+            return
+        self._deadline = self._now + limit
+        if self.screen in EXTENDABLE and not self._handed_over():
+            lead = max(round(limit * (1 - self.config.warn_fraction)),
+                       self.config.min_warn_lead_ms)
+            self._warn_at = max(self._now, self._deadline - lead)
+        else:
+            self._warn_at = None
+
+    # -- the entry point ------------------------------------------------------------------------
+
+    def handle(self, event: Event, now_ms: int) -> list[Effect]:
+        """Apply ``event`` at ``now_ms``; the effects to execute, in order."""
+        self._now = max(self._now, int(now_ms))
+        out: list[Effect] = []
+        if self._deadline is not None and self._now >= self._deadline:
+            self._timeout(out)
+        self._dispatch(event, out)
+        view = self._build_view()
+        if self._view is None or view != {k: v for k, v in self._view.items() if k != "seq"}:
+            self._seq += 1
+        view["seq"] = self._seq
+        self._view = view
+        return out
+
+    def view(self) -> dict[str, Any]:
+        """What the UI shows (a fresh JSON-safe dict; ``seq`` grows on every change)."""
+        assert self._view is not None
+        return _copy(self._view)
+
+    def _dispatch(self, ev: Event, out: list[Effect]) -> None:
+        s = self.screen
+        if isinstance(ev, Tick):
+            return
+        if isinstance(ev, AlarmChanged):
+            self._on_alarm(ev, out)
+        elif isinstance(ev, Start):
+            if s == "attract":
+                self._begin(out)
+                self._enter("scan")
+                out.append(StartScan(self._sid()))
+        elif isinstance(ev, MatterText):
+            self._on_matter(ev, out)
+        elif isinstance(ev, Consent):
+            if s == "consent":
+                assert self.matter is not None
+                if self.matter.expired(self._now):
+                    self._fail(out, "matter_expired", "consent")
+                else:
+                    self._start_capture(out, 1)
+        elif isinstance(ev, Decline):
+            if s == "consent":
+                self._fail(out, "consent_declined", "consent")
+        elif isinstance(ev, Alternative):
+            if s in ("consent", "capture"):
+                if s == "capture":
+                    out.append(StopCapture(self._sid()))
+                self._awaiting = None
+                self._enter("alternative")
+                self._handover = {"confirmed": False, "clerk": None}
+        elif isinstance(ev, ClerkConfirmedId):
+            self._on_clerk(ev, out)
+        elif isinstance(ev, Extend):
+            if s in EXTENDABLE and self._extends < self.config.max_extends \
+                    and self._deadline is not None and not self._handed_over():
+                self._extends += 1
+                self._set_timer()
+        elif isinstance(ev, Activity):
+            if s in ACTIVE and self._deadline is not None:
+                self._set_timer()
+        elif isinstance(ev, Cancel):
+            if s in ("receipt", "error") or self._handed_over():
+                self._to_attract(out)
+            elif s in CANCELLABLE:
+                self._fail(out, "cancelled", s)
+        elif isinstance(ev, Done):
+            if s in ("receipt", "error") or self._handed_over():
+                self._to_attract(out)
+        else:
+            self._on_result(ev, out)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _handed_over(self) -> bool:
+        """On the alternative screen after the clerk confirmed the ID card."""
+        return self.screen == "alternative" and bool(self._handover) \
+            and bool(self._handover and self._handover["confirmed"])
+
+    def _sid(self) -> bytes:
+        assert self.session is not None
+        return self.session
+
+    def _begin(self, out: list[Effect]) -> None:
+        self._reset()
+        sid = self._new_session()
+        if type(sid) is not bytes or len(sid) != 16:
+            raise ValueError("new_session must return 16 bytes")
+        self.session = sid
+
+    def _audit_failed(self, out: list[Effect], step: str, code: str) -> None:
+        out.append(Audit("authorization_failed", {
+            "session": self.session.hex() if self.session else None, "step": step,
+            "code": code}))
+
+    def _error_view(self, code: str) -> dict[str, Any]:
+        title_zh, title_en, msg_zh, msg_en = ERRORS[code]
+        if self._sent and code in _SENT_MESSAGES:
+            msg_zh, msg_en = _SENT_MESSAGES[code]
+        return {"code": code, "title_zh": title_zh, "title_en": title_en,
+                "message_zh": msg_zh, "message_en": msg_en,
+                "tx_id": self._tx_id.hex() if self._sent and self._tx_id else None}
+
+    def _fail(self, out: list[Effect], code: str, step: str) -> None:
+        """End the session on the error screen: stop what runs, wipe, audit."""
+        if self.screen == "capture":
+            out.append(StopCapture(self._sid()))
+        if self.screen == "scan":
+            out.append(StopScan())
+        self._audit_failed(out, step, code)
+        error = self._error_view(code)
+        sid = self.session
+        self._reset()
+        self._error = error
+        out.append(Wipe(sid))
+        if code == "blocked_alarm":
+            self._enter("blocked")
+        else:
+            self._enter("error")
+
+    def _to_attract(self, out: list[Effect]) -> None:
+        sid = self.session
+        if self.screen == "scan":
+            out.append(StopScan())
+        self._reset()
+        out.append(Wipe(sid))
+        if self._alarm is not None:
+            self._error = self._error_view("blocked_alarm")
+            self._enter("blocked")
+        else:
+            self._enter("attract")
+
+    def _timeout(self, out: list[Effect]) -> None:
+        s = self.screen
+        if s in ("receipt", "error") or self._handed_over():
+            self._to_attract(out)
+        elif s in _TIMEOUT_CODE:
+            self._fail(out, _TIMEOUT_CODE[s], s)
+        elif s in ("scan", "consent", "alternative", "capture"):
+            self._fail(out, "timeout", s)
+
+    # -- scan and consent -----------------------------------------------------------------------
+
+    def _on_matter(self, ev: MatterText, out: list[Effect]) -> None:
+        if self.screen not in ("attract", "scan"):
+            return
+        if not isinstance(ev.text, str):
+            return
+        try:
+            matter = decode_qr(ev.text)
+        except MatterError as exc:
+            if ev.source == "camera" and exc.reason == "prefix":
+                return  # some other QR code in view: keep looking
+            if self.screen == "attract":
+                self._begin(out)
+            self._fail(out, "matter_invalid", "scan")
+            return
+        if self.screen == "attract":
+            self._begin(out)
+        if matter.expired(self._now):
+            self._fail(out, "matter_expired", "scan")
+            return
+        if self.screen == "scan":
+            out.append(StopScan())
+        self.matter = matter
+        self._enter("consent")
+
+    def _on_clerk(self, ev: ClerkConfirmedId, out: list[Effect]) -> None:
+        if self.screen != "alternative" or not self._handover or self._handover["confirmed"]:
+            return
+        clerk = _clean_text(ev.clerk) if isinstance(ev.clerk, str) else None
+        if clerk is None or self.matter is None:
+            return
+        self._handover = {"confirmed": True, "clerk": clerk}
+        out.append(Audit("authorization_alternative", {
+            "session": self._sid().hex(), "matter": self.matter.matter,
+            "agency": self.matter.agency, "clerk": clerk,
+            "terminal": self.terminal_id.hex()}))
+        self._enter("alternative")  # the hand-over notice, then attract
+
+    # -- capture and the steps after it -----------------------------------------------------------
+
+    def _start_capture(self, out: list[Effect], attempt: int) -> None:
+        if self.screen != "capture":
+            self._enter("capture")
+        else:
+            self._set_timer()
+        self._attempt = attempt
+        self._challenge, self._hints, self._progress = None, (), 0
+        self._awaiting = "capture"
+        out.append(StartCapture(self._sid(), attempt))
+
+    def _on_result(self, ev: Event, out: list[Effect]) -> None:
+        sid = getattr(ev, "session", None)
+        if sid is None or sid != self.session or self._awaiting is None:
+            return
+        if isinstance(ev, StepFailed):
+            if ev.step != self._awaiting:
+                return
+            default, allowed = _STEP_CODES[ev.step]
+            self._fail(out, ev.code if ev.code in allowed else default, ev.step)
+            return
+        if isinstance(ev, CaptureUpdate):
+            self._on_capture(ev, out)
+        elif isinstance(ev, CaptureSealed):
+            if self._awaiting != "seal" or type(ev.capture_digest) is not bytes \
+                    or len(ev.capture_digest) != 32:
+                return
+            assert self.matter is not None
+            self._capture_digest = ev.capture_digest
+            self._awaiting = "attest"
+            out.append(RequestAttestation(self._sid(), self.matter.subject, ev.capture_digest))
+        elif isinstance(ev, AttestationVerified):
+            if self._awaiting == "attest":
+                self._on_attestation(ev, out)
+        elif isinstance(ev, NodesChecked):
+            if self._awaiting == "nodes":
+                if ev.ok:
+                    self._sign(out)
+                else:
+                    self._fail(out, "node_unavailable", "nodes")
+        elif isinstance(ev, AuthorizationSigned):
+            if self._awaiting == "sign" and type(ev.tx_id) is bytes and len(ev.tx_id) == 32:
+                self._tx_id = ev.tx_id
+                self._awaiting = "submit"
+                self._sent = True
+                self._enter("submitting")
+                out.append(SubmitTx(self._sid(), ev.tx_id))
+        elif isinstance(ev, Submitted):
+            if self._awaiting == "submit" and ev.tx_id == self._tx_id:
+                self._awaiting = "include"
+                self._enter("waiting")
+                out.append(AwaitInclusion(self._sid(), ev.tx_id))
+        elif isinstance(ev, Included):
+            if self._awaiting == "include" and ev.tx_id == self._tx_id:
+                self._on_included(ev, out)
+
+    def _on_capture(self, ev: CaptureUpdate, out: list[Effect]) -> None:
+        if self.screen != "capture" or self._awaiting != "capture" \
+                or ev.attempt != self._attempt:
+            return
+        e = ev.event
+        if isinstance(e, Hint):
+            self._hints = tuple(c for c in e.codes if c in HINTS)
+        elif isinstance(e, ChallengeIssued):
+            self._challenge = e
+        elif isinstance(e, Progress):
+            self._progress = max(self._progress, e.index + 1)
+        elif isinstance(e, Passed):
+            self._awaiting = "seal"
+            self._enter("verifying")
+            out.append(SealCapture(self._sid()))
+        elif isinstance(e, Failed):
+            if e.reason == "cancelled":
+                return
+            if self._attempt < self.config.capture_attempts:
+                out.append(StopCapture(self._sid()))
+                self._start_capture(out, self._attempt + 1)
+            else:
+                self._fail(out, "liveness_failed", "capture")
+
+    def _on_attestation(self, ev: AttestationVerified, out: list[Effect]) -> None:
+        assert self.matter is not None and self._capture_digest is not None
+        body = ev.signed.get("body") if isinstance(ev.signed, dict) else None
+        if not isinstance(body, dict) or body.get("session") != self.session \
+                or body.get("subject") != self.matter.subject \
+                or body.get("capture_digest") != self._capture_digest \
+                or body.get("result") != ev.result or ev.result not in ("match", "no_match"):
+            self._fail(out, "attestation_invalid", "attest")
+            return
+        if ev.result != "match":
+            self._fail(out, "identity_no_match", "attest")
+            return
+        self._attestation = ev.signed
+        self._awaiting = "nodes"
+        self._enter("signing")
+        out.append(CheckNodes(self._sid()))
+
+    def _sign(self, out: list[Effect]) -> None:
+        m = self.matter
+        assert m is not None and self._attestation is not None
+        assert self._capture_digest is not None
+        if self._alarm is not None:  # belt and braces: the alarm handler already aborted
+            self._fail(out, "blocked_alarm", "sign")
+            return
+        if m.expired(self._now):
+            self._fail(out, "matter_expired", "sign")
+            return
+        data = {"session": self._sid(), "matter": m.matter, "agency": m.agency,
+                "licenses": [lic.id for lic in m.licenses], "subject": m.subject,
+                "attestation": self._attestation, "capture_digest": self._capture_digest,
+                "terminal": self.terminal_id, "not_after": m.not_after}
+        self._awaiting = "sign"
+        self._signed = True
+        out.append(SignAuthorization(self._sid(), data))
+
+    def _on_included(self, ev: Included, out: list[Effect]) -> None:
+        m = self.matter
+        assert m is not None and self._tx_id is not None
+        self._receipt = {"tx_id": self._tx_id.hex(), "height": int(ev.height),
+                         "block_id": ev.block_id.hex(), "time_ms": int(ev.time_ms),
+                         "office": m.office, "agency": m.agency, "matter": m.matter,
+                         "qr": RECEIPT_PREFIX + self._tx_id.hex()}
+        self._awaiting = None
+        out.append(Audit("authorization", {
+            "session": self._sid().hex(), "tx_id": self._tx_id.hex(), "height": int(ev.height),
+            "matter": m.matter, "agency": m.agency, "terminal": self.terminal_id.hex()}))
+        self._enter("receipt")
+
+    # -- the alarm ------------------------------------------------------------------------------
+
+    def _on_alarm(self, ev: AlarmChanged, out: list[Effect]) -> None:
+        if ev.active:
+            detail = ev.detail if isinstance(ev.detail, str) and ev.detail else \
+                "equivocation alarm"
+            self._alarm = detail[:1000]
+            if self._handed_over():
+                pass  # nothing of it goes on chain; it ends as it would
+            elif self.screen in BEFORE_SUBMIT or self.screen in ("submitting", "waiting"):
+                self._fail(out, "blocked_alarm", self.screen)
+            elif self.screen == "attract":
+                self._error = self._error_view("blocked_alarm")
+                self._enter("blocked")
+        else:
+            if self._alarm is None:
+                return
+            self._alarm = None
+            if self.screen == "blocked":
+                self._to_attract(out)
+
+    # -- the view -------------------------------------------------------------------------------
+
+    def _build_view(self) -> dict[str, Any]:
+        s = self.screen
+        m = self.matter if s in ("consent", "alternative", "capture", "verifying",
+                                 "signing", "submitting", "waiting") else None
+        capture = None
+        if s == "capture":
+            ch = self._challenge
+            capture = {
+                "challenge": None if ch is None else {
+                    "action": ch.action, "index": ch.index, "total": ch.total,
+                    "time_limit_s": ch.time_limit_s,
+                    "text_zh": ACTIONS_TEXT.get(ch.action, ("", ""))[0],
+                    "text_en": ACTIONS_TEXT.get(ch.action, ("", ""))[1]},
+                "hints": [{"code": c, "en": HINTS[c][0], "zh": HINTS[c][1]}
+                          for c in self._hints],
+                "progress": {"done": self._progress,
+                             "total": ch.total if ch is not None else None},
+                "attempt": self._attempt, "attempts": self.config.capture_attempts,
+            }
+        extendable = s in EXTENDABLE and self._deadline is not None \
+            and not self._handed_over()
+        return {
+            "screen": s,
+            "session": self.session.hex() if self.session else None,
+            "deadline_ms": self._deadline,
+            "warn_at_ms": self._warn_at,
+            "can_extend": bool(extendable and self._extends < self.config.max_extends),
+            "extends_left": (self.config.max_extends - self._extends) if extendable else 0,
+            "can_cancel": s in CANCELLABLE and not self._handed_over(),
+            "matter": m.display() if m is not None else None,
+            "capture": capture,
+            "error": dict(self._error) if s in ("error", "blocked") and self._error else None,
+            "receipt": dict(self._receipt) if s == "receipt" and self._receipt else None,
+            "alternative": dict(self._handover) if s == "alternative" and self._handover
+            else None,
+            "alarm": {"active": True, "detail": self._alarm} if self._alarm else None,
+        }
+
+
+def _copy(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_copy(v) for v in obj]
+    return obj

@@ -1,0 +1,653 @@
+"""The asyncio adapter of the authorization flow: it does the I/O the flow asks for.
+
+:class:`FlowRunner` owns the camera, the capture session, the identity client, the signer,
+the light node and the audit sink, and executes the effects of
+:class:`~appliance.kiosk.flow.AuthorizationFlow`; their results go back to the flow as events.
+Every decision is the flow's. The UI talks to it with :meth:`FlowRunner.post` (UI events as
+JSON-like dicts) and :meth:`FlowRunner.subscribe` (views, live capture guidance and preview
+frames). See docs/authorization-flow.md.
+
+Camera frames: while the flow scans, frames are searched for a matter QR code (throttled to
+``scan_interval_s``); while it captures, each frame is fed to the
+:class:`~appliance.kiosk.capture.CaptureSession` (in a worker thread: detection takes tens of
+ms). Otherwise the camera is not read at all. Frames are overwritten once used; the preview
+sent to subscribers is a small JPEG made in memory, at most ``preview_fps`` a second, and
+only while somebody is subscribed. Nothing here writes image data anywhere.
+
+Signing: ``signer`` is any object with ``alg``, ``public_key`` and ``async sign(message) ->
+(alg, public_key, signature)``; :class:`ModuleAuthSigner` is the one around the crypto module
+(:class:`appliance.hsm.client.AsyncClient` or ``Client`` and a slot), so the device key never
+leaves the module. The transaction is built by :func:`appliance.node.tx.build_tx`, which
+checks the signature before the transaction is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import cv2
+import numpy as np
+
+from appliance.gm import sm2
+from appliance.node.model import SignedTx, decode_header
+
+from . import flow as fl
+from .capture.config import CaptureConfig
+from .capture.session import CaptureSession
+from .matter import QrReader
+
+__all__ = ["FlowRunner", "ModuleAuthSigner", "SteadyClock", "wall_clock_ms"]
+
+log = logging.getLogger("appliance.kiosk")
+
+Frame = tuple[np.ndarray, float]
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class SteadyClock:
+    """Wall time in ms that does not jump while a session runs: the wall clock read once,
+    advanced by the monotonic clock. The runner re-reads the wall clock (:meth:`resync`)
+    only when no timer of a session is running (attract, blocked), so that a step of the
+    system clock (NTP, an operator) can neither expire a screen early nor hold it for the
+    size of a backward step."""
+
+    def __init__(self) -> None:
+        self.resync()
+
+    def resync(self) -> None:
+        self._wall = time.time_ns() // 1_000_000
+        self._mono = time.monotonic_ns()
+
+    def __call__(self) -> int:
+        return self._wall + (time.monotonic_ns() - self._mono) // 1_000_000
+
+
+class ModuleAuthSigner:
+    """Signs with the device key in the crypto module (``slot``); ``client`` is an
+    :class:`~appliance.hsm.client.AsyncClient` or a blocking ``Client`` (run in a thread).
+    Messages up to the module's limit go whole (the module computes SM3(Z_A || M));
+    longer ones are hashed here and signed with ``sign_digest``."""
+
+    alg = "sm2"
+
+    def __init__(self, client: Any, slot: int, public_key: bytes) -> None:
+        self._client = client
+        self.slot = slot
+        self.public_key = public_key
+        self.last_counter: int | None = None
+
+    @classmethod
+    async def open(cls, client: Any, slot: int) -> ModuleAuthSigner:
+        pk = await cls._call(client, "public_key", slot)
+        if pk.alg != "sm2":
+            raise ValueError(f"slot {slot} holds a {pk.alg} key, not sm2")
+        return cls(client, slot, pk.public_key)
+
+    @staticmethod
+    async def _call(client: Any, name: str, *args: Any) -> Any:
+        method = getattr(client, name)
+        if asyncio.iscoroutinefunction(method):
+            return await method(*args)
+        return await asyncio.to_thread(method, *args)
+
+    async def sign(self, message: bytes) -> tuple[str, bytes, bytes]:
+        from appliance.hsm.client import MAX_CHUNK
+
+        if len(message) <= MAX_CHUNK:
+            sig = await self._call(self._client, "sign", self.slot, message)
+        else:
+            digest = sm2.message_digest(self.public_key, message)
+            sig = await self._call(self._client, "sign_digest", self.slot, digest)
+        self.last_counter = sig.counter
+        return self.alg, self.public_key, sig.signature
+
+
+class _BridgeSigner:
+    """The synchronous Signer that build_tx wants, running the async signer on the loop
+    (build_tx runs in a worker thread)."""
+
+    def __init__(self, signer: Any, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
+        self._signer, self._loop, self._timeout = signer, loop, timeout_s
+        self.alg = signer.alg
+        self.public_key = signer.public_key
+
+    def sign(self, message: bytes) -> bytes:
+        fut = asyncio.run_coroutine_threadsafe(self._signer.sign(message), self._loop)
+        alg, public_key, signature = fut.result(self._timeout)
+        if alg != self.alg or public_key != self.public_key:
+            raise ValueError("the signer signed with another key than it announced")
+        return signature
+
+
+class _Subscription:
+    def __init__(self, size: int) -> None:
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(size)
+
+    def put(self, msg: dict[str, Any] | None) -> None:
+        while True:
+            try:
+                self.queue.put_nowait(msg)
+                return
+            except asyncio.QueueFull:
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    self.queue.get_nowait()  # the slowest reader loses the oldest message
+
+
+class FlowRunner:
+    """Drives ``flow`` with real I/O; see the module docstring.
+
+    ``frames``: a :class:`~appliance.kiosk.capture.Camera` (or any object with a blocking
+    ``read(timeout) -> (frame, ts) | None``), or an async iterator of ``(frame, ts)``.
+    ``identity``: an :class:`~appliance.kiosk.identity.IdentityClient` (its
+    ``service_public_key`` seals the capture unless ``service_public_key`` is given).
+    ``node``: a :class:`~appliance.node.client.NodeSync` whose ``run()`` is going in the same
+    loop. ``audit``: anything with ``append(kind, **fields)`` (appended in order, in a
+    thread). ``clock``: wall time in ms (default :class:`SteadyClock`). Call :meth:`post`
+    and :meth:`alarm_changed` from the loop's thread. ``capture_listener(events, ts)`` sees
+    every capture event with its frame time (the HIL rig's synthetic citizen answers the
+    challenge with it).
+    """
+
+    def __init__(self, flow: fl.AuthorizationFlow, *, frames: Any,
+                 capture_config: CaptureConfig | None = None, identity: Any, signer: Any,
+                 node: Any, audit: Any | None = None,
+                 clock: Callable[[], int] | None = None,
+                 service_public_key: bytes | None = None,
+                 identity_timeout_s: float | None = None, submit_timeout_s: float | None = None,
+                 inclusion_timeout_s: float | None = None, node_probe_timeout_s: float = 3.0,
+                 scan_interval_s: float = 0.2, preview_fps: float = 5.0,
+                 preview_width: int = 320, guidance_hz: float = 10.0,
+                 alarm_poll_s: float | None = 2.0, frame_timeout_s: float = 5.0,
+                 capture_listener: Callable[[list[Any], float], None] | None = None) -> None:
+        self.flow = flow
+        self.frames = frames
+        self.capture_config = capture_config or CaptureConfig()
+        self.identity = identity
+        self.signer = signer
+        self.node = node
+        self.audit = audit
+        self.clock = clock or SteadyClock()
+        self.service_public_key = service_public_key or identity.service_public_key
+        cfg = flow.config
+        # each I/O step gets a little less than the flow's screen time, so the step's own,
+        # precise error arrives before the flow's timeout
+        self.identity_timeout_s = identity_timeout_s or max(1.0, cfg.verifying_ms / 1000 - 2)
+        self.submit_timeout_s = submit_timeout_s or max(1.0, cfg.submitting_ms / 1000 - 2)
+        self.inclusion_timeout_s = inclusion_timeout_s or max(1.0, cfg.waiting_ms / 1000 - 2)
+        self.sign_timeout_s = max(1.0, cfg.signing_ms / 1000 - 2)
+        self.node_probe_timeout_s = node_probe_timeout_s
+        self.scan_interval_s = scan_interval_s
+        self.preview_period_s = 1.0 / preview_fps if preview_fps > 0 else None
+        self.preview_width = preview_width
+        self.guidance_period_s = 1.0 / guidance_hz
+        self.alarm_poll_s = alarm_poll_s
+        self.frame_timeout_s = frame_timeout_s
+        self.capture_listener = capture_listener
+        self.signatures = 0  # transactions signed by this runner (for tests and status)
+        self.last_inclusion: Any = None  # the VerifiedInclusion of the last receipt
+        self._subs: set[_Subscription] = set()
+        self._seq_published = -1
+        self._scanning = False
+        self._capture: tuple[bytes, int, CaptureSession] | None = None
+        self._envelope: dict[str, bytes] | None = None
+        self._txs: dict[bytes, SignedTx] = {}
+        self._tasks: dict[bytes | None, set[asyncio.Task]] = {}
+        # (asyncio primitives bind to the loop on first use, so they can be made here: the
+        # UI may post before run() has started)
+        self._audit_queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._frames_wanted = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._http: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._alarm_seen: bool | None = None
+        self._qr = QrReader()
+        self._last_scan = 0.0
+        self._last_preview = 0.0
+        self._last_guidance = 0.0
+
+    # -- the UI side ----------------------------------------------------------------------------
+
+    def post(self, ui_event: dict[str, Any]) -> bool:
+        """A UI event (``{"type": ...}``); False if it is not one (it is then ignored)."""
+        ev = fl.ui_event(ui_event)
+        if ev is None:
+            return False
+        self._handle(ev)
+        return True
+
+    def alarm_changed(self, active: bool, detail: str = "") -> None:
+        """The light node's alarm was raised or cleared (the daemon, or the store poller)."""
+        self._alarm_seen = bool(active)
+        self._handle(fl.AlarmChanged(bool(active), detail))
+
+    async def subscribe(self, *, queue_size: int = 64) -> AsyncIterator[dict[str, Any]]:
+        """Messages for one UI client: the current view first, then every change."""
+        sub = _Subscription(queue_size)
+        self._subs.add(sub)
+        try:
+            yield {"type": "view", "view": self.flow.view()}
+            while True:
+                msg = await sub.queue.get()
+                if msg is None:
+                    return
+                yield msg
+        finally:
+            self._subs.discard(sub)
+
+    def view(self) -> dict[str, Any]:
+        return self.flow.view()
+
+    def _publish(self, msg: dict[str, Any]) -> None:
+        for sub in list(self._subs):
+            sub.put(msg)
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`; then stop everything and wipe."""
+        self._loop = asyncio.get_running_loop()
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.node_probe_timeout_s))
+        writer = asyncio.create_task(self._audit_writer())
+        workers = [asyncio.create_task(self._ticker()), asyncio.create_task(self._pump())]
+        if self.alarm_poll_s is not None and self.node is not None:
+            workers.append(asyncio.create_task(self._alarm_watch()))
+        self._publish_view()
+        self._want_frames()
+        self._wake.set()
+        try:
+            await self._stop.wait()
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            await self._cancel_tasks(None, everything=True)
+            self._wipe()
+            await self._http.close()
+            self._audit_queue.put_nowait(None)  # what was queued is written, in order
+            await asyncio.gather(writer, return_exceptions=True)
+            for sub in list(self._subs):
+                sub.put(None)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _ticker(self) -> None:
+        assert self._wake is not None
+        while True:
+            deadline = self.flow.next_deadline()
+            timeout = None if deadline is None else max(0.0, (deadline - self.clock()) / 1000)
+            self._wake.clear()
+            # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancellation that
+            # arrives as the wait ends, and the runner would never stop
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            deadline = self.flow.next_deadline()
+            if deadline is not None and self.clock() >= deadline:
+                self._handle(fl.Tick())
+
+    async def _alarm_watch(self) -> None:
+        """Polls the header store's alarms (an equivocation raises one) in a thread."""
+        while True:
+            try:
+                alarms = await asyncio.to_thread(self.node.store.alarms)
+            except Exception as exc:  # a store that cannot be read: keep the last state
+                log.warning("cannot read the alarms: %s", exc)
+                alarms = None
+            if alarms is not None:
+                active = bool(alarms)
+                if active != self._alarm_seen:
+                    detail = "; ".join(a.detail for a in alarms)
+                    self.alarm_changed(active, detail)
+            assert self.alarm_poll_s is not None
+            await asyncio.sleep(self.alarm_poll_s)
+
+    # -- events in, effects out -----------------------------------------------------------------
+
+    def _handle(self, ev: fl.Event) -> None:
+        if isinstance(ev, fl.StepFailed):
+            log.warning("step %s failed (%s): %s", ev.step, ev.code, ev.detail)
+        if self.flow.screen in ("attract", "blocked") and isinstance(self.clock, SteadyClock):
+            self.clock.resync()  # no session timer is running
+        effects = self.flow.handle(ev, self.clock())
+        for effect in effects:
+            try:
+                self._execute(effect)
+            except Exception:  # an effect must never take the runner down
+                log.exception("effect %s failed", type(effect).__name__)
+        self._publish_view()
+        self._wake.set()
+        self._want_frames()
+
+    def _publish_view(self) -> None:
+        view = self.flow.view()
+        if view["seq"] != self._seq_published:
+            self._seq_published = view["seq"]
+            self._publish({"type": "view", "view": view})
+
+    def _want_frames(self) -> None:
+        if self._scanning or self._capture is not None:
+            self._frames_wanted.set()
+        else:
+            self._frames_wanted.clear()
+
+    def _spawn(self, session: bytes, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.setdefault(session, set()).add(task)
+        task.add_done_callback(lambda t: self._tasks.get(session, set()).discard(t))
+
+    def _execute(self, e: fl.Effect) -> None:
+        if isinstance(e, fl.StartScan):
+            self._scanning = True
+        elif isinstance(e, fl.StopScan):
+            self._scanning = False
+        elif isinstance(e, fl.StartCapture):
+            self._close_capture()
+            self._capture = (e.session, e.attempt, CaptureSession(self.capture_config))
+        elif isinstance(e, fl.StopCapture):
+            self._close_capture()
+        elif isinstance(e, fl.SealCapture):
+            self._spawn(e.session, self._seal(e.session))
+        elif isinstance(e, fl.RequestAttestation):
+            self._spawn(e.session, self._attest(e))
+        elif isinstance(e, fl.CheckNodes):
+            self._spawn(e.session, self._check_nodes(e.session))
+        elif isinstance(e, fl.SignAuthorization):
+            self._spawn(e.session, self._sign(e))
+        elif isinstance(e, fl.SubmitTx):
+            self._spawn(e.session, self._submit(e))
+        elif isinstance(e, fl.AwaitInclusion):
+            self._spawn(e.session, self._await_inclusion(e))
+        elif isinstance(e, fl.Wipe):
+            self._wipe(e.session)
+        elif isinstance(e, fl.Audit):
+            if self.audit is not None:
+                self._audit_queue.put_nowait((e.kind, dict(e.fields)))
+
+    # -- wiping ---------------------------------------------------------------------------------
+
+    def _close_capture(self) -> None:
+        cap, self._capture = self._capture, None
+        if cap is not None:
+            cap[2].cancel()
+            cap[2].close()
+
+    def _wipe(self, session: bytes | None = None) -> None:
+        """Drop everything of the session: capture buffers (overwritten), the envelope, the
+        signed transaction; the session's I/O tasks are cancelled."""
+        self._scanning = False
+        self._close_capture()
+        env, self._envelope = self._envelope, None
+        if env is not None:
+            for value in env.values():
+                if isinstance(value, bytearray):
+                    value[:] = bytes(len(value))
+        self._txs.clear()
+        if session is not None:
+            for task in list(self._tasks.pop(session, ())):
+                task.cancel()
+
+    async def _cancel_tasks(self, session: bytes | None, *, everything: bool = False) -> None:
+        keys = list(self._tasks) if everything else [session]
+        tasks = [t for k in keys for t in self._tasks.pop(k, ())]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- frames: scan and capture ---------------------------------------------------------------
+
+    async def _next_frame(self) -> Frame | None:
+        src = self.frames
+        if hasattr(src, "__anext__"):
+            try:
+                async with asyncio.timeout(self.frame_timeout_s):
+                    return await src.__anext__()
+            except (StopAsyncIteration, TimeoutError):
+                return None
+        return await asyncio.to_thread(src.read, self.frame_timeout_s)
+
+    async def _pump(self) -> None:
+        assert self._frames_wanted is not None
+        while True:
+            await self._frames_wanted.wait()
+            got = await self._next_frame()
+            if got is None:
+                self._camera_lost()
+                await asyncio.sleep(0.2)
+                continue
+            frame, ts = got
+            try:
+                await self._use_frame(frame, float(ts))
+            except Exception as exc:  # a bad frame must not stop the camera loop
+                log.warning("frame not usable: %s", exc)
+                cap = self._capture
+                if cap is not None:
+                    self._handle(fl.StepFailed(cap[0], "capture", "camera_unavailable",
+                                               f"frame not usable: {exc}"))
+            finally:
+                with contextlib.suppress(ValueError):
+                    frame.fill(0)  # the frame is ours now: nothing of it stays
+
+    def _camera_lost(self) -> None:
+        cap = self._capture
+        if cap is not None:
+            self._handle(fl.StepFailed(cap[0], "capture", "camera_unavailable",
+                                       "no frame from the camera"))
+
+    async def _use_frame(self, frame: np.ndarray, ts: float) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        cap = self._capture
+        if cap is not None:
+            session, attempt, cs = cap
+            events = await asyncio.to_thread(cs.feed, frame, ts)
+            if self._capture is not cap:  # stopped while the frame was being processed
+                return
+            if self.capture_listener is not None and events:
+                self.capture_listener(list(events), ts)
+            for event in events:
+                self._handle(fl.CaptureUpdate(session, attempt, event))
+            if events or now - self._last_guidance >= self.guidance_period_s:
+                self._last_guidance = now
+                self._publish_guidance(cs, frame.shape)
+        elif self._scanning and now - self._last_scan >= self.scan_interval_s:
+            self._last_scan = now
+            text = await asyncio.to_thread(self._qr.read, frame)
+            if text and self._scanning:
+                self._handle(fl.MatterText(text, "camera"))
+        if self._subs and self.preview_period_s is not None \
+                and now - self._last_preview >= self.preview_period_s \
+                and (self._capture is not None or self._scanning):
+            self._last_preview = now
+            jpeg = await asyncio.to_thread(self._preview_jpeg, frame)
+            if jpeg is not None:
+                self._publish({"type": "frame", "jpeg": jpeg})
+
+    def _preview_jpeg(self, frame: np.ndarray) -> bytes | None:
+        """A small JPEG of the frame, in memory only."""
+        h, w = frame.shape[:2]
+        scale = min(1.0, self.preview_width / w)
+        small = cv2.resize(frame, (max(1, int(w * scale)), max(1, int(h * scale))),
+                           interpolation=cv2.INTER_AREA)
+        ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 70])
+        small.fill(0)
+        if not ok:
+            return None
+        data = buf.tobytes()
+        buf.fill(0)
+        return data
+
+    def _publish_guidance(self, cs: CaptureSession, shape: tuple[int, ...]) -> None:
+        if not self._subs:
+            return
+        view = self.flow.view()
+        cap = view.get("capture") or {}
+        h, w = shape[:2]
+        face = None
+        q = cs.last_quality
+        if q is not None and q.face is not None:
+            x, y, fw, fh = q.face
+            face = {"x": x / w, "y": y / h, "w": fw / w, "h": fh / h}
+        cfg = self.capture_config
+        # the oval the face should fill: centred, as wide as the gate's minimum face width
+        oval = {"cx": 0.5, "cy": 0.5, "rx": min(0.45, cfg.min_face_width_px / w * 0.6),
+                "ry": min(0.45, cfg.max_face_height_fraction * 0.55), "face": face}
+        self._publish({"type": "guidance", "oval": oval, "hints": cap.get("hints", []),
+                       "challenge": cap.get("challenge"), "progress": cap.get("progress")})
+
+    # -- the steps ------------------------------------------------------------------------------
+
+    async def _seal(self, session: bytes) -> None:
+        cap = self._capture
+        if cap is None or cap[0] != session:
+            self._handle(fl.StepFailed(session, "seal", "camera_unavailable", "no capture"))
+            return
+        self._capture = None  # seal() wipes the session's buffers
+        try:
+            sealed = await asyncio.to_thread(cap[2].seal, self.service_public_key, session)
+        except Exception as exc:
+            cap[2].close()
+            self._handle(fl.StepFailed(session, "seal", "camera_unavailable",
+                                       f"sealing failed: {exc}"))
+            return
+        if self.flow.session != session:
+            return
+        self._envelope = sealed.envelope
+        self._handle(fl.CaptureSealed(session, sealed.capture_digest))
+
+    async def _attest(self, e: fl.RequestAttestation) -> None:
+        from . import identity as ident
+
+        envelope, self._envelope = self._envelope, None  # sent once, then dropped
+        if envelope is None:
+            self._handle(fl.StepFailed(e.session, "attest", "identity_unavailable",
+                                       "no sealed capture"))
+            return
+        try:
+            att = await self.identity.attest(
+                envelope, subject=e.subject, capture_digest=e.capture_digest,
+                session_id=e.session, now_ms=self.clock(), timeout_s=self.identity_timeout_s)
+        except ident.AttestationInvalid as exc:
+            self._handle(fl.StepFailed(e.session, "attest", "attestation_invalid", str(exc)))
+            return
+        except ident.IdentityError as exc:
+            self._handle(fl.StepFailed(e.session, "attest", "identity_unavailable", str(exc)))
+            return
+        except Exception as exc:
+            log.warning("identity service call failed: %r", exc)
+            self._handle(fl.StepFailed(e.session, "attest", "identity_unavailable", str(exc)))
+            return
+        finally:
+            envelope = None
+        self._handle(fl.AttestationVerified(e.session, att.signed, att.result, att.score))
+
+    async def _check_nodes(self, session: bytes) -> None:
+        """Before anything is signed: does any usable district node answer /v1/info now?
+        (Only a go/no-go: nothing it says is used.)"""
+        urls = [p.url for p in self.node.machine.peers.usable()]
+        assert self._http is not None
+        http = self._http
+
+        async def probe(url: str) -> bool:
+            try:
+                async with http.get(url.rstrip("/") + "/v1/info") as resp:
+                    await resp.content.read(64 * 1024)
+                    return resp.status == 200
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                return False
+
+        ok = any(await asyncio.gather(*(probe(u) for u in urls))) if urls else False
+        self._handle(fl.NodesChecked(session, ok, "" if ok else
+                                     f"no district node answered ({len(urls)} usable)"))
+
+    async def _sign(self, e: fl.SignAuthorization) -> None:
+        from appliance.node.tx import build_tx
+
+        loop = asyncio.get_running_loop()
+        bridge = _BridgeSigner(self.signer, loop, self.sign_timeout_s)
+        try:
+            tx = await asyncio.to_thread(
+                build_tx, bridge, chain_id=self.node.anchor.chain_id, type="license.authorize",
+                data=e.data, timestamp_ms=self.clock())
+        except Exception as exc:
+            log.warning("signing failed: %s", exc)
+            self._handle(fl.StepFailed(e.session, "sign", "module_unavailable", str(exc)))
+            return
+        self.signatures += 1
+        if self.audit is not None:
+            fields: dict[str, Any] = {"session": e.session.hex(), "tx_id": tx.tx_id.hex(),
+                                      "purpose": "license.authorize"}
+            counter = getattr(self.signer, "last_counter", None)
+            if counter is not None:
+                fields["counter"] = counter
+            self._audit_queue.put_nowait(("sign", fields))
+        if self.flow.session != e.session:
+            return  # the flow moved on (cancel, alarm, timeout): the tx is dropped unsent
+        self._txs[e.session] = tx
+        self._handle(fl.AuthorizationSigned(e.session, tx.tx_id))
+
+    async def _submit(self, e: fl.SubmitTx) -> None:
+        from appliance.node.client import TxError
+
+        tx = self._txs.get(e.session)
+        if tx is None or tx.tx_id != e.tx_id:
+            self._handle(fl.StepFailed(e.session, "submit", "node_unavailable", "no tx"))
+            return
+        try:
+            await self.node.submit_tx(tx, timeout_s=self.submit_timeout_s)
+        except TxError as exc:
+            self._handle(fl.StepFailed(e.session, "submit", "node_unavailable",
+                                       f"{exc.code}: {exc}"))
+            return
+        self._handle(fl.Submitted(e.session, e.tx_id))
+
+    async def _await_inclusion(self, e: fl.AwaitInclusion) -> None:
+        from appliance.node.client import InclusionTimeout, NoPeers, NotVerifiable, TxError
+
+        try:
+            inc = await self.node.wait_for_inclusion(e.tx_id, timeout_s=self.inclusion_timeout_s)
+        except NotVerifiable as exc:
+            self._handle(fl.StepFailed(e.session, "include", "proof_invalid", str(exc)))
+            return
+        except NoPeers as exc:
+            self._handle(fl.StepFailed(e.session, "include", "node_unavailable", str(exc)))
+            return
+        except (InclusionTimeout, TxError) as exc:
+            self._handle(fl.StepFailed(e.session, "include", "inclusion_timeout", str(exc)))
+            return
+        time_ms = inc.tx.body.timestamp
+        with contextlib.suppress(Exception):
+            raw = await asyncio.to_thread(self.node.store.header, inc.height)
+            if raw is not None:
+                time_ms = decode_header(raw).timestamp
+        self.last_inclusion = inc
+        self._txs.pop(e.session, None)
+        self._handle(fl.Included(e.session, inc.tx_id, inc.height, inc.block_id, time_ms))
+
+    # -- audit ----------------------------------------------------------------------------------
+
+    async def _audit_writer(self) -> None:
+        assert self._audit_queue is not None
+        while True:
+            item = await self._audit_queue.get()
+            if item is None:
+                return
+            await self._append(*item)
+
+    async def _append(self, kind: str, fields: dict[str, Any]) -> None:
+        try:
+            await asyncio.to_thread(self.audit.append, kind, **fields)
+        except Exception as exc:  # the audit sink failing must be loud, never silent
+            log.error("audit append %s failed: %s", kind, exc)

@@ -1,0 +1,451 @@
+"""The local web server: the kiosk UI, the PAD UI and their JSON/WebSocket API (aiohttp).
+
+Bound to a loopback address only (the Chromium of the same terminal shows it; the
+configuration refuses anything else, and so does :class:`WebServer`). Requests whose ``Host``
+is not that loopback address are refused (DNS rebinding), and so are state-changing requests
+and WebSockets from another ``Origin``. Every answer carries a strict Content-Security-Policy:
+no inline script, nothing from the network.
+
+| route | what |
+| --- | --- |
+| ``GET /``, ``GET /pad`` | the kiosk (citizen) and PAD (clerk) pages; ``/static/*`` |
+| ``GET /api/health`` | readiness of the node, hsm and kiosk tasks |
+| ``GET /api/state`` | the flow's current view (``screen: starting`` until the flow runs) |
+| ``POST /api/event`` | ``{"type": ...}`` from the UI -> ``runner.post`` |
+| ``WS /api/ws`` | view, guidance and health messages as JSON; preview frames as binary JPEG |
+| ``GET /api/qr?text=T`` | a QR code of T as PNG (cv2.QRCodeEncoder), rendered here |
+| ``GET /api/hints`` | the quality gate's hint texts (English, Chinese) |
+| ``POST /api/pad/matter`` | the clerk's matter -> its ``GOVAUTH1:`` QR text |
+| ``POST /api/pad/verify`` | multipart ``file`` (<= 16 MiB, counted while reading) or |
+| | ``sample`` -> the verified deposits of its SM3 digest |
+| ``GET /api/pad/samples[/{i}]`` | the simulated hall's deposited documents |
+
+Preview frames are relayed from the runner to the open WebSockets and dropped: never stored,
+never logged, not even kept for a late subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import WSMsgType, web
+
+log = logging.getLogger("appliance.kiosk.web")
+
+STATIC = Path(__file__).resolve().parent / "static"
+MAX_EVENT_BYTES = 8192
+MAX_UPLOAD = 16 * 1024 * 1024
+MAX_QR_TEXT = 2048
+EVENT_TYPES = frozenset({"start", "matter_text", "consent", "decline", "alternative",
+                         "clerk_confirmed_id", "extend", "cancel", "done", "activity"})
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+       "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; "
+       "frame-ancestors 'none'")
+STARTING_VIEW: dict[str, Any] = {
+    "screen": "starting", "seq": 0, "session": None, "deadline_ms": None, "warn_at_ms": None,
+    "can_extend": False, "can_cancel": False, "matter": None, "capture": None, "error": None,
+    "receipt": None, "alarm": None,
+}
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+class _Client:
+    """One WebSocket: a bounded queue; frames are dropped rather than queued when it lags."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.queue: asyncio.Queue[str | bytes] = asyncio.Queue(maxsize=32)
+
+    def offer(self, item: str | bytes) -> None:
+        if isinstance(item, bytes) and self.queue.qsize() > 2:
+            return  # a preview frame: only the newest matter
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(item)
+
+
+class WebServer:
+    """Serves the UI for ``ctx`` (the daemon: ``cfg``, ``health()``, ``node``, ``sim``,
+    ``readiness``) on ``host:port``; :meth:`attach_runner` when the flow is up."""
+
+    def __init__(self, ctx: Any, host: str, port: int) -> None:
+        addr = ipaddress.ip_address(host)
+        if not addr.is_loopback:
+            raise ValueError(f"the UI listens on a loopback address only, not {host}")
+        self.ctx = ctx
+        self.host = host
+        self.requested_port = port
+        self.port = 0
+        self.url = ""
+        self.view: dict[str, Any] = dict(STARTING_VIEW)
+        self.guidance: dict[str, Any] | None = None
+        self.runner: Any = None
+        self.clients: set[_Client] = set()
+        self._runner_app: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._static = {p.name: p for p in STATIC.iterdir() if p.is_file()}
+        self.frames_relayed = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        app = web.Application(middlewares=[self._guard], client_max_size=MAX_UPLOAD + 65536)
+        r = app.router
+        r.add_get("/", self._page("kiosk.html"))
+        r.add_get("/pad", self._page("pad.html"))
+        r.add_get("/static/{name}", self._static_file)
+        r.add_get("/api/health", self._health)
+        r.add_get("/api/state", self._state)
+        r.add_post("/api/event", self._event)
+        r.add_get("/api/ws", self._ws)
+        r.add_get("/api/qr", self._qr)
+        r.add_get("/api/hints", self._hints)
+        r.add_post("/api/pad/matter", self._pad_matter)
+        r.add_post("/api/pad/verify", self._pad_verify)
+        r.add_get("/api/pad/samples", self._samples)
+        r.add_get("/api/pad/samples/{index}", self._sample)
+        self._runner_app = web.AppRunner(app, access_log=None, handle_signals=False,
+                                         shutdown_timeout=1.0)
+        await self._runner_app.setup()
+        site = web.TCPSite(self._runner_app, self.host, self.requested_port)
+        await site.start()
+        self.port = self._runner_app.addresses[0][1]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"http://{host}:{self.port}"
+        self._tasks.append(asyncio.create_task(self._health_pump()))
+        return self.url
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for c in list(self.clients):
+            with contextlib.suppress(Exception):
+                await c.ws.close()
+        if self._runner_app is not None:
+            await self._runner_app.cleanup()
+            self._runner_app = None
+
+    def attach_runner(self, runner: Any) -> None:
+        """Relay ``runner.subscribe()`` to the WebSockets; events go to ``runner.post``."""
+        self.runner = runner
+        self._tasks.append(asyncio.create_task(self._pump(runner)))
+
+    # -- relaying --------------------------------------------------------------------------
+
+    def _broadcast(self, item: str | bytes) -> None:
+        for c in list(self.clients):
+            c.offer(item)
+
+    def _message(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == "frame":
+            jpeg = msg.get("jpeg")
+            if isinstance(jpeg, bytes | bytearray | memoryview) and self.clients:
+                self.frames_relayed += 1
+                self._broadcast(bytes(jpeg))
+            return
+        if kind == "view" and isinstance(msg.get("view"), dict):
+            self.view = msg["view"]
+            if self.view.get("screen") != "capture":
+                self.guidance = None
+        elif kind == "guidance":
+            self.guidance = msg
+        else:
+            return
+        self._broadcast(json.dumps(_jsonable(msg)))
+
+    async def _pump(self, runner: Any) -> None:
+        try:
+            current = getattr(runner, "view", None)
+            if callable(current):
+                with contextlib.suppress(Exception):
+                    self._message({"type": "view", "view": current()})
+            async for msg in runner.subscribe():
+                if isinstance(msg, dict):
+                    self._message(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - logged; the UI shows the health
+            log.error("runner subscription ended: %s", exc)
+        finally:
+            if self.runner is runner:
+                self.runner = None
+                self.view = dict(STARTING_VIEW)
+                self._broadcast(json.dumps({"type": "view", "view": self.view}))
+
+    async def _health_pump(self) -> None:
+        readiness = getattr(self.ctx, "readiness", None)
+        changed = getattr(readiness, "changed", None)
+        while True:
+            if changed is None:
+                await asyncio.sleep(1.0)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), 2.0)
+                changed.clear()
+            self._broadcast(json.dumps({"type": "health", "health": self.ctx.health()}))
+
+    # -- guard -----------------------------------------------------------------------------
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        host = request.headers.get("Host", "")
+        allowed = {f"{self.host}:{self.port}", f"localhost:{self.port}",
+                   f"[{self.host}]:{self.port}"}
+        if host not in allowed:
+            resp: web.StreamResponse = _error(421, "bad_host", "this server answers for "
+                                              f"{self.url} only")
+        else:
+            origin = request.headers.get("Origin")
+            if request.method != "GET" or request.path == "/api/ws":
+                if origin is not None and origin not in {f"http://{h}" for h in allowed}:
+                    resp = _error(403, "bad_origin", "cross-origin request refused")
+                    _headers(resp)
+                    return resp
+            try:
+                resp = await handler(request)
+            except web.HTTPException as exc:  # as a plain response, so it gets our headers
+                resp = web.Response(status=exc.status, reason=exc.reason, text=exc.text,
+                                    headers={k: v for k, v in exc.headers.items()
+                                             if k.lower() != "content-length"})
+        if not isinstance(resp, web.WebSocketResponse) and not resp.prepared:
+            _headers(resp)
+        return resp
+
+    # -- pages -----------------------------------------------------------------------------
+
+    def _page(self, name: str) -> Callable[[web.Request], Any]:
+        async def page(request: web.Request) -> web.StreamResponse:
+            if name == "kiosk.html" and self.ctx.cfg.kiosk.mode == "pad":
+                raise web.HTTPFound("/pad")  # a PAD terminal opens on the clerk's page
+            return web.FileResponse(STATIC / name, headers={"Cache-Control": "no-store"})
+
+        return page
+
+    async def _static_file(self, request: web.Request) -> web.StreamResponse:
+        path = self._static.get(request.match_info["name"])
+        if path is None:
+            return _error(404, "not_found", "no such file")
+        return web.FileResponse(path, headers={"Cache-Control": "no-store"})
+
+    # -- API -------------------------------------------------------------------------------
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response(self.ctx.health())
+
+    async def _state(self, request: web.Request) -> web.Response:
+        return web.json_response(_jsonable({
+            "view": self.view, "guidance": self.guidance, "health": self.ctx.health(),
+            "mode": self.ctx.cfg.kiosk.mode, "elder_mode": self.ctx.cfg.kiosk.elder_mode}))
+
+    async def _event(self, request: web.Request) -> web.Response:
+        body = await _read_limited(request, MAX_EVENT_BYTES)
+        if body is None:
+            return _error(413, "too_large", f"an event is at most {MAX_EVENT_BYTES} bytes")
+        try:
+            event = json.loads(body)
+        except ValueError:
+            return _error(400, "bad_request", "the body is not JSON")
+        problem = check_event(event)
+        if problem:
+            return _error(400, "bad_event", problem)
+        runner = self.runner
+        if runner is None:
+            return _error(503, "starting", "the authorization flow is not running yet")
+        result = runner.post(event)
+        if inspect.isawaitable(result):
+            result = await result
+        return web.json_response({"ok": result is not False})
+
+    async def _ws(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096)
+        await ws.prepare(request)
+        client = _Client(ws)
+        client.offer(json.dumps(_jsonable({
+            "type": "hello", "view": self.view, "guidance": self.guidance,
+            "health": self.ctx.health(), "mode": self.ctx.cfg.kiosk.mode,
+            "elder_mode": self.ctx.cfg.kiosk.elder_mode})))
+        self.clients.add(client)
+
+        async def reader() -> None:
+            async for msg in ws:  # nothing is accepted over the socket; read to see closes
+                if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                    break
+
+        read_task = asyncio.create_task(reader())
+        try:
+            while not ws.closed:
+                get = asyncio.create_task(client.queue.get())
+                done, _ = await asyncio.wait({get, read_task},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if get not in done:
+                    get.cancel()
+                    break
+                item = get.result()
+                if isinstance(item, bytes):
+                    await ws.send_bytes(item)
+                else:
+                    await ws.send_str(item)
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            self.clients.discard(client)
+            read_task.cancel()
+            while not client.queue.empty():  # drop queued frames now, not at collection
+                client.queue.get_nowait()
+            with contextlib.suppress(Exception):
+                await ws.close()
+        return ws
+
+    async def _qr(self, request: web.Request) -> web.Response:
+        text = request.query.get("text", "")
+        if not 1 <= len(text) <= MAX_QR_TEXT:
+            return _error(400, "bad_request", f"text must be 1..{MAX_QR_TEXT} characters")
+        from .qr import qr_png
+
+        try:
+            png = await asyncio.to_thread(qr_png, text)
+        except ValueError as exc:
+            return _error(400, "bad_request", str(exc))
+        return web.Response(body=png, content_type="image/png",
+                            headers={"Cache-Control": "no-store"})
+
+    async def _hints(self, request: web.Request) -> web.Response:
+        from ..capture.quality import HINTS
+
+        return web.json_response({k: {"en": en, "zh": zh} for k, (en, zh) in HINTS.items()})
+
+    # -- PAD -------------------------------------------------------------------------------
+
+    async def _pad_matter(self, request: web.Request) -> web.Response:
+        body = await _read_limited(request, MAX_EVENT_BYTES)
+        if body is None:
+            return _error(413, "too_large", "too large")
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return _error(400, "bad_request", "the body is not JSON")
+        from . import pad
+
+        try:
+            text = pad.matter_qr(doc, now_ms=int(time.time() * 1000))
+        except pad.PadError as exc:
+            return _error(400, "bad_matter", str(exc))
+        sim = getattr(self.ctx, "sim", None)
+        if sim is not None:
+            sim.note_matter(text)  # the simulated camera shows it while the kiosk scans
+        return web.json_response({"qr_text": text, "qr_png": "/api/qr?text=" + quote(text)})
+
+    async def _pad_verify(self, request: web.Request) -> web.Response:
+        from . import pad
+
+        if request.content_length is not None and request.content_length > MAX_UPLOAD + 65536:
+            return _error(413, "too_large", f"a document is at most {MAX_UPLOAD} bytes")
+        try:
+            document, name = await pad.read_upload(request, self._sample_bytes, MAX_UPLOAD)
+        except pad.PadError as exc:
+            return _error(exc.status, exc.code, str(exc))
+        node = getattr(self.ctx, "node", None)
+        if node is None:
+            return _error(503, "node_unavailable", "the light node is not running yet")
+        try:
+            result = await pad.verify_document(node, document, name=name)
+        except pad.PadError as exc:
+            return _error(exc.status, exc.code, str(exc))
+        finally:
+            del document
+        return web.json_response(result)
+
+    def _sample_bytes(self, index: int) -> tuple[bytes, str] | None:
+        sim = getattr(self.ctx, "sim", None)
+        samples = [] if sim is None else sim.samples
+        if not 0 <= index < len(samples):
+            return None
+        s = samples[index]
+        return s.document, s.filename
+
+    async def _samples(self, request: web.Request) -> web.Response:
+        sim = getattr(self.ctx, "sim", None)
+        samples = [] if sim is None else sim.samples
+        return web.json_response({"samples": [s.to_json(i) for i, s in enumerate(samples)],
+                                  "subject_name": None if sim is None else sim.citizen})
+
+    async def _sample(self, request: web.Request) -> web.Response:
+        text = request.match_info["index"]
+        got = self._sample_bytes(int(text)) if text.isdigit() and len(text) < 4 else None
+        if got is None:
+            return _error(404, "not_found", "no such sample")
+        data, name = got
+        return web.Response(body=data, content_type="application/octet-stream", headers={
+            "Content-Disposition": f'attachment; filename="{name}"'})
+
+
+def _headers(resp: web.StreamResponse) -> None:
+    resp.headers["Content-Security-Policy"] = CSP
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    resp.headers["Referrer-Policy"] = "no-referrer"
+    resp.headers["X-Frame-Options"] = "DENY"
+    resp.headers.setdefault("Cache-Control", "no-store")
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes | None:
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    data = bytearray()
+    while True:
+        chunk = await request.content.read(4096)
+        if not chunk:
+            return bytes(data)
+        data += chunk
+        if len(data) > limit:
+            return None
+
+
+def check_event(event: Any) -> str | None:
+    """Why a UI event is refused, or None. Only the contract's types and fields pass."""
+    if not isinstance(event, dict):
+        return "an event is a JSON object"
+    kind = event.get("type")
+    if kind not in EVENT_TYPES:
+        return f"unknown event type {kind!r}"
+    allowed = {"type"}
+    if kind == "matter_text":
+        allowed.add("text")
+        text = event.get("text")
+        if not isinstance(text, str) or not 1 <= len(text) <= MAX_QR_TEXT + 64:
+            return "matter_text needs text of 1..2112 characters"
+    if kind == "clerk_confirmed_id":
+        allowed.add("clerk")
+        clerk = event.get("clerk")
+        if not isinstance(clerk, str) or not 1 <= len(clerk) <= 64:
+            return "clerk_confirmed_id needs clerk text of 1..64 characters"
+    extra = set(event) - allowed
+    if extra:
+        return f"unexpected fields {sorted(extra)}"
+    return None
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items() if k != "jpeg"}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, bytes | bytearray):
+        return bytes(obj).hex()
+    if isinstance(obj, str | int | float | bool) or obj is None:
+        return obj
+    return str(obj)

@@ -1,0 +1,621 @@
+"""``appliance run``: the daemon. One asyncio process, three supervised tasks.
+
+- ``node``: the light node (:class:`~appliance.node.client.NodeSync`) with its static and
+  discovered peers; the equivocation alarm of its store is watched and handed to the
+  authorization flow (``runner.alarm_changed``) and to the audit log;
+- ``hsm``: the crypto module: opened, logged in, checked every few seconds; the device key
+  signs through :class:`ModuleDeviceSigner`;
+- ``kiosk``: the local web server (UI and API, loopback only) and the authorization flow.
+
+A task that crashes is logged (one line) and restarted after a backoff
+(:class:`RestartPolicy`, sans-I/O); a task that keeps crashing is restarted less and less
+often, never given up on (a kiosk with no one to restart it must heal itself). Logs are stdlib
+logging to stderr, one event a line, for journald. With ``NOTIFY_SOCKET`` set (systemd
+``Type=notify``) the daemon sends ``READY=1`` once the UI serves, ``WATCHDOG=1`` at half of
+``WATCHDOG_USEC`` while the event loop runs, and ``STOPPING=1`` on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Config
+
+log = logging.getLogger("appliance.service")
+
+
+# -- systemd notifications ---------------------------------------------------------------------
+
+
+class Notifier:
+    """sd_notify(3) without libsystemd: datagrams to the unix socket in ``NOTIFY_SOCKET``
+    (a path, or ``@name`` for the abstract namespace). Does nothing when it is not set."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        addr = env.get("NOTIFY_SOCKET") or ""
+        self.address: str | bytes | None = None
+        if addr.startswith("@"):
+            self.address = b"\0" + addr[1:].encode()
+        elif addr.startswith("/"):
+            self.address = addr
+        self.watchdog_s: float | None = None
+        usec = env.get("WATCHDOG_USEC")
+        pid = env.get("WATCHDOG_PID")
+        if usec and usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
+            self.watchdog_s = int(usec) / 1e6 / 2  # sd_watchdog_enabled(3): ping at half
+        self._sock: socket.socket | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.address is not None
+
+    def notify(self, state: str) -> bool:
+        """Send ``state`` (``READY=1``, ``WATCHDOG=1``, ``STATUS=...``); False if not sent."""
+        if self.address is None:
+            return False
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.sendto(state.encode(), self.address)
+            return True
+        except OSError as exc:
+            log.warning("sd_notify %s failed: %s", state.split("=", 1)[0], exc)
+            return False
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    async def watchdog(self) -> None:
+        """Ping the watchdog at half its interval for as long as the event loop runs."""
+        if self.watchdog_s is None or not self.enabled:
+            return
+        while True:
+            self.notify("WATCHDOG=1")
+            await asyncio.sleep(self.watchdog_s)
+
+
+# -- supervision ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RestartPolicy:
+    """When to restart a task that ended: ``base_s`` doubling per consecutive crash up to
+    ``max_s``; a task that ran ``healthy_after_s`` before it crashed starts over at
+    ``base_s``. Sans-I/O: time comes in as arguments."""
+
+    base_s: float = 0.5
+    max_s: float = 30.0
+    healthy_after_s: float = 60.0
+    crashes: int = 0
+    started_at: float | None = None
+
+    def started(self, now: float) -> None:
+        self.started_at = now
+
+    def ended(self, now: float) -> float:
+        """The task ended (crashed or returned); the delay before it is started again."""
+        ran = 0.0 if self.started_at is None else now - self.started_at
+        self.crashes = 1 if ran >= self.healthy_after_s else self.crashes + 1
+        return min(self.max_s, self.base_s * 2 ** (self.crashes - 1))
+
+
+@dataclass
+class TaskRecord:
+    name: str
+    policy: RestartPolicy
+    state: str = "new"  # new, running, restarting, stopped
+    restarts: int = 0
+    last_error: str | None = None
+
+
+class Supervisor:
+    """Runs named coroutine factories until ``stop`` is set; restarts each after a crash or
+    an unexpected return, after :meth:`RestartPolicy.ended`'s delay."""
+
+    def __init__(self, *, policy: Callable[[], RestartPolicy] = RestartPolicy,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_crash: Callable[[str, BaseException | None], None] | None = None) -> None:
+        self._policy = policy
+        self._clock = clock
+        self._on_crash = on_crash
+        self.tasks: dict[str, TaskRecord] = {}
+        self._factories: dict[str, Callable[[], Awaitable[Any]]] = {}
+
+    def add(self, name: str, factory: Callable[[], Awaitable[Any]]) -> None:
+        self.tasks[name] = TaskRecord(name, self._policy())
+        self._factories[name] = factory
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        return {n: {"state": r.state, "restarts": r.restarts, "last_error": r.last_error}
+                for n, r in self.tasks.items()}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loops = [asyncio.create_task(self._keep(name, stop), name=f"supervise-{name}")
+                 for name in self._factories]
+        try:
+            await stop.wait()
+        finally:
+            for t in loops:
+                t.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            for r in self.tasks.values():
+                r.state = "stopped"
+
+    async def _keep(self, name: str, stop: asyncio.Event) -> None:
+        rec = self.tasks[name]
+        while not stop.is_set():
+            rec.state = "running"
+            rec.policy.started(self._clock())
+            error: BaseException | None = None
+            try:
+                await self._factories[name]()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any crash is logged and restarted
+                error = exc
+            if stop.is_set():
+                break
+            delay = rec.policy.ended(self._clock())
+            rec.restarts += 1
+            rec.state = "restarting"
+            if error is None:
+                rec.last_error = "returned"
+                log.warning("task %s ended unexpectedly; restart %d in %.1f s", name,
+                            rec.restarts, delay)
+            else:
+                rec.last_error = f"{type(error).__name__}: {error}"
+                log.error("task %s crashed: %s; restart %d in %.1f s", name,
+                          _one_line(rec.last_error), rec.restarts, delay)
+                log.debug("task %s traceback", name, exc_info=error)
+            if self._on_crash is not None:
+                self._on_crash(name, error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:500]
+
+
+# -- logging ------------------------------------------------------------------------------------
+
+
+class OneLineFormatter(logging.Formatter):
+    """One event a line (journald): newlines inside a message or a traceback are escaped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\r", "\\r").replace("\n", "\\n")
+
+
+def setup_logging(level: str, stream: Any = None) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_appliance", False):
+            root.removeHandler(h)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
+    handler._appliance = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper()))
+    for noisy in ("zeroconf", "asyncio", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# -- the device key in the crypto module --------------------------------------------------------
+
+
+class ModuleDeviceSigner:
+    """The runner's signer: ``await sign(message) -> (alg, public_key, signature)``, signed
+    inside the crypto module (the key never leaves it), the blocking driver in a thread."""
+
+    def __init__(self, client: Any, slot: int) -> None:
+        from .node.tx import ModuleSigner
+
+        self._signer = ModuleSigner(client, slot)
+        self.alg = "sm2"
+        self.public_key = self._signer.public_key
+        self.slot = slot
+        self.on_sign: Callable[[], None] | None = None
+
+    async def sign(self, message: bytes) -> tuple[str, bytes, bytes]:
+        sig = await asyncio.to_thread(self._signer.sign, bytes(message))
+        if self.on_sign is not None:
+            self.on_sign()
+        return "sm2", self.public_key, sig
+
+
+def read_pin(cfg: Config, env: Mapping[str, str] | None = None) -> str | None:
+    env = os.environ if env is None else env
+    if cfg.hsm.pin_file is not None:
+        try:
+            return cfg.hsm.pin_file.read_text().splitlines()[0].strip()
+        except (OSError, IndexError) as exc:
+            raise RuntimeError(f"cannot read the PIN from {cfg.hsm.pin_file}: {exc}") from None
+    return env.get(cfg.hsm.pin_env) or None
+
+
+# -- the daemon ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Readiness:
+    """What the UI's "starting" screen and /api/health show."""
+
+    started_at: float = field(default_factory=time.monotonic)
+    parts: dict[str, str] = field(default_factory=lambda: {
+        "node": "starting", "hsm": "starting", "kiosk": "starting"})
+    detail: dict[str, str] = field(default_factory=dict)
+    changed: asyncio.Event | None = None
+
+    def set(self, part: str, state: str, detail: str = "") -> None:
+        if self.parts.get(part) == state and self.detail.get(part, "") == detail:
+            return
+        self.parts[part] = state
+        self.detail[part] = detail
+        if self.changed is not None:
+            self.changed.set()
+
+    @property
+    def ready(self) -> bool:
+        return all(v == "ready" for v in self.parts.values())
+
+
+class Appliance:
+    """The daemon's parts. ``sim`` is a simulated hall (hil.sim_hall) whose fixtures stand
+    in for the district nodes, the module, the camera and the identity service."""
+
+    def __init__(self, cfg: Config, *, sim: Any = None,
+                 notifier: Notifier | None = None) -> None:
+        self.cfg = cfg
+        self.sim = sim
+        self.notifier = notifier or Notifier()
+        self.readiness = Readiness()
+        self.supervisor = Supervisor(on_crash=self._on_crash)
+        self.node: Any = None  # NodeSync once the node task has started
+        self.signer: ModuleDeviceSigner | None = None
+        self.runner: Any = None  # FlowRunner once the kiosk task has it
+        self.audit: Any = None
+        self.web: Any = None
+        self.stop = asyncio.Event()
+        self._alarm: tuple[bool, str] | None = None
+        self._hsm_client: Any = None
+
+    # -- audit -----------------------------------------------------------------------------
+
+    def _open_audit(self) -> None:
+        from .audit import AuditLog
+
+        self.audit = AuditLog(self.cfg.audit_path, retention_days=self.cfg.audit.retention_days,
+                              clock_ms=lambda: int(time.time() * 1000))
+
+    def audit_event(self, kind: str, **fields: Any) -> None:
+        log.info("audit %s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()))
+        if self.audit is None:
+            return
+        try:
+            self.audit.append(kind, **fields)
+        except Exception as exc:  # noqa: BLE001 - the audit log failing must be seen, loudly
+            log.error("audit log append failed (%s): %s", kind, exc)
+
+    def _on_crash(self, name: str, error: BaseException | None) -> None:
+        state = "restarting"
+        self.readiness.set(name, state, "" if error is None else _one_line(str(error)))
+
+    # -- run -------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.readiness.changed = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, self._request_stop)
+        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self._open_audit()
+        self.audit_event("service_start", sim=self.sim is not None,
+                         mode=self.cfg.kiosk.mode)
+        from .kiosk.web.server import WebServer
+
+        self.web = WebServer(self, self.cfg.kiosk.listen_host, self.cfg.kiosk.listen_port)
+        await self.web.start()
+        self.readiness.set("kiosk", "serving")
+        url = self.web.url
+        print(f"appliance: UI on {url}", file=sys.stderr, flush=True)
+        if self.sim is not None:
+            print(f"appliance: simulated service hall (test fixtures, files in {self.sim.dir}): "
+                  f"kiosk {url}/ , clerk PAD {url}/pad ; Ctrl-C stops it", file=sys.stderr,
+                  flush=True)
+        log.info("UI serving on %s (%.2f s after start)", url,
+                 time.monotonic() - self.readiness.started_at)
+        self.notifier.notify(f"READY=1\nSTATUS=UI on {url}")
+        watchdog = asyncio.create_task(self.notifier.watchdog())
+        self.supervisor.add("node", self._node_task)
+        self.supervisor.add("hsm", self._hsm_task)
+        self.supervisor.add("kiosk", self._kiosk_task)
+        try:
+            await self.supervisor.run(self.stop)
+        finally:
+            self.notifier.notify("STOPPING=1")
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+            await self.web.stop()
+            if self._hsm_client is not None:
+                with contextlib.suppress(Exception):
+                    self._hsm_client.close()
+            self.audit_event("service_stop")
+            self.notifier.close()
+        return 0
+
+    def _request_stop(self) -> None:
+        if not self.stop.is_set():
+            log.info("stopping")
+            self.notifier.notify("STOPPING=1")
+            self.stop.set()
+
+    # -- node ------------------------------------------------------------------------------
+
+    async def _node_task(self) -> None:
+        from .node.client import NodeSync
+        from .node.discovery import Discovery
+        from .node.store import HeaderStore, StoreCorrupt
+
+        if self.sim is not None:
+            await self.sim.wait_chain()
+        trust = self.cfg.trust_path if self.sim is None else self.sim.trust_path
+        try:
+            anchor = trust.read_bytes()
+        except OSError as exc:
+            raise RuntimeError(f"cannot read the trust anchor {trust}: "
+                               f"{exc.strerror or exc}") from None
+        self.cfg.node_dir.mkdir(parents=True, exist_ok=True)
+        path = self.cfg.node_dir / "headers.sqlite"
+        try:
+            store = await asyncio.to_thread(HeaderStore.open, path)
+        except StoreCorrupt as exc:
+            # docs/light-node.md: move a damaged store aside and sync again from the anchor
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+            raise RuntimeError(f"the header store was damaged ({exc}); moved to {aside}, "
+                               "syncing again from the trust anchor") from None
+        service = self
+
+        class _Node(NodeSync):
+            async def _apply(self, events: list[Any]) -> None:  # audit the peer bans
+                from .node import sync
+
+                for ev in events:
+                    if isinstance(ev, sync.BanPeer):
+                        service.audit_event("peer_ban", peer=ev.peer, reason=ev.reason,
+                                            strikes=ev.strikes)
+                await super()._apply(events)
+
+        discovery = None
+        stop = asyncio.Event()
+        watcher: asyncio.Task[None] | None = None
+        try:
+            node = _Node(store, anchor)
+            for url in self.cfg.node.peers:
+                node.add_peer(url, "static")
+            for url in ([] if self.sim is None else self.sim.peer_urls):
+                node.add_peer(url, "sim")  # mDNS finds them too; one entry per URL
+            if self.cfg.node.discover:
+                discovery = Discovery(node.anchor.chain_id,
+                                      lambda url, name: node.add_peer(url, f"mdns:{name}"),
+                                      lambda url, name: node.remove_peer(url, f"mdns:{name}"),
+                                      interfaces=list(self.cfg.node.discover_interfaces) or None)
+                await discovery.start()
+            self.node = node
+            watcher = asyncio.create_task(self._watch_node(node, store, stop))
+            await node.run(stop_at_tip=False, stall_timeout_s=None, stop=self.stop)
+        finally:
+            stop.set()
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            if discovery is not None:
+                with contextlib.suppress(Exception):
+                    await discovery.stop()
+            self.node = None
+            self.readiness.set("node", "starting")
+            await asyncio.to_thread(store.close)
+
+    async def _watch_node(self, node: Any, store: Any, stop: asyncio.Event) -> None:
+        """Readiness (a verified tip), and the equivocation alarm to the flow and the log."""
+        def read() -> tuple[Any, list[Any]]:
+            return (store.tip() if store.initialized else None), store.alarms()
+
+        while not stop.is_set():
+            tip, alarms = await asyncio.to_thread(read)
+            if tip is not None:
+                self.readiness.set("node", "ready", f"height {tip.height}")
+            active = bool(alarms)
+            detail = "; ".join(a.detail for a in alarms)
+            if self._alarm != (active, detail):
+                first = self._alarm is None
+                self._alarm = (active, detail)
+                if active:
+                    self.audit_event("alarm", detail=detail[:500])
+                elif not first:  # the operator's `appliance node clear-alarm` audits it
+                    log.warning("alarm cleared; authorizations resume")
+                if self.runner is not None:
+                    self.runner.alarm_changed(active, detail or None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
+    # -- hsm -------------------------------------------------------------------------------
+
+    async def _hsm_task(self) -> None:
+        from .hsm.client import AsyncClient, Client
+
+        if self.sim is not None:
+            await self.sim.wait_hsm()
+        device = self.cfg.hsm.device if self.sim is None else self.sim.hsm_device
+        pin = read_pin(self.cfg) if self.sim is None else self.sim.hsm_pin
+        client = Client(device, pin=pin)
+        self._hsm_client = client
+        try:
+            aclient = AsyncClient(client)
+            await aclient.info()
+            if pin is not None:
+                await aclient.login(pin)
+                self.audit_event("login", device=device)
+            self.signer = await asyncio.to_thread(ModuleDeviceSigner, client,
+                                                  self.cfg.hsm.slot)
+            self.readiness.set("hsm", "ready")
+            log.info("crypto module ready on %s, device key in slot %d", device,
+                     self.cfg.hsm.slot)
+            while not self.stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), 5.0)
+                if not self.stop.is_set():
+                    await aclient.info()  # raises when the module is gone: restarted
+        except Exception as exc:
+            if pin is not None and self.signer is None:
+                self.audit_event("login_failed", device=device, error=type(exc).__name__)
+            raise
+        finally:
+            self.signer = None
+            self.readiness.set("hsm", "starting")
+            self._hsm_client = None
+            await asyncio.to_thread(client.close)
+
+    # -- kiosk -----------------------------------------------------------------------------
+
+    async def _kiosk_task(self) -> None:
+        """The authorization flow, once its parts are there (the UI serves from the start).
+        When the node or the module task restarts, the runner is rebuilt on the new one."""
+        try:
+            from .kiosk import runner as runner_mod
+        except ImportError:
+            self.readiness.set("kiosk", "ready", "authorization flow not installed")
+            await self.stop.wait()
+            return
+        while not self.stop.is_set():
+            while (self.node is None or self.signer is None) and not self.stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), 0.2)
+            if self.stop.is_set():
+                return
+            node, signer = self.node, self.signer
+            runner = await self._make_runner(runner_mod)
+            self.runner = runner
+            if self._alarm is not None and self._alarm[0]:
+                runner.alarm_changed(True, self._alarm[1])
+            if self.web is not None:
+                self.web.attach_runner(runner)
+            if self.sim is not None:
+                self.sim.attach_runner(runner)
+            self.readiness.set("kiosk", "ready")
+
+            async def watch(runner: Any = runner, node: Any = node, signer: Any = signer
+                            ) -> None:
+                while self.node is node and self.signer is signer and not self.stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stop.wait(), 0.5)
+                if not self.stop.is_set():
+                    log.info("light node or crypto module restarted: rebuilding the flow")
+                runner.stop()
+
+            watcher = asyncio.create_task(watch())
+            try:
+                await runner.run()
+            finally:
+                watcher.cancel()
+                self.runner = None
+                self.readiness.set("kiosk", "starting")
+                with contextlib.suppress(Exception):
+                    await runner.identity.close()
+
+    async def _make_runner(self, runner_mod: Any) -> Any:
+        from .kiosk import flow as flow_mod
+        from .kiosk import identity as identity_mod
+        from .kiosk.capture.config import CaptureConfig
+
+        cfg = self.cfg
+        if self.sim is not None:
+            await self.sim.wait_identity()
+            key, name, url = (self.sim.identity_public_key, self.sim.identity_service,
+                              self.sim.identity_url)
+        else:
+            key, name, url = cfg.identity.public_key, cfg.identity.service, cfg.identity.url
+        if key is None:
+            raise RuntimeError("identity.public_key is not configured")
+        identity = identity_mod.IdentityClient(url, service_public_key=key, service_name=name)
+        assert self.signer is not None
+        from .node.model import peer_id
+
+        terminal = peer_id(self.signer.public_key)
+        flow = flow_mod.AuthorizationFlow(flow_mod.FlowConfig(), terminal_id=terminal,
+                                          new_session=lambda: os.urandom(16))
+        frames = self.sim.camera() if self.sim is not None else self._camera()
+        # The alarm comes from _watch_node (alarm_poll_s=None: no second poller).
+        return runner_mod.FlowRunner(
+            flow, frames=frames, capture_config=CaptureConfig(), identity=identity,
+            signer=self.signer, node=self.node, audit=self.audit, alarm_poll_s=None,
+            identity_timeout_s=cfg.identity.timeout_s,
+            capture_listener=None if self.sim is None else self.sim.capture_listener)
+
+    def _camera(self) -> Any:
+        from .kiosk.capture.sources import Camera, VideoCaptureSource
+
+        cam = self.cfg.kiosk.camera
+        return Camera(VideoCaptureSource(int(cam) if cam.isdigit() else cam))
+
+    # -- for the web -----------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return {"ready": self.readiness.ready, "parts": dict(self.readiness.parts),
+                "detail": {k: v for k, v in self.readiness.detail.items() if v},
+                "tasks": self.supervisor.status(), "mode": self.cfg.kiosk.mode,
+                "sim": None if self.sim is None else self.sim.info(),
+                "alarm": None if not (self._alarm and self._alarm[0]) else self._alarm[1],
+                "uptime_s": round(time.monotonic() - self.readiness.started_at, 3)}
+
+
+def run(cfg: Config, *, sim: bool = False) -> int:
+    """``appliance run``: blocks until SIGTERM/SIGINT; the exit status."""
+    setup_logging(cfg.log.level)
+
+    async def main() -> int:
+        hall = None
+        if sim:
+            from hil.sim_hall import SimHall
+
+            hall = SimHall(cfg)
+            cfg_run = hall.config
+        else:
+            cfg_run = cfg
+        app = Appliance(cfg_run, sim=hall)
+        if hall is not None:
+            hall.start_background()
+        try:
+            code = await app.run()
+        finally:
+            if hall is not None:
+                await hall.stop()
+        # the CLI's one JSON object: how the run ended
+        print(json.dumps({"ok": code == 0, "reason": "stopped", "sim": sim,
+                          "uptime_s": round(time.monotonic() - app.readiness.started_at, 3),
+                          "restarts": {n: r["restarts"] for n, r in
+                                       app.supervisor.status().items()}}, sort_keys=True),
+              flush=True)
+        return code
+
+    return asyncio.run(main())

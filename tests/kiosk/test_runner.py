@@ -1,0 +1,488 @@
+"""The flow runner with real parts: from a matter QR on the camera to a verified receipt.
+
+The rig: a generated chain served by two district-node doubles on loopback (one produces a
+block every 200 ms, the other serves the same chain directory read-only), the terminal's key
+generated inside the crypto-module emulator on a pty and enrolled by the district admin, a
+NodeSync synced from the trust anchor, the identity-service double (honest comparison of the
+capture with the astronaut reference photo), and an emulated camera that first shows the
+matter QR code and then plays the synthetic genuine citizen, who answers each challenge.
+The audit log is the real one (appliance.audit).
+
+Failure paths end on their screen with nothing signed: the module's signature counter (read
+from the module itself before and after) has not moved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from appliance import wire
+from appliance.audit import AuditLog
+from appliance.gm import sm2, sm3
+from appliance.hsm.client import AsyncClient, Client
+from appliance.kiosk import flow as fl
+from appliance.kiosk.capture.config import CaptureConfig
+from appliance.kiosk.capture.sources import Camera, EmulatedCamera
+from appliance.kiosk.identity import IdentityClient, verify_attestation
+from appliance.kiosk.matter import License, Matter, encode_qr, render_qr
+from appliance.kiosk.runner import FlowRunner, ModuleAuthSigner
+from appliance.node import sync
+from appliance.node.client import NodeSync
+from appliance.node.model import peer_id
+from appliance.node.store import HeaderStore
+from hil import chain as hc
+from hil.district_node import DistrictNodeProcess
+from hil.hsm_emulator import HsmEmulator
+from hil.identity_service import IdentityService, load_reference
+from hil.synthetic_face import StaticPrint, Subject
+
+pytestmark = pytest.mark.timeout(300)
+
+PIN = "123456"
+SLOT = 1
+NAME = "ASTRONAUT"
+FPS = 15.0
+TERMINAL_SCREENS = {"receipt", "error", "blocked"}
+
+
+# -- the hall ---------------------------------------------------------------------------------
+
+@dataclass
+class Hall:
+    root: Path
+    chain: Path
+    anchor: bytes
+    terminal_key: bytes
+    emulator: HsmEmulator | None = None
+    nodes: list[DistrictNodeProcess] = field(default_factory=list)
+
+    def start_module(self) -> None:
+        self.emulator = HsmEmulator(self.root / "gmcrypto0", self.root / "store.bin").start()
+
+    def stop_module(self) -> None:
+        if self.emulator is not None:
+            self.emulator.stop()
+            self.emulator = None
+
+    def start_nodes(self, producer_only: bool = False) -> None:
+        """The producer, and a read-only second node on the same chain directory (it reads
+        the enrollments when it starts: start it after the terminal is enrolled)."""
+        if not self.nodes:
+            self.nodes = [DistrictNodeProcess(self.chain, block_interval_ms=200).start()]
+        if not producer_only:
+            self.nodes.append(DistrictNodeProcess(self.chain, block_interval_ms=0,
+                                                  peer_key_seed="second node").start())
+
+    def stop_nodes(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        self.nodes = []
+
+    @property
+    def port(self) -> str:
+        assert self.emulator is not None
+        return self.emulator.port
+
+    def counter(self) -> int:
+        """Signatures the slot made before this call (read by signing a probe, which the
+        module counts too: two calls with nothing signed between them differ by one)."""
+        with Client(self.port, pin=PIN) as c:
+            return c.sign(SLOT, b"counter probe").counter - 1
+
+
+def post_tx(url: str, tx: dict[str, Any]) -> bytes:
+    req = urllib.request.Request(url + "/v1/tx", data=wire.encode(tx), method="POST",
+                                 headers={"Content-Type": "application/cbor"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return wire.decode(resp.read())["tx_id"]
+
+
+@pytest.fixture(scope="module")
+def hall(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("hall")
+    chain = root / "chain"
+    hc.generate(chain, hc.ChainParams(seed="kiosk runner", validators=4), 6)
+    h = Hall(root, chain, (chain / "trust.cbor").read_bytes(), b"")
+    h.start_module()
+    with Client(h.port, pin=PIN) as c:
+        h.terminal_key = c.generate_key(SLOT)  # generated inside the module; never leaves it
+    h.start_nodes(producer_only=True)
+    try:
+        with hc.Chain.open(chain, readonly=True) as c:
+            admin = c.keys("admin")[0]
+        body = {"chain_id": hc.DEFAULT_CHAIN_ID, "type": "device.enroll",
+                "timestamp": int(time.time() * 1000), "sender": admin.peer_id,
+                "nonce": os.urandom(16),
+                "data": {"terminal": peer_id(h.terminal_key), "alg": "sm2",
+                         "public_key": h.terminal_key, "district": "hil-district",
+                         "hall": "hall-1", "role": "kiosk"}}
+        tx_id = post_tx(h.nodes[0].url, hc.sign_tx(admin, body))
+        deadline = time.monotonic() + 30
+        with hc.Chain.open(chain, readonly=True) as c:
+            while True:
+                try:
+                    c.tx(tx_id)
+                    break
+                except KeyError:
+                    assert time.monotonic() < deadline, "the enrollment was not included"
+                    time.sleep(0.05)
+        h.start_nodes()
+        yield h
+    finally:
+        h.stop_nodes()
+        h.stop_module()
+
+
+# -- the scene in front of the camera ---------------------------------------------------------
+
+def qr_frame(text: str) -> np.ndarray:
+    """The matter QR held up to the camera: ~4 px per module in a 640x480 colour frame."""
+    code = cv2.cvtColor(render_qr(text, module_px=4), cv2.COLOR_GRAY2BGR)
+    frame = np.full((480, 640, 3), 110, np.uint8)
+    h, w = code.shape[:2]
+    side = min(440, h)
+    code = cv2.resize(code, (side, side), interpolation=cv2.INTER_NEAREST) if h > 440 else code
+    y, x = (480 - side) // 2, (640 - side) // 2
+    frame[y:y + side, x:x + side] = code
+    return frame
+
+
+class Scene:
+    """What the emulated camera sees: the QR code while ``mode`` is ``qr``, then the citizen
+    (who answers the challenges the runner's capture session issues)."""
+
+    def __init__(self, text: str, person: Any) -> None:
+        self.qr = qr_frame(text)
+        self.person = person
+        self.mode = "qr"
+
+    def frame(self, i: int) -> np.ndarray:
+        if self.mode == "qr":
+            return self.qr.copy()
+        return self.person.frame(i / FPS)
+
+    def on_events(self, events: list[Any], ts: float) -> None:
+        self.person.on_events(events, ts)
+
+
+def sample_matter(**changes: Any) -> Matter:
+    fields: dict[str, Any] = {
+        "matter": "企业开办 business registration", "agency": "market-supervision",
+        "office": "朝阳区政务服务中心 Chaoyang hall",
+        "licenses": (License(sm3.digest(b"business licence of ZHANG SAN"), "营业执照"),
+                     License(sm3.digest(b"lease contract"), "租赁合同")),
+        "subject": sm3.digest(NAME.encode()),
+        "not_after": int(time.time() * 1000) + 3_600_000}
+    fields.update(changes)
+    return Matter(**fields)
+
+
+# -- one walk through the flow -----------------------------------------------------------------
+
+@dataclass
+class Walk:
+    views: list[dict[str, Any]]
+    guidance: int
+    frames: int
+    runner: FlowRunner
+    store: HeaderStore
+    node: NodeSync
+    identity_key: bytes
+    audit: AuditLog
+    counter_before: int | None = None
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.views[-1]
+
+    def screens(self) -> list[str]:
+        out: list[str] = []
+        for v in self.views:
+            if not out or out[-1] != v["screen"]:
+                out.append(v["screen"])
+        return out
+
+
+async def synced_node(hall: Hall, path: Path, urls: list[str] | None = None
+                      ) -> tuple[NodeSync, HeaderStore]:
+    store = HeaderStore.open(path)
+    ns = NodeSync(store, hall.anchor, sync.SyncConfig())
+    for url in urls if urls is not None else [n.url for n in hall.nodes]:
+        ns.add_peer(url)
+    ns.resubmit_after_s = 0.5  # the read-only node never makes a block of what it accepts
+    result = await ns.run(stop_at_tip=True, stall_timeout_s=30)
+    assert result.ok, result.message
+    return ns, store
+
+
+async def walk(hall: Hall, tmp_path: Path, *, person: Any | None = None,
+               matter: Matter | None = None, identity_mode: str = "honest",
+               identity_url: str | None = None,
+               on_screen: dict[str, Callable[[FlowRunner, Any], Any]] | None = None,
+               config: fl.FlowConfig | None = None, consent: bool = True,
+               urls: list[str] | None = None, **runner_kw: Any) -> Walk:
+    """Run the runner from attract until a final screen; return what the UI saw."""
+    on_screen = dict(on_screen or {})
+    matter = matter or sample_matter()
+    person = person or Subject(7)
+    scene = Scene(encode_qr(matter), person)
+    ns, store = await synced_node(hall, tmp_path / "headers.sqlite", urls)
+    stop = asyncio.Event()
+    sync_task = asyncio.create_task(ns.run(stop_at_tip=False, stall_timeout_s=None, stop=stop))
+    key, _ = sm2.generate_keypair()
+    identity = IdentityService(key, {NAME: load_reference("synthetic:astronaut")},
+                               mode=identity_mode, log=lambda _m: None)
+    await identity.start()
+    client = Client(hall.port, pin=PIN, reconnect_timeout=1.0)
+    idc = IdentityClient(identity_url or identity.url, service_public_key=identity.public_key,
+                         service_name=identity.service)
+    audit = AuditLog(tmp_path / "audit")
+    try:
+        signer = await ModuleAuthSigner.open(AsyncClient(client), SLOT)
+        flow = fl.AuthorizationFlow(config or fl.FlowConfig(),
+                                    terminal_id=peer_id(signer.public_key),
+                                    new_session=lambda: os.urandom(16))
+        camera = Camera(EmulatedCamera(scene.frame, fps=FPS))
+        runner = FlowRunner(flow, frames=camera, capture_config=CaptureConfig(),
+                            identity=idc, signer=signer, node=ns, audit=audit,
+                            alarm_poll_s=0.1, capture_listener=scene.on_events,
+                            **runner_kw)
+        run_task = asyncio.create_task(runner.run())
+        views: list[dict[str, Any]] = []
+        counts = {"guidance": 0, "frame": 0}
+
+        async def watch() -> None:
+            async for msg in runner.subscribe():
+                if msg["type"] != "view":
+                    counts[msg["type"]] += 1
+                    if msg["type"] == "frame":
+                        assert msg["jpeg"][:2] == b"\xff\xd8"  # a JPEG, in memory
+                    continue
+                v = msg["view"]
+                views.append(v)
+                screen = v["screen"]
+                if screen == "consent" and scene.mode == "qr":
+                    scene.mode = "face"
+                    runner.post({"type": "consent" if consent else "decline"})
+                hook = on_screen.pop(screen, None)
+                if hook is not None:
+                    result = hook(runner, ns)
+                    if asyncio.iscoroutine(result):
+                        await result
+                if screen in TERMINAL_SCREENS and len(views) > 1:
+                    return
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(0)
+        runner.post({"type": "start"})
+        await asyncio.wait_for(watcher, 120)
+        runner.stop()
+        await asyncio.wait_for(run_task, 30)
+        return Walk(views, counts["guidance"], counts["frame"], runner, store, ns,
+                    identity.public_key, audit)
+    finally:
+        stop.set()
+        await asyncio.wait_for(sync_task, 30)
+        await identity.stop()
+        await idc.close()
+        client.close()
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+# -- the happy path ---------------------------------------------------------------------------
+
+def test_qr_to_verified_receipt(hall: Hall, tmp_path: Path) -> None:
+    before = hall.counter()
+    m = sample_matter()
+
+    async def scenario() -> None:
+        w = await walk(hall, tmp_path, matter=m)
+        assert w.last["screen"] == "receipt", (w.screens(), w.last["error"])
+        assert w.screens() == ["attract", "scan", "consent", "capture", "verifying", "signing",
+                               "submitting", "waiting", "receipt"]
+        assert w.guidance > 0 and w.frames > 0  # live guidance and preview were published
+        receipt = w.last["receipt"]
+        session = bytes.fromhex(w.last["session"])
+        tx_id = bytes.fromhex(receipt["tx_id"])
+        assert receipt["qr"] == "GOVTX1:" + receipt["tx_id"]
+        assert (receipt["office"], receipt["agency"], receipt["matter"]) == (
+            m.office, m.agency, m.matter)
+        consent = next(v for v in w.views if v["screen"] == "consent")
+        assert consent["matter"] == m.display()
+
+        # fetch it again, through a second light node synced from the trust anchor alone
+        ns2, store2 = await synced_node(hall, tmp_path / "again.sqlite")
+        stop = asyncio.Event()
+        task = asyncio.create_task(ns2.run(stop_at_tip=False, stall_timeout_s=None, stop=stop))
+        try:
+            inc = await ns2.get_inclusion(tx_id, timeout_s=20)
+        finally:
+            stop.set()
+            await task
+        assert inc.tx_id == tx_id and inc.height == receipt["height"]
+        assert inc.block_id.hex() == receipt["block_id"]
+        assert store2.block_id(inc.height) == inc.block_id  # in the verified store
+        header = wire.decode(store2.header(inc.height))
+        assert header["timestamp"] == receipt["time_ms"]
+        store2.close()
+        # ...and check what was signed, independently of the runner
+        tx = inc.tx
+        body = tx.body
+        assert body.type == "license.authorize" and body.chain_id == hc.DEFAULT_CHAIN_ID
+        assert tx.public_key == hall.terminal_key and body.sender == peer_id(hall.terminal_key)
+        assert sm2.verify(hall.terminal_key, body.encoded, tx.signature)
+        d = body.data
+        assert d["session"] == session and d["matter"] == m.matter and d["agency"] == m.agency
+        assert d["licenses"] == [lic.id for lic in m.licenses] and d["subject"] == m.subject
+        assert d["terminal"] == peer_id(hall.terminal_key) and d["not_after"] == m.not_after
+        att = verify_attestation(d["attestation"], service_public_key=w.identity_key,
+                                 service_name="hil-identity", session_id=session,
+                                 subject=m.subject, capture_digest=d["capture_digest"],
+                                 now_ms=int(time.time() * 1000))
+        assert att.result == "match"
+        # the audit log: key use and the authorization, chained and verifiable
+        entries = w.audit.tail(20)
+        kinds = [e.kind for e in entries]
+        assert "sign" in kinds and "authorization" in kinds
+        auth = next(e for e in entries if e.kind == "authorization")
+        assert auth.fields["tx_id"] == tx_id.hex() and auth.fields["height"] == inc.height
+        assert w.audit.verify().ok
+        assert w.runner.signatures == 1
+        w.store.close()
+
+    run(scenario())
+    assert hall.counter() == before + 2  # the first probe and one authorization
+
+
+# -- failure paths: the right screen, nothing signed ------------------------------------------
+
+def failed_walk(hall: Hall, tmp_path: Path, code: str, screen: str = "error",
+                **kw: Any) -> Walk:
+    before = hall.counter()
+
+    async def scenario() -> Walk:
+        w = await walk(hall, tmp_path, **kw)
+        w.store.close()
+        return w
+
+    w = run(scenario())
+    w.counter_before = before
+    assert w.last["screen"] == screen, w.last
+    assert w.last["error"]["code"] == code
+    assert w.runner.signatures == 0
+    assert "signing" not in w.screens() or code in ("module_unavailable", "node_unavailable")
+    assert not [e for e in w.audit.tail(50) if e.kind in ("sign", "authorization")]
+    fails = [e for e in w.audit.tail(50) if e.kind == "authorization_failed"]
+    assert fails and fails[-1].fields["code"] == code
+    if hall.emulator is not None:
+        assert hall.counter() == before + 1  # only the probe: nothing else was signed
+    return w
+
+
+def test_consent_declined(hall: Hall, tmp_path: Path) -> None:
+    w = failed_walk(hall, tmp_path, "consent_declined", consent=False)
+    assert "capture" not in w.screens()
+
+
+def test_liveness_failed(hall: Hall, tmp_path: Path) -> None:
+    w = failed_walk(hall, tmp_path, "liveness_failed", person=StaticPrint(3),
+                    config=fl.FlowConfig(capture_attempts=1))
+    assert "verifying" not in w.screens()
+
+
+def test_identity_no_match(hall: Hall, tmp_path: Path) -> None:
+    failed_walk(hall, tmp_path, "identity_no_match", identity_mode="no_match")
+
+
+def test_identity_wrong_key(hall: Hall, tmp_path: Path) -> None:
+    failed_walk(hall, tmp_path, "attestation_invalid", identity_mode="wrong_key")
+
+
+def test_identity_down(hall: Hall, tmp_path: Path) -> None:
+    with contextlib.closing(__import__("socket").socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"  # bound, not listening: refused
+        failed_walk(hall, tmp_path, "identity_unavailable", identity_url=dead)
+
+
+def test_equivocation_alarm_blocks(hall: Hall, tmp_path: Path) -> None:
+    def raise_alarm(runner: FlowRunner, ns: NodeSync) -> None:
+        ns.store.raise_alarm("equivocation", "test: two valid commits at one height",
+                             at_ms=int(time.time() * 1000))
+
+    w = failed_walk(hall, tmp_path, "blocked_alarm", screen="blocked",
+                    on_screen={"capture": raise_alarm})
+    assert w.last["alarm"]["detail"].startswith("test: two valid commits")
+
+
+def test_module_unplugged_mid_flow(hall: Hall, tmp_path: Path) -> None:
+    async def unplug(runner: FlowRunner, ns: NodeSync) -> None:
+        await asyncio.to_thread(hall.stop_module)
+
+    try:
+        w = failed_walk(hall, tmp_path, "module_unavailable", on_screen={"capture": unplug})
+    finally:
+        if hall.emulator is None:
+            hall.start_module()  # plugged back: the same module, the same key store
+    assert w.counter_before is not None
+    assert hall.counter() == w.counter_before + 1  # no signature but the probe
+
+
+def test_both_district_nodes_down(hall: Hall, tmp_path: Path) -> None:
+    async def down(runner: FlowRunner, ns: NodeSync) -> None:
+        await asyncio.to_thread(hall.stop_nodes)
+
+    try:
+        w = failed_walk(hall, tmp_path, "node_unavailable", on_screen={"capture": down})
+        assert "submitting" not in w.screens()  # stopped before signing
+    finally:
+        if not hall.nodes:
+            hall.start_nodes()
+
+
+# -- after the signature: the tx left the terminal, but no receipt without a proof ----------
+
+def after_signing_walk(hall: Hall, tmp_path: Path, code: str, **node_kw: Any) -> Walk:
+    """The only district node is a copy of the hall's chain served by a double configured
+    with ``node_kw``; the flow signs and submits, then must end on ``code``, no receipt."""
+    where = tmp_path / "chain"
+    shutil.copytree(hall.chain, where)  # the producer is idle: nothing is pending
+
+    async def scenario() -> Walk:
+        w = await walk(hall, tmp_path, urls=[node.url], inclusion_timeout_s=3.0)
+        w.store.close()
+        return w
+
+    with DistrictNodeProcess(where, **node_kw) as node:
+        w = run(scenario())
+    assert w.last["screen"] == "error", w.last
+    assert w.last["error"]["code"] == code
+    assert w.last["error"]["tx_id"] is not None and w.last["receipt"] is None
+    assert "receipt" not in w.screens() and w.runner.signatures == 1
+    assert not [e for e in w.audit.tail(50) if e.kind == "authorization"]
+    return w
+
+
+def test_a_bad_proof_gives_no_receipt(hall: Hall, tmp_path: Path) -> None:
+    after_signing_walk(hall, tmp_path, "proof_invalid", block_interval_ms=200,
+                       misbehave="bad-proof")
+
+
+def test_a_tx_never_included_times_out(hall: Hall, tmp_path: Path) -> None:
+    after_signing_walk(hall, tmp_path, "inclusion_timeout", block_interval_ms=0)

@@ -1,0 +1,175 @@
+"""appliance/config.py: defaults, file resolution, strict validation with the key named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from appliance import config
+from appliance.config import ConfigError
+
+KEY = "04" + "11" * 64
+
+
+def test_documented_defaults_are_the_built_in_ones() -> None:
+    # DEFAULTS_TOML (copied into docs/operations.md) must say what the code does.
+    assert config.parse_text(config.DEFAULTS_TOML, env={}) == config.parse({}, env={})
+    c = config.parse({}, env={})
+    assert c.state_dir == Path("/var/lib/appliance")
+    assert c.kiosk.listen == "127.0.0.1:8080" and c.kiosk.mode == "kiosk"
+    assert c.audit.retention_days == 190
+    assert c.trust_path == Path("/var/lib/appliance/trust.cbor")
+    assert c.audit_path == Path("/var/lib/appliance/audit")  # as `appliance audit` reads
+    assert c.identity.public_key is None and c.log.level == "info"
+
+
+def test_docs_carry_the_defaults() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    for line in config.DEFAULTS_TOML.splitlines():
+        assert line in doc, line
+
+
+def test_full_file(tmp_path: Path) -> None:
+    f = tmp_path / "a.toml"
+    f.write_text(f"""
+state_dir = "{tmp_path}/state"
+[node]
+trust = "/etc/appliance/trust.cbor"
+peers = ["http://10.0.0.1:8080/", "https://node.example:443"]
+discover = false
+discover_interfaces = ["127.0.0.1"]
+[hsm]
+device = "faulty://?port=/tmp/x"
+slot = 3
+pin_file = "/etc/appliance/pin"
+[identity]
+url = "http://127.0.0.1:9000"
+public_key = "{KEY}"
+service = "beijing-id"
+timeout_s = 2
+[kiosk]
+mode = "pad"
+listen = "[::1]:0"
+elder_mode = true
+[audit]
+retention_days = 400
+[log]
+level = "DEBUG"
+""")
+    c = config.load(f, env={})
+    assert c.source == f and c.state_dir == tmp_path / "state"
+    assert c.node.peers == ("http://10.0.0.1:8080", "https://node.example:443")
+    assert not c.node.discover and c.node.discover_interfaces == ("127.0.0.1",)
+    assert c.hsm.slot == 3 and c.hsm.pin_file == Path("/etc/appliance/pin")
+    assert c.identity.public_key == bytes.fromhex(KEY) and c.identity.timeout_s == 2.0
+    assert c.kiosk.mode == "pad" and c.kiosk.listen == "[::1]:0" and c.kiosk.elder_mode
+    assert c.audit.retention_days == 400 and c.log.level == "debug"
+    assert c.to_json()["identity"]["public_key"] == KEY
+
+
+def test_resolution_order(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    a.write_text("[log]\nlevel = 'error'\n")
+    b.write_text("[log]\nlevel = 'warning'\n")
+    assert config.load(a, env={"APPLIANCE_CONFIG": str(b)}).log.level == "error"
+    assert config.load(None, env={"APPLIANCE_CONFIG": str(b)}).log.level == "warning"
+    # an asked-for file that is missing is an error; the missing default file is not
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(tmp_path / "nope.toml", env={})
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(None, env={"APPLIANCE_CONFIG": str(tmp_path / "nope.toml")})
+    if not config.DEFAULT_CONFIG.exists():
+        assert config.load(None, env={}).source is None
+    # APPLIANCE_STATE is the default state dir; the file's key wins over it
+    assert config.load(a, env={"APPLIANCE_STATE": "/srv/s"}).state_dir == Path("/srv/s")
+    a.write_text("state_dir = '/srv/t'\n")
+    assert config.load(a, env={"APPLIANCE_STATE": "/srv/s"}).state_dir == Path("/srv/t")
+
+
+@pytest.mark.parametrize("text, key", [
+    ("colour = 1", "colour"),
+    ("[nodes]\npeers = []", "nodes"),
+    ("[node]\npeerz = []", "node.peerz"),
+    ("[kiosk]\nlisten_addr = '127.0.0.1:1'", "kiosk.listen_addr"),
+    ("[log]\nlevel = 'info'\nformat = 'json'", "log.format"),
+])
+def test_unknown_keys_are_named(text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        config.parse_text(text, env={})
+    assert e.value.key == key and key in str(e.value)
+
+
+@pytest.mark.parametrize("text, key", [
+    ("node = 3", "node"),
+    ("[node]\npeers = 'http://a'", "node.peers"),
+    ("[node]\npeers = ['ftp://a']", "node.peers[0]"),
+    ("[node]\npeers = ['http://a', 5]", "node.peers[1]"),
+    ("[node]\ndiscover = 1", "node.discover"),
+    ("[hsm]\nslot = 16", "hsm.slot"),
+    ("[hsm]\nslot = true", "hsm.slot"),
+    ("[hsm]\nvendor_id = '12g9'", "hsm.vendor_id"),
+    ("[identity]\npublic_key = 'zz'", "identity.public_key"),
+    ("[identity]\npublic_key = '02" + "11" * 32 + "'", "identity.public_key"),
+    ("[identity]\ntimeout_s = 0", "identity.timeout_s"),
+    ("[identity]\nurl = 'localhost:80'", "identity.url"),
+    ("[kiosk]\nmode = 'tv'", "kiosk.mode"),
+    ("[kiosk]\nlisten = '8080'", "kiosk.listen"),
+    ("[kiosk]\nlisten = '127.0.0.1:65536'", "kiosk.listen"),
+    ("[kiosk]\nlisten = '127.0.0.1:http'", "kiosk.listen"),
+    ("[audit]\nretention_days = 0", "audit.retention_days"),
+    ("[audit]\nretention_days = 190.5", "audit.retention_days"),
+    ("[log]\nlevel = 'loud'", "log.level"),
+])
+def test_bad_values_are_named(text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        config.parse_text(text, env={})
+    assert e.value.key == key, str(e.value)
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:8080", "[::]:8080", "10.1.2.3:8080",
+                                    "192.168.1.5:80", "kiosk.local:8080", "[fe80::1]:80"])
+def test_refuses_non_loopback_binds(listen: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        config.parse_text(f"[kiosk]\nlisten = '{listen}'", env={})
+    assert e.value.key == "kiosk.listen" and "loopback" in str(e.value)
+
+
+@pytest.mark.parametrize("listen, host, port", [
+    ("127.0.0.1:8080", "127.0.0.1", 8080), ("localhost:1", "127.0.0.1", 1),
+    ("127.9.9.9:0", "127.9.9.9", 0), ("[::1]:8443", "::1", 8443)])
+def test_loopback_binds(listen: str, host: str, port: int) -> None:
+    assert config.parse_listen(listen) == (host, port)
+
+
+def test_with_port() -> None:
+    c = config.parse({}, env={})
+    assert c.with_port(9999).kiosk.listen_port == 9999
+    with pytest.raises(ConfigError):
+        c.with_port(70000)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_bytes(b"[node\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(f, env={})
+    f.write_bytes(b"\xff\xfe = 1")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        config.load(f, env={})
+    f.write_bytes(b"#" * (config.MAX_CONFIG_BYTES + 1))
+    with pytest.raises(ConfigError, match="larger than"):
+        config.load(f, env={})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_any_text_gives_a_config_or_config_error(text: str) -> None:
+    try:
+        c = config.parse_text(text, env={})
+    except ConfigError:
+        return
+    assert isinstance(c, config.Config)
+    assert config.parse_listen(c.kiosk.listen)  # whatever was accepted is loopback

@@ -1,0 +1,331 @@
+"""The web server's API over real HTTP on loopback (aiohttp client): guards, CSP, event
+checks, the WebSocket relay, QR rendering, the PAD's matter and upload limit. The flow is a
+small recording stand-in here (the runner has its own tests; the browser tests use the real
+one in the simulated hall)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from appliance import config
+from appliance.gm import sm3
+from appliance.kiosk import matter
+from appliance.kiosk.web import server as web_server
+from appliance.kiosk.web.server import WebServer
+from appliance.service import Readiness
+
+
+class Ctx:
+    def __init__(self) -> None:
+        self.cfg = config.parse({}, env={})
+        self.readiness = Readiness()
+        self.node = None
+        self.sim = None
+
+    def health(self) -> dict[str, Any]:
+        return {"ready": self.readiness.ready, "parts": dict(self.readiness.parts)}
+
+
+class StandInRunner:
+    """Records posted events; publishes what the test pushes."""
+
+    def __init__(self) -> None:
+        self.posted: list[dict[str, Any]] = []
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def post(self, ev: dict[str, Any]) -> bool:
+        self.posted.append(ev)
+        return True
+
+    async def subscribe(self):  # noqa: ANN201
+        while True:
+            yield await self.queue.get()
+
+
+async def _server() -> tuple[WebServer, Ctx]:
+    ctx = Ctx()
+    ctx.readiness.changed = asyncio.Event()
+    srv = WebServer(ctx, "127.0.0.1", 0)
+    await srv.start()
+    return srv, ctx
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_refuses_a_non_loopback_bind() -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        WebServer(Ctx(), "0.0.0.0", 0)
+
+
+def test_pages_headers_and_guards() -> None:
+    async def main() -> None:
+        srv, _ = await _server()
+        try:
+            async with aiohttp.ClientSession() as s:
+                for path in ("/", "/pad", "/static/kiosk.js", "/api/health", "/api/state",
+                             "/static/nope.js", "/api/pad/samples", "/nope"):
+                    async with s.get(srv.url + path) as r:
+                        assert r.headers["Content-Security-Policy"] == web_server.CSP, path
+                        assert r.headers["X-Content-Type-Options"] == "nosniff"
+                        assert r.status == (404 if "nope" in path else 200), path
+                        assert r.headers["X-Frame-Options"] == "DENY"
+                async with s.get(srv.url + "/") as r:
+                    html = await r.text()
+                # no inline script or style, nothing fetched from the network
+                assert "<script>" not in html and "style=" not in html
+                assert "http://" not in html and "https://" not in html
+                async with s.get(srv.url + "/api/state") as r:
+                    assert (await r.json())["view"]["screen"] == "starting"
+                # DNS rebinding: another Host is refused
+                async with s.get(srv.url + "/api/health", headers={"Host": "evil.example"}) as r:
+                    assert r.status == 421
+                # cross-origin POST refused, same origin allowed through to the checks
+                async with s.post(srv.url + "/api/event", json={"type": "start"},
+                                  headers={"Origin": "http://evil.example"}) as r:
+                    assert r.status == 403
+                async with s.post(srv.url + "/api/event", json={"type": "start"},
+                                  headers={"Origin": srv.url}) as r:
+                    assert r.status == 503  # no flow yet
+                    assert (await r.json())["error"] == "starting"
+                async with s.get(srv.url + "/static/..%2Fserver.py") as r:
+                    assert r.status == 404
+        finally:
+            await srv.stop()
+
+    run(main())
+
+
+@pytest.mark.parametrize("body, status", [
+    ({"type": "start"}, 200),
+    ({"type": "matter_text", "text": "GOVAUTH1:x"}, 200),
+    ({"type": "clerk_confirmed_id", "clerk": "A-17"}, 200),
+    ({"type": "launch"}, 400),
+    ({"type": "start", "extra": 1}, 400),
+    ({"type": "matter_text"}, 400),
+    ({"type": "matter_text", "text": "x" * 3000}, 400),
+    ({"type": "clerk_confirmed_id", "clerk": ""}, 400),
+    (["start"], 400),
+])
+def test_events_are_checked_then_posted(body: Any, status: int) -> None:
+    async def main() -> None:
+        srv, _ = await _server()
+        runner = StandInRunner()
+        srv.attach_runner(runner)
+        try:
+            async with aiohttp.ClientSession() as s, \
+                    s.post(srv.url + "/api/event", json=body) as r:
+                assert r.status == status, await r.text()
+            assert runner.posted == ([body] if status == 200 else [])
+        finally:
+            await srv.stop()
+
+    run(main())
+
+
+def test_event_size_limit_and_bad_json() -> None:
+    async def main() -> None:
+        srv, _ = await _server()
+        srv.attach_runner(StandInRunner())
+        try:
+            async with aiohttp.ClientSession() as s:
+                big = json.dumps({"type": "start", "pad": "x" * 10000})
+                async with s.post(srv.url + "/api/event", data=big) as r:
+                    assert r.status == 413
+                async with s.post(srv.url + "/api/event", data=b"{not json") as r:
+                    assert r.status == 400
+        finally:
+            await srv.stop()
+
+    run(main())
+
+
+def test_websocket_relays_views_guidance_and_frames_without_keeping_frames() -> None:
+    async def main() -> None:
+        srv, _ = await _server()
+        runner = StandInRunner()
+        srv.attach_runner(runner)
+        try:
+            async with aiohttp.ClientSession() as s, s.ws_connect(srv.url + "/api/ws") as ws:
+                hello = json.loads((await ws.receive()).data)
+                assert hello["type"] == "hello" and hello["view"]["screen"] == "starting"
+                await asyncio.sleep(0.05)
+                view = dict(web_server.STARTING_VIEW, screen="capture", seq=3)
+                await runner.queue.put({"type": "view", "view": view})
+                await runner.queue.put({"type": "guidance", "hints": ["move_closer"],
+                                        "challenge": {"action": "blink"}})
+                await runner.queue.put({"type": "frame", "jpeg": b"\xff\xd8fake\xff\xd9"})
+                got: list[Any] = []
+                while len(got) < 3:
+                    msg = await ws.receive(timeout=10)
+                    if msg.type == aiohttp.WSMsgType.TEXT and \
+                            json.loads(msg.data)["type"] == "health":
+                        continue
+                    got.append(msg)
+                assert json.loads(got[0].data)["view"]["screen"] == "capture"
+                assert json.loads(got[1].data)["hints"] == ["move_closer"]
+                assert got[2].type == aiohttp.WSMsgType.BINARY
+                assert got[2].data == b"\xff\xd8fake\xff\xd9"
+            # the server keeps the view and guidance, never a frame
+            assert srv.view["screen"] == "capture" and srv.frames_relayed == 1
+            assert "jpeg" not in json.dumps(srv.guidance)
+            async with aiohttp.ClientSession() as s, s.get(srv.url + "/api/state") as r:
+                st = await r.json()
+            assert st["view"]["seq"] == 3 and st["guidance"]["hints"] == ["move_closer"]
+        finally:
+            await srv.stop()
+
+    run(main())
+
+
+def test_qr_png_decodes_to_the_text() -> None:
+    async def main() -> None:
+        srv, _ = await _server()
+        text = "GOVTX1:" + "ab" * 32
+        try:
+            async with aiohttp.ClientSession() as s:
+                async with s.get(srv.url + "/api/qr?text=" + quote(text)) as r:
+                    assert r.status == 200 and r.content_type == "image/png"
+                    png = await r.read()
+                async with s.get(srv.url + "/api/qr?text=") as r:
+                    assert r.status == 400
+                async with s.get(srv.url + "/api/qr?text=" + "x" * 2049) as r:
+                    assert r.status == 400
+        finally:
+            await srv.stop()
+        image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
+        assert cv2.QRCodeDetector().detectAndDecode(image)[0] == text
+
+    run(main())
+
+
+def test_pad_matter_makes_a_decodable_qr() -> None:
+    lic = sm3.digest(b"a license document")
+
+    async def main() -> dict[str, Any]:
+        srv, _ = await _server()
+        try:
+            async with aiohttp.ClientSession() as s:
+                doc = {"matter": "户籍迁入", "agency": "PSB", "office": "Window 3",
+                       "citizen": "astronaut", "licenses": [{"id": lic.hex(), "name": "ID"}],
+                       "valid_minutes": 10}
+                async with s.post(srv.url + "/api/pad/matter", json=doc) as r:
+                    assert r.status == 200
+                    out = await r.json()
+                async with s.post(srv.url + "/api/pad/matter", json=dict(doc, licenses=[])) as r:
+                    assert r.status == 400 and (await r.json())["error"] == "bad_matter"
+                async with s.post(srv.url + "/api/pad/matter", json=dict(doc, citizen="")) as r:
+                    assert r.status == 400
+                return out
+        finally:
+            await srv.stop()
+
+    out = run(main())
+    m = matter.decode_qr(out["qr_text"])
+    assert m.matter == "户籍迁入" and m.licenses[0].id == lic
+    assert m.subject == sm3.digest(b"astronaut")
+    assert out["qr_png"].startswith("/api/qr?text=GOVAUTH1")
+
+
+def test_pad_verify_limits_and_refusals() -> None:
+    async def main() -> None:
+        srv, _ = await _server()
+        try:
+            async with aiohttp.ClientSession() as s:
+                # over the limit, sent chunked (no Content-Length): refused while reading
+                async def body():  # noqa: ANN202
+                    chunk = b"\0" * (1 << 20)
+                    for _ in range(17):
+                        yield chunk
+
+                form = aiohttp.FormData()
+                form.add_field("file", body(), filename="big.bin",
+                               content_type="application/octet-stream")
+                async with s.post(srv.url + "/api/pad/verify", data=form) as r:
+                    assert r.status == 413, await r.text()
+                form = aiohttp.FormData()
+                form.add_field("file", b"small", filename="a.txt")
+                async with s.post(srv.url + "/api/pad/verify", data=form) as r:
+                    assert r.status == 503  # read fine; no light node to ask
+                    assert (await r.json())["error"] == "node_unavailable"
+                form = aiohttp.FormData(default_to_multipart=True)
+                form.add_field("sample", "0")
+                async with s.post(srv.url + "/api/pad/verify", data=form) as r:
+                    assert r.status == 404  # no simulated hall, no samples
+                async with s.post(srv.url + "/api/pad/verify", json={"file": "x"}) as r:
+                    assert r.status == 400
+        finally:
+            await srv.stop()
+
+    run(main())
+
+
+def test_pad_mode_opens_on_the_pad_page() -> None:
+    async def main() -> None:
+        srv, ctx = await _server()
+        ctx.cfg = config.parse({"kiosk": {"mode": "pad"}}, env={})
+        try:
+            async with aiohttp.ClientSession() as s:
+                async with s.get(srv.url + "/", allow_redirects=False) as r:
+                    assert r.status == 302 and r.headers["Location"] == "/pad"
+                    assert r.headers["Content-Security-Policy"] == web_server.CSP
+                async with s.get(srv.url + "/pad") as r:
+                    assert r.status == 200 and "Window clerk PAD" in await r.text()
+        finally:
+            await srv.stop()
+
+    run(main())
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=12), kids,
+                                                              max_size=4),
+    max_leaves=12)
+events = st.fixed_dictionaries({"type": st.sampled_from(sorted(web_server.EVENT_TYPES))},
+                               optional={"text": json_values, "clerk": json_values,
+                                         "x": json_values})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(json_values, events))
+def test_check_event_never_raises_and_passes_only_contract_events(event: Any) -> None:
+    problem = web_server.check_event(event)
+    assert problem is None or isinstance(problem, str)
+    if problem is None:
+        assert isinstance(event, dict) and event["type"] in web_server.EVENT_TYPES
+        assert set(event) <= {"type", "text", "clerk"}
+        if "text" in event:
+            assert event["type"] == "matter_text" and isinstance(event["text"], str)
+        if "clerk" in event:
+            assert event["type"] == "clerk_confirmed_id" and 1 <= len(event["clerk"]) <= 64
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(json_values, st.fixed_dictionaries({}, optional={
+    "matter": json_values, "agency": json_values, "office": json_values,
+    "citizen": json_values, "subject": json_values, "valid_minutes": json_values,
+    "licenses": st.lists(st.fixed_dictionaries({}, optional={
+        "id": st.one_of(json_values, st.binary(min_size=32, max_size=32).map(bytes.hex)),
+        "name": json_values}), max_size=3)})))
+def test_pad_matter_gives_a_qr_or_a_pad_error(doc: Any) -> None:
+    from appliance.kiosk.web import pad
+
+    try:
+        text = pad.matter_qr(doc, now_ms=1_800_000_000_000)
+    except pad.PadError as exc:
+        assert exc.status == 400
+        return
+    m = matter.decode_qr(text)
+    assert m.matter == doc["matter"] and len(m.licenses) == len(doc["licenses"])

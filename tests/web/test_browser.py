@@ -1,0 +1,356 @@
+"""The UI in real headless Chromium (Debian's chromium, driven by Playwright) against the
+simulated hall run as ``appliance run --sim``: a kiosk walk-through from the clerk's matter
+to a receipt whose transaction is then verified independently, the PAD's license
+verification, and that no image is left behind. Screenshots of every step go to the test's
+tmp_path."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from conftest import Hall
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+from appliance.gm import sm3
+
+TIMEOUT_MS = 90_000
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF87a", b"GIF89a", b"BM", b"II*\x00",
+               b"MM\x00*", b"P5\n", b"P6\n")
+IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif",
+             ".tiff"}
+
+
+def shot(page: Any, shots: Path, name: str) -> None:
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / f"{name}.png"))
+
+
+def active(page: Any, screen: str) -> None:
+    page.wait_for_selector(f'[data-screen="{screen}"].active', timeout=TIMEOUT_MS)
+
+
+def walk(hall: Hall, browser: Any, shots: Path) -> dict[str, Any]:
+    """A clerk makes a matter on the PAD, a citizen authorizes it at the kiosk."""
+    samples = hall.get("/api/pad/samples")["samples"]
+    pad = browser.new_page()
+    pad.goto(hall.url + "/pad")
+    pad.wait_for_function("() => document.querySelectorAll('#m-licenses input').length >= 3")
+    assert pad.input_value("#m-citizen") == "astronaut"
+    kiosk = browser.new_page()
+    kiosk.goto(hall.url + "/")
+    active(kiosk, "attract")
+    shot(kiosk, shots, "01-attract")
+    # elder mode: larger type, higher contrast, and back
+    normal = kiosk.evaluate("getComputedStyle(document.body).fontSize")
+    kiosk.click("#elder")
+    assert kiosk.evaluate("document.body.classList.contains('elder')")
+    assert float(kiosk.evaluate("getComputedStyle(document.body).fontSize")[:-2]) > \
+        float(normal[:-2])
+    assert kiosk.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(0, 0, 0)"
+    shot(kiosk, shots, "01b-attract-elder")
+    kiosk.click("#elder")
+    # every touch target is at least 64 px
+    small = kiosk.evaluate("""[...document.querySelectorAll('button')]
+        .filter(b => b.offsetParent !== null)
+        .filter(b => b.getBoundingClientRect().height < 64).map(b => b.id)""")
+    assert small == []
+
+    pad.click("#m-create")
+    pad.wait_for_selector("#m-result:not([hidden])")
+    qr_text = pad.input_value("#m-text")
+    assert qr_text.startswith("GOVAUTH1:")
+    pad.wait_for_function("() => document.getElementById('m-qr').complete && "
+                          "document.getElementById('m-qr').naturalWidth > 0")
+    shot(pad, shots, "02-pad-matter")
+
+    kiosk.click("#start")
+    kiosk.wait_for_selector('[data-screen="scan"].active, [data-screen="consent"].active',
+                            timeout=TIMEOUT_MS)
+    if kiosk.is_visible('[data-screen="scan"].active'):
+        shot(kiosk, shots, "03-scan")
+        # The clerk pastes the code; the simulated camera also shows the QR, and whichever
+        # is first moves the kiosk on (then the screen is gone and the click is moot).
+        try:
+            kiosk.fill("#matter-text", qr_text, timeout=3000)
+            kiosk.click('#matter-form button[type="submit"]', timeout=3000)
+        except PlaywrightTimeout:
+            pass
+    active(kiosk, "consent")
+    assert "Haidian service hall" in kiosk.inner_text("#c-office")
+    names = kiosk.inner_text("#c-licenses")
+    assert samples[0]["name"] in names and samples[1]["name"] in names
+    shot(kiosk, shots, "04-consent")
+
+    kiosk.click("#consent")
+    active(kiosk, "capture")
+    kiosk.wait_for_function("() => document.querySelector('#challenge').innerText.length > 0")
+    # live preview frames reach the canvas (drawn, never stored)
+    kiosk.wait_for_function("""() => {
+        const c = document.getElementById('preview');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let s = 0; for (let i = 0; i < d.length; i += 4096) s += d[i];
+        return s > 0; }""", timeout=TIMEOUT_MS)
+    shot(kiosk, shots, "05-capture")
+    kiosk.wait_for_selector('[data-screen="receipt"].active, [data-screen="error"].active',
+                            timeout=TIMEOUT_MS)
+    if kiosk.is_visible('[data-screen="error"].active'):
+        raise AssertionError("error screen: " + kiosk.inner_text('[data-screen="error"]')
+                             + "\n" + "".join(hall.log[-60:]))
+    kiosk.wait_for_function("() => document.getElementById('r-qr').complete && "
+                            "document.getElementById('r-qr').naturalWidth > 0")
+    shot(kiosk, shots, "06-receipt")
+    receipt = {"tx_id": kiosk.inner_text("#r-tx").strip(),
+               "height": int(kiosk.inner_text("#r-height")),
+               "licenses": [bytes.fromhex(s["digest"]) for s in samples[:2]]}
+    pad.wait_for_function("() => document.getElementById('p-detail').innerText.includes('tx ')")
+    assert receipt["tx_id"] in pad.inner_text("#p-detail")
+    shot(pad, shots, "07-pad-progress")
+    kiosk.click("#done")
+    active(kiosk, "attract")
+    kiosk.close()
+    pad.close()
+    return receipt
+
+
+async def _inclusion(hall: Hall, tx_id: bytes, where: Path) -> Any:
+    """The transaction fetched again by a fresh light node of our own, with its own store:
+    the proof checked against headers it verified itself from the trust anchor."""
+    from appliance.node.client import NodeSync
+    from appliance.node.store import HeaderStore
+
+    info = hall.health()["sim"]
+    anchor = Path(info["trust"]).read_bytes()
+    where.mkdir(parents=True, exist_ok=True)
+    store = HeaderStore.open(where / "headers.sqlite")
+    node = NodeSync(store, anchor)
+    for url in info["peers"]:
+        node.add_peer(url)
+    stop = asyncio.Event()
+    task = asyncio.create_task(node.run(stop_at_tip=False, stall_timeout_s=None, stop=stop))
+    try:
+        return await node.get_inclusion(tx_id, timeout_s=60), info
+    finally:
+        stop.set()
+        await task
+        store.close()
+
+
+def test_kiosk_walk_through(hall: Hall, browser: Any, tmp_path: Path) -> None:
+    receipt = walk(hall, browser, tmp_path / "screenshots")
+    tx_id = bytes.fromhex(receipt["tx_id"])
+    # Playwright's sync API holds this thread's event loop: our light node runs in another.
+    with ThreadPoolExecutor(1) as pool:
+        inc, info = pool.submit(asyncio.run, _inclusion(hall, tx_id, tmp_path / "verifier")
+                                ).result(timeout=120)
+    assert inc.tx_id == tx_id and inc.height == receipt["height"]
+    body = inc.tx.body
+    assert body.type == "license.authorize"
+    assert list(body.data["licenses"]) == receipt["licenses"]
+    assert body.data["subject"] == sm3.digest(b"astronaut")
+    device = bytes.fromhex(info["device_public_key"])
+    assert inc.tx.public_key == device  # signed by the key generated inside the module
+    assert body.data["terminal"] == sm3.digest(device) == body.sender
+    assert body.data["attestation"]["body"]["result"] == "match"
+
+
+def test_pad_license_verification(hall: Hall, browser: Any, tmp_path: Path) -> None:
+    shots = tmp_path / "screenshots"
+    samples = hall.get("/api/pad/samples")["samples"]
+    pad = browser.new_page()
+    pad.goto(hall.url + "/pad")
+    pad.wait_for_function("() => document.querySelectorAll('#v-sample option').length >= 4")
+
+    pad.select_option("#v-sample", "0")
+    pad.click("#v-go")
+    pad.wait_for_selector("#v-result.found, #v-result.missing", timeout=TIMEOUT_MS)
+    text = pad.inner_text("#v-result")
+    assert "链上已存证" in text and "On chain" in text, text
+    assert samples[0]["issuer"] in text and samples[0]["kind"] in text
+    assert samples[0]["tx_id"] in text and samples[0]["digest"] in text
+    shot(pad, shots, "01-verified-sample")
+
+    # the same kind of check with a file uploaded from the PAD's disk
+    with urllib_open(hall.url + "/api/pad/samples/1") as r:
+        document = r.read()
+    pad.set_input_files("#v-file", files=[{"name": "household.txt", "mimeType": "text/plain",
+                                           "buffer": document}])
+    pad.select_option("#v-sample", "")
+    pad.click("#v-go")
+    pad.wait_for_function("() => document.getElementById('v-digest').innerText.includes('"
+                          + sm3.digest(document).hex() + "')", timeout=TIMEOUT_MS)
+    text = pad.inner_text("#v-result")
+    assert "On chain" in text and samples[1]["issuer"] in text, text
+    shot(pad, shots, "02-verified-upload")
+
+    # a document never deposited
+    pad.set_input_files("#v-file", files=[{"name": "forged.txt", "mimeType": "text/plain",
+                                           "buffer": os.urandom(2048)}])
+    pad.click("#v-go")
+    pad.wait_for_selector("#v-result.missing", timeout=TIMEOUT_MS)
+    text = pad.inner_text("#v-result")
+    assert "链上未找到" in text and "Not on chain" in text, text
+    shot(pad, shots, "03-not-on-chain")
+    pad.close()
+
+
+def urllib_open(url: str) -> Any:
+    import urllib.request
+
+    return urllib.request.urlopen(url, timeout=30)
+
+
+def _images_under(root: Path) -> list[str]:
+    found = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            p = Path(dirpath) / name
+            if p.suffix.lower() in IMAGE_EXT:
+                found.append(str(p))
+                continue
+            try:
+                with open(p, "rb") as f:
+                    head = f.read(16)
+            except OSError:
+                continue
+            if head.startswith(IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+                found.append(str(p))
+    return found
+
+
+def test_no_image_left_behind(browser: Any, tmp_path: Path) -> None:
+    """A walk-through in a hall of its own whose every process records what it writes: no
+    image file anywhere under its temporary tree or working directory while it runs, every
+    path written inside that tree (or /dev/null), none an image, and no JPEG in the log."""
+    from conftest import start_hall, stop_hall
+
+    writes = tmp_path / "writes" / "w"
+    writes.parent.mkdir()
+    hall = start_hall(tmp_path / "nt", record_writes=writes)
+    try:
+        hall.wait_ready()
+        walk(hall, browser, tmp_path / "screenshots")
+        sim_dir = Path(hall.health()["sim"]["dir"])
+        assert sim_dir.is_dir() and hall.tmp in sim_dir.parents
+        # the hall's whole temporary tree (state, header store, audit log, module store,
+        # chain) and the daemon's working directory: no image file of any kind
+        assert _images_under(hall.tmp) == []
+        assert _images_under(hall.cwd) == []
+        assert (sim_dir / "state" / "audit").is_dir()
+        # the control: the scan sees an image where there is one
+        (hall.cwd / "control.bin").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 64)
+        assert _images_under(hall.cwd) == [str(hall.cwd / "control.bin")]
+        (hall.cwd / "control.bin").unlink()
+    finally:
+        assert stop_hall(hall) == 0
+    dumps = sorted(writes.parent.glob("w.*"))
+    assert len(dumps) >= 2, dumps  # the daemon and its children (the module emulator)
+    written = {line for d in dumps for line in d.read_text().splitlines() if line}
+    assert any(p.endswith("headers.sqlite") for p in written), written  # the hook works
+    outside = {p for p in written if p not in ("/dev/null", ":memory:")
+               and hall.tmp not in Path(p).parents and hall.cwd not in Path(p).parents}
+    assert outside == set(), outside
+    assert not {p for p in written if Path(p).suffix.lower() in IMAGE_EXT}
+    log = "".join(hall.log)
+    assert "ffd8ff" not in log.lower() and "\\xff\\xd8" not in log
+
+
+def _make_matter(hall: Hall) -> str:
+    import json
+    import urllib.request
+
+    samples = hall.get("/api/pad/samples")["samples"]
+    doc = {"matter": "查询 Lookup", "agency": "Agency", "office": "Office", "citizen": "astronaut",
+           "licenses": [{"id": samples[2]["digest"], "name": samples[2]["name"]}]}
+    req = urllib.request.Request(hall.url + "/api/pad/matter", data=json.dumps(doc).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.load(r)["qr_text"]
+
+
+def _to_consent(kiosk: Any, qr_text: str) -> None:
+    active(kiosk, "attract")
+    kiosk.click("#start")
+    kiosk.wait_for_selector('[data-screen="scan"].active, [data-screen="consent"].active',
+                            timeout=TIMEOUT_MS)
+    try:
+        kiosk.fill("#matter-text", qr_text, timeout=3000)
+        kiosk.click('#matter-form button[type="submit"]', timeout=3000)
+    except PlaywrightTimeout:
+        pass
+    active(kiosk, "consent")
+
+
+def test_decline_and_cancel_end_on_error_screens_with_nothing_signed(
+        hall: Hall, browser: Any, tmp_path: Path) -> None:
+    from appliance import audit
+
+    shots = tmp_path / "screenshots"
+    log_dir = Path(hall.health()["sim"]["dir"]) / "state" / "audit"
+    signs_before = sum(e.kind == "sign" for e in audit.tail(log_dir, 10_000))
+    qr_text = _make_matter(hall)
+    kiosk = browser.new_page()
+    kiosk.goto(hall.url + "/")
+
+    _to_consent(kiosk, qr_text)
+    kiosk.click("#decline")
+    active(kiosk, "error")
+    assert "已取消授权" in kiosk.inner_text("#e-title")
+    assert "Authorization declined" in kiosk.inner_text("#e-title")
+    shot(kiosk, shots, "01-declined")
+    kiosk.click("#error-done")
+
+    _to_consent(kiosk, qr_text)
+    assert kiosk.is_visible("#cancel")
+    kiosk.click("#cancel")
+    active(kiosk, "error")
+    shot(kiosk, shots, "02-cancelled")
+    kiosk.click("#error-done")
+    active(kiosk, "attract")
+    assert not kiosk.is_visible("#cancel")
+    kiosk.close()
+
+    entries = audit.tail(log_dir, 10_000)
+    assert sum(e.kind == "sign" for e in entries) == signs_before  # nothing signed
+    failed = [e.fields for e in entries if e.kind == "authorization_failed"][-2:]
+    assert [f.get("code") for f in failed] == ["consent_declined", "cancelled"], failed
+    assert audit.verify(log_dir).ok
+
+
+def test_equivocation_alarm_blocks_the_kiosk_until_the_operator_clears_it(
+        hall: Hall, browser: Any, tmp_path: Path) -> None:
+    """An alarm in the daemon's header store (what the sync writes on equivocation) puts the
+    kiosk on the blocked screen; `appliance node clear-alarm` brings it back."""
+    import subprocess
+    import sys
+    import time
+
+    from appliance import audit
+    from appliance.node.store import HeaderStore
+
+    state = Path(hall.health()["sim"]["dir"]) / "state"
+    kiosk = browser.new_page()
+    kiosk.goto(hall.url + "/")
+    active(kiosk, "attract")
+    store = HeaderStore.open(state / "node" / "headers.sqlite")
+    try:
+        store.raise_alarm("equivocation", "test: two valid commits at one height",
+                          at_ms=int(time.time() * 1000))
+    finally:
+        store.close()
+    active(kiosk, "blocked")
+    assert "暂停办理授权" in kiosk.inner_text('[data-screen="blocked"]')
+    assert "Authorizations are paused" in kiosk.inner_text('[data-screen="blocked"]')
+    assert hall.health()["alarm"] is not None
+    shot(kiosk, tmp_path / "screenshots", "01-blocked")
+    r = subprocess.run([sys.executable, "-m", "appliance.cli", "node", "clear-alarm",
+                        "equivocation", "--operator", "duty-officer", "--state", str(state)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    active(kiosk, "attract")
+    kiosk.close()
+    kinds = [(e.kind, e.fields.get("operator")) for e in audit.tail(state / "audit", 50)]
+    assert ("alarm", None) in kinds and ("alarm_cleared", "duty-officer") in kinds
