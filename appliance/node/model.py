@@ -19,7 +19,10 @@ increasing) are checked by ``from_obj`` and again by the verifier, not by the co
 The header path is hot (the sync engine verifies 10^5 headers/s): :class:`Header` validates
 and encodes its fixed shape in one pass with a specialised canonical encoder
 (:func:`encode_header`), byte-identical to ``appliance.wire.encode(header.to_obj())`` (a
-hypothesis test checks it), and caches ``encoded`` and ``block_id = SM3(encoded)``.
+hypothesis test checks it), and caches ``encoded`` and ``block_id = SM3(encoded)``. Headers
+read from a response body skip even that: :func:`parse_headers_at` takes a byte span as a
+header only if it is the canonical encoding of one, so the span itself is ``encoded`` and its
+SM3 the ``block_id``.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ __all__ = [
     "SignedTx", "TrustAnchor", "TxBody", "Validator", "ValidatorSet", "ZERO_HASH",
     "decode_block", "decode_commit", "decode_header", "decode_proof", "decode_signed_tx",
     "decode_trust_anchor", "decode_tx_body", "decode_validator_set", "enc", "encode_header",
-    "parse_header_at", "peer_id", "vote_bytes",
+    "parse_header_at", "parse_headers_at", "peer_id", "vote_bytes",
 ]
 
 PROTOCOL_VERSION = "1"
@@ -406,31 +409,37 @@ def _make_header(
 def parse_header_at(data: bytes, pos: int) -> tuple[Header, int] | None:
     """The canonical header map that starts at ``data[pos]``, and the offset just after it.
 
-    A fast path for header arrays in response bodies: reads the fixed shape (the 8 keys in
-    canonical order) straight from the bytes, builds the Header (which validates every field and
-    encodes it canonically) and accepts only if that encoding equals the bytes read, so what it
-    returns is exactly what ``Header.from_obj(wire.decode(data[pos:end]))`` gives. Returns None
-    for anything else (other shapes, bad fields, non-canonical spellings, truncation): the caller
-    then falls back to the generic decoder, which gives the typed error.
+    A fast path for header arrays in response bodies; what it returns is exactly what
+    ``Header.from_obj(wire.decode(data[pos:end]))`` gives, and None for anything else (other
+    shapes, bad fields, non-canonical spellings, truncation): the caller then falls back to the
+    generic decoder, which gives the typed error.
+
+    The common shape (version "1") is matched by a pattern that admits only the canonical
+    spelling (:data:`_HDR_HEAD`, :data:`_HDR_TAIL`): the 8-key map head, the keys in canonical
+    order, each value with its one shortest-form head, 32-byte hashes, a chain_id of 1..64
+    bytes that must decode as UTF-8. A span it matches IS enc(header), so ``encoded`` is the
+    span itself and ``block_id`` its SM3: no re-encoding. Other headers (another version, odd
+    lengths) are read field by field, built through the checking constructor and accepted
+    only if their canonical encoding equals the bytes read.
     """
     m = _HDR_HEAD.match(data, pos)
-    if m is not None:  # the common shape, version "1", in two C-level matches
+    if m is not None:
         height_raw, tx_root, c_head = m.groups()
         i = m.end()
-        n = c_head[0] - 0x60 if len(c_head) == 1 else c_head[1]
-        c_raw = data[i : i + n]
-        t = _HDR_TAIL.match(data, i + n)
-        if t is not None and len(c_raw) == n:
+        j = i + (c_head[0] - 0x60 if len(c_head) == 1 else c_head[1])
+        t = _HDR_TAIL.match(data, j)  # matches only if data[i:j] is all there
+        if t is not None:
             prev_hash, ts_raw, validators_hash, next_validators_hash = t.groups()
             try:
-                h = _make_header(
-                    c_raw.decode(), _uint_of(height_raw), "1", prev_hash, tx_root,
-                    _uint_of(ts_raw), validators_hash, next_validators_hash,
-                )  # fmt: skip
-            except (MalformedError, ValueError):
+                chain_id = data[i:j].decode()
+            except UnicodeDecodeError:
                 return None
             end = t.end()
-            return (h, end) if h.encoded == data[pos:end] else None
+            return _header_of_span(
+                chain_id, _UINT_OF(height_raw, "big") - _UINT_BIAS[len(height_raw)], "1",
+                prev_hash, tx_root, _UINT_OF(ts_raw, "big") - _UINT_BIAS[len(ts_raw)],
+                validators_hash, next_validators_hash, data[pos:end],
+            ), end  # fmt: skip
     try:
         if not data.startswith(_HDR_START, pos):
             return None
@@ -476,25 +485,131 @@ def parse_header_at(data: bytes, pos: int) -> tuple[Header, int] | None:
     return h, i
 
 
+def parse_headers_at(data: bytes, pos: int, count: int) -> tuple[list[Header], int] | None:
+    """``count`` canonical headers one after the other from ``data[pos]``, and the offset after
+    them; None if any of them is not one (see :func:`parse_header_at`, whose result this is,
+    header by header).
+
+    The loop of the sync engine's header batches. From the first version-"1" header on, the
+    headers of its chain_id are matched by one pattern each (:func:`_chain_pattern`: the whole
+    canonical header with that chain_id spelled out, compiled once per chain_id), share one
+    chain_id object and are built in place; any header the pattern does not match (another
+    chain or version, odd lengths, anything invalid) goes through :func:`parse_header_at`.
+    One pattern per batch at most, so a body mixing chain_ids cannot make it compile more.
+    """
+    out: list[Header] = []
+    append = out.append
+    pattern = None
+    chain_id = ""
+    bias = _UINT_BIAS
+    of = _UINT_OF
+    new = _new
+    sm3 = digest
+    for _ in range(count):
+        m = None if pattern is None else pattern.match(data, pos)
+        if m is None:
+            parsed = parse_header_at(data, pos)
+            if parsed is None:
+                return None
+            h, end = parsed
+            append(h)
+            pos = end
+            if pattern is None and h.version == "1":  # at most one pattern per batch
+                chain_id = h.chain_id
+                pattern = _chain_pattern(chain_id)
+            continue
+        height_raw, tx_root, prev_hash, ts_raw, validators_hash, next_validators_hash = (
+            m.groups())
+        end = m.end()
+        encoded = data[pos:end]
+        h = new(Header)
+        _set_chain_id(h, chain_id)
+        _set_height(h, of(height_raw, "big") - bias[len(height_raw)])
+        _set_version(h, "1")
+        _set_prev_hash(h, prev_hash)
+        _set_tx_root(h, tx_root)
+        _set_timestamp(h, of(ts_raw, "big") - bias[len(ts_raw)])
+        _set_validators_hash(h, validators_hash)
+        _set_next_validators_hash(h, next_validators_hash)
+        _set_encoded(h, encoded)
+        _set_block_id(h, sm3(encoded))
+        append(h)
+        pos = end
+    return out, pos
+
+
+def _header_of_span(
+    chain_id: str,
+    height: int,
+    version: str,
+    prev_hash: bytes,
+    tx_root: bytes,
+    timestamp: int,
+    validators_hash: bytes,
+    next_validators_hash: bytes,
+    encoded: bytes,
+) -> Header:
+    """A Header whose fields the caller has read from ``encoded``, a span proven canonical
+    (so ``encoded`` == encode_header(fields) and every field check holds)."""
+    h = _new(Header)
+    _set_chain_id(h, chain_id)
+    _set_height(h, height)
+    _set_version(h, version)
+    _set_prev_hash(h, prev_hash)
+    _set_tx_root(h, tx_root)
+    _set_timestamp(h, timestamp)
+    _set_validators_hash(h, validators_hash)
+    _set_next_validators_hash(h, next_validators_hash)
+    _set_encoded(h, encoded)
+    _set_block_id(h, digest(encoded))
+    return h
+
+
 _HDR_START = _MAP8 + _K_HEIGHT
 _K_VERSION_1 = _K_VERSION + b"\x611"
-_UINT_RE = rb"([\x00-\x17]|\x18.|\x19..|\x1a.{4}|\x1b.{8})"  # any head length, see _uint_of
+# A uint (major type 0) in its shortest form only (RFC 8949 §4.2.1): the value needs the head's
+# size, i.e. is at least 24, 2**8, 2**16, 2**32 for the 1-, 2-, 4-, 8-byte arguments.
+_CANONICAL_UINT_RE = (
+    rb"([\x00-\x17]|\x18[\x18-\xff]|\x19[\x01-\xff].|\x1a(?:[\x01-\xff].|\x00[\x01-\xff]).."
+    rb"|\x1b(?!\x00\x00\x00\x00).{8})"
+)
+#: The value of a matched uint item is int.from_bytes(item) minus its head's contribution.
+_UINT_OF = int.from_bytes
+_UINT_BIAS = (0, 0, 0x18 << 8, 0x19 << 16, 0, 0x1A << 32, 0, 0, 0, 0x1B << 64)
+# chain_id: a text head in shortest form for 1..64 bytes (1..23 in the head, 24..64 after 0x78).
 _HDR_HEAD = re.compile(
-    re.escape(_HDR_START) + _UINT_RE + re.escape(_K_TX_ROOT) + rb"(.{32})"
+    re.escape(_HDR_START) + _CANONICAL_UINT_RE + re.escape(_K_TX_ROOT) + rb"(.{32})"
     + re.escape(_K_VERSION_1 + _K_CHAIN_ID) + rb"([\x61-\x77]|\x78[\x18-\x40])",
     re.DOTALL,
 )
 _HDR_TAIL = re.compile(
-    re.escape(_K_PREV_HASH) + rb"(.{32})" + re.escape(_K_TIMESTAMP) + _UINT_RE
+    re.escape(_K_PREV_HASH) + rb"(.{32})" + re.escape(_K_TIMESTAMP) + _CANONICAL_UINT_RE
     + re.escape(_K_VALIDATORS_HASH) + rb"(.{32})" + re.escape(_K_NEXT_VALIDATORS_HASH)
     + rb"(.{32})",
     re.DOTALL,
 )
+_CHAIN_PATTERNS: dict[str, re.Pattern[bytes]] = {}
 
 
-def _uint_of(raw: bytes) -> int:
-    """The value of a uint item matched by _UINT_RE (its head and argument bytes)."""
-    return raw[0] if len(raw) == 1 else int.from_bytes(raw[1:], "big")
+def _chain_pattern(chain_id: str) -> re.Pattern[bytes]:
+    """The whole canonical version-"1" header of ``chain_id`` (a valid one, 1..64 bytes) as one
+    pattern: _HDR_HEAD and _HDR_TAIL with the chain_id's text item spelled out between them.
+    Compiled once per chain_id (a few are kept: a node syncs one chain)."""
+    pattern = _CHAIN_PATTERNS.get(chain_id)
+    if pattern is None:
+        raw = chain_id.encode()
+        item = (bytes((0x60 | len(raw),)) if len(raw) < 24 else bytes((0x78, len(raw)))) + raw
+        pattern = re.compile(
+            re.escape(_HDR_START) + _CANONICAL_UINT_RE + re.escape(_K_TX_ROOT) + rb"(.{32})"
+            + re.escape(_K_VERSION_1 + _K_CHAIN_ID + item + _K_PREV_HASH) + rb"(.{32})"
+            + re.escape(_K_TIMESTAMP) + _CANONICAL_UINT_RE + re.escape(_K_VALIDATORS_HASH)
+            + rb"(.{32})" + re.escape(_K_NEXT_VALIDATORS_HASH) + rb"(.{32})",
+            re.DOTALL,
+        )
+        if len(_CHAIN_PATTERNS) >= 8:
+            _CHAIN_PATTERNS.clear()
+        _CHAIN_PATTERNS[chain_id] = pattern
+    return pattern
 
 
 def _read_uint(data: bytes, i: int) -> tuple[int, int]:

@@ -12,10 +12,11 @@ business: heights are consecutive and continue the tip, hashes are 32 bytes, and
 overwritten with something else.
 
 What is kept, so that the file stays bounded (a simulated year at one block a second with the
-defaults and ~257-byte headers: 31.7 MiB of database plus about 4 MiB of WAL; about 320
+defaults and ~257-byte headers: about 30 MiB of database plus about 4 MiB of WAL; about 300
 bytes per header in the window and 42 per checkpoint, so checkpoints add ~1.2 MiB a year):
 
-- the full header and block_id of the last ``window`` heights (default 100 000);
+- the full header and block_id of the last ``window`` heights (default 100 000), plus at most
+  one segment of headers below them that are no longer returned (see the schema);
 - the block_id of every height that is a multiple of ``checkpoint_every`` (default 1024) and of
   the anchor height, forever. An old transaction is verified by fetching from a peer the headers
   between the two known block_ids that bracket its height (:meth:`HeaderStore.checkpoints_around`)
@@ -27,10 +28,13 @@ bytes per header in the window and 42 per checkpoint, so checkpoints add ~1.2 Mi
 Nothing here reads a clock: times (``at_ms``, ms since 1970 UTC) are passed in by the caller.
 
 Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`, ``application_id`` =
-:data:`APPLICATION_ID`): the heights are the integer primary keys (the rowids), so the header
-table has no index besides its own B-tree and pruning is one range delete at its start; freed
-pages go to the freelist and are reused by the next appends, so the file does not grow once the
-window is full.
+:data:`APPLICATION_ID`): one row per appended segment, keyed by its first height (the rowid),
+holding the header bytes as given, concatenated, their offsets and their block_ids: an append
+is one B-tree insert, not one per header (the per-header inserts were half the cost of an
+append). The window is ``state.low_height .. tip``; pruning deletes the segments wholly below
+it, one range delete at the table's start; freed pages go to the freelist and are reused by the
+next appends, so the file does not grow once the window is full. A version-1 file (one row per
+header) is migrated on open, in one transaction.
 """
 
 from __future__ import annotations
@@ -38,10 +42,12 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import struct
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 __all__ = [
@@ -58,7 +64,7 @@ __all__ = [
 
 #: ``PRAGMA application_id``: b"SPVh", so that another SQLite file is never taken for a store.
 APPLICATION_ID = 0x53505668
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: block_ids and validator-set hashes are SM3 digests (protocol §1).
 HASH_LEN = 32
 
@@ -80,22 +86,33 @@ _SCHEMA = (
         height INTEGER NOT NULL,
         block_id BLOB NOT NULL
     )""",
-    # Full headers of the recent window, keyed by height (the rowid).
-    """CREATE TABLE headers (
-        height INTEGER PRIMARY KEY,
-        block_id BLOB NOT NULL,
-        header BLOB NOT NULL
+    # Full headers of the recent window, one row per appended segment, keyed by the height of
+    # its first header (the rowid): the headers' bytes as given, concatenated; the offsets
+    # where each starts and the last ends (count + 1 big-endian uint32); the block_ids
+    # (count x 32 bytes). One B-tree insert per segment instead of one per header.
+    """CREATE TABLE segments (
+        first INTEGER PRIMARY KEY,
+        count INTEGER NOT NULL CHECK (count >= 1),
+        block_ids BLOB NOT NULL,
+        offsets BLOB NOT NULL,
+        headers BLOB NOT NULL
     )""",
     # block_ids kept forever: the anchor height and every multiple of checkpoint_every.
     """CREATE TABLE checkpoints (
         height INTEGER PRIMARY KEY,
         block_id BLOB NOT NULL
     )""",
-    # The tip; kept apart from the anchor row so that an append rewrites a few bytes only.
+    # The tip (its block_id and header too, so that tip() reads no segment) and the lowest
+    # height whose full header is held: the window is low_height..tip_height. A segment row is
+    # deleted once all its headers are below low_height, so up to one segment's worth of
+    # headers below it may still be on disk; they are never returned.
     """CREATE TABLE state (
         id INTEGER PRIMARY KEY CHECK (id = 0),
-        tip_height INTEGER NOT NULL REFERENCES headers (height),
-        next_set_hash BLOB NOT NULL
+        tip_height INTEGER NOT NULL,
+        low_height INTEGER NOT NULL,
+        next_set_hash BLOB NOT NULL,
+        tip_block_id BLOB NOT NULL,
+        tip_header BLOB NOT NULL
     )""",
     # A rowid table, not WITHOUT ROWID: a set of 256 validators is about 23 KB.
     """CREATE TABLE validator_sets (
@@ -123,8 +140,11 @@ _SCHEMA = (
         CHECK ((cleared_at_ms IS NULL) = (cleared_by IS NULL))
     )""",
 )
-_TABLES = frozenset({"anchor", "headers", "checkpoints", "state", "validator_sets", "evidence",
+_TABLES = frozenset({"anchor", "segments", "checkpoints", "state", "validator_sets", "evidence",
                      "alarms"})
+#: The tables of schema version 1 (one row per header), which open() migrates.
+_TABLES_V1 = frozenset({"anchor", "headers", "checkpoints", "state", "validator_sets",
+                        "evidence", "alarms"})
 
 
 class StoreError(Exception):
@@ -292,32 +312,38 @@ class HeaderStore:
             raise _wrap(e, self.path) from e
         with self._write() as db:
             # again under the write lock: another process may have created it meanwhile
-            if self._check_ours(db):
+            found = self._check_ours(db)
+            if found == "new":
                 # A new file: the schema, version and id commit together or not at all.
                 for stmt in _SCHEMA:
                     db.execute(stmt)
                 db.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif found == "v1":
+                _migrate_v1(db)
         if integrity_check:
             self._check_integrity()
 
-    def _check_ours(self, db: sqlite3.Connection) -> bool:
-        """StoreCorrupt unless the file is an empty database or a store of this schema
-        version; True when it is empty (to be created)."""
+    def _check_ours(self, db: sqlite3.Connection) -> str:
+        """StoreCorrupt unless the file is an empty database or a store of this schema version
+        or of version 1; "new" when it is empty (to be created), "v1" for a version-1 store (to
+        be migrated), else "ok"."""
         app_id = db.execute("PRAGMA application_id").fetchone()[0]
         version = db.execute("PRAGMA user_version").fetchone()[0]
         names = {r[0] for r in db.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
         if app_id == 0 and not names and version == 0:
-            return True
+            return "new"
         if app_id != APPLICATION_ID:
             raise StoreCorrupt(f"{self.path} is another application's database "
                                f"(application_id {app_id:#x}, tables {sorted(names)[:5]})")
+        if version == 1 and _TABLES_V1 <= names:
+            return "v1"
         if version != SCHEMA_VERSION:
             raise StoreCorrupt(f"{self.path} has schema version {version}, "
                                f"this code reads {SCHEMA_VERSION}")
         if not _TABLES <= names:
             raise StoreCorrupt(f"{self.path} lacks tables {sorted(_TABLES - names)}")
-        return False
+        return "ok"
 
     def _check_integrity(self) -> None:
         with self._read() as db:
@@ -335,24 +361,42 @@ class HeaderStore:
         """The store's own invariants (types included: the tables are not STRICT, so that
         SQLite older than 3.37 reads them)."""
         anchor = db.execute("SELECT height, block_id, chain_id, anchor FROM anchor").fetchall()
-        state = db.execute("SELECT tip_height, next_set_hash FROM state").fetchall()
-        lo, hi, n = db.execute("SELECT min(height), max(height), count(*) FROM headers").fetchone()
+        state = db.execute("SELECT tip_height, low_height, next_set_hash, tip_block_id, "
+                           "tip_header FROM state").fetchall()
+        segments = db.execute("SELECT first, count, length(block_ids), length(offsets), "
+                              "length(headers), typeof(block_ids) || typeof(offsets) || "
+                              "typeof(headers) FROM segments ORDER BY first").fetchall()
         if not anchor:
-            if state or n or db.execute("SELECT 1 FROM checkpoints").fetchone():
+            if state or segments or db.execute("SELECT 1 FROM checkpoints").fetchone():
                 raise StoreCorrupt(f"{self.path}: headers without an anchor")
             return
         (a_height, a_id, chain_id, anchor_blob), = anchor
         if len(state) != 1:
             raise StoreCorrupt(f"{self.path}: anchor without a tip")
-        (tip, next_set), = state
-        if not (_is_int(a_height) and _is_int(tip) and isinstance(chain_id, str)
-                and isinstance(anchor_blob, bytes) and isinstance(a_id, bytes)
-                and len(a_id) == HASH_LEN and isinstance(next_set, bytes)
-                and len(next_set) == HASH_LEN):
+        (tip, low, next_set, tip_id, tip_header), = state
+        if not (_is_int(a_height) and _is_int(tip) and _is_int(low)
+                and isinstance(chain_id, str) and isinstance(anchor_blob, bytes)
+                and isinstance(a_id, bytes) and len(a_id) == HASH_LEN
+                and isinstance(next_set, bytes) and len(next_set) == HASH_LEN
+                and isinstance(tip_id, bytes) and len(tip_id) == HASH_LEN
+                and isinstance(tip_header, bytes) and tip_header):
             raise StoreCorrupt(f"{self.path}: the anchor or tip row has wrong types")
-        if hi != tip or n != hi - lo + 1 or lo < a_height:
-            raise StoreCorrupt(f"{self.path}: headers {lo}..{hi} ({n} rows) do not end "
-                               f"contiguously at the tip {tip}")
+        # The segments are contiguous, well-formed, end at the tip and hold low..tip.
+        expect = None
+        for first, count, n_ids, n_offsets, n_headers, types in segments:
+            if (types != "blobblobblob" or not _is_int(count) or count < 1
+                    or n_ids != HASH_LEN * count or n_offsets != 4 * (count + 1)
+                    or n_headers < count or (expect is not None and first != expect)):
+                raise StoreCorrupt(f"{self.path}: the segment at {first} is malformed or does "
+                                   f"not follow the one before it")
+            expect = first + count
+        if (not segments or expect != tip + 1 or not segments[0][0] <= low <= tip
+                or low < a_height or low >= segments[0][0] + segments[0][1]):
+            raise StoreCorrupt(f"{self.path}: the held headers do not run from {low} "
+                               f"contiguously to the tip {tip}")
+        last = self._segment_rows(db, tip, tip)
+        if last != [(tip, tip_id, tip_header)]:
+            raise StoreCorrupt(f"{self.path}: the tip row is not the last stored header")
         if db.execute("SELECT block_id FROM checkpoints WHERE height = ?",
                       (a_height,)).fetchone() != (a_id,):
             raise StoreCorrupt(f"{self.path}: the anchor's checkpoint is missing")
@@ -459,10 +503,13 @@ class HeaderStore:
                 return
             db.execute("INSERT INTO anchor VALUES (0, ?, ?, ?, ?)",
                        (chain_id, anchor, anchor_height, anchor_block_id))
-            db.execute("INSERT INTO headers VALUES (?, ?, ?)",
-                       (anchor_height, anchor_block_id, anchor_header))
+            db.execute("INSERT INTO segments VALUES (?, 1, ?, ?, ?)",
+                       (anchor_height, anchor_block_id, _offsets((anchor_header,)),
+                        anchor_header))
             db.execute("INSERT INTO checkpoints VALUES (?, ?)", (anchor_height, anchor_block_id))
-            db.execute("INSERT INTO state VALUES (0, ?, ?)", (anchor_height, next_set_hash))
+            db.execute("INSERT INTO state VALUES (0, ?, ?, ?, ?, ?)",
+                       (anchor_height, anchor_height, next_set_hash, anchor_block_id,
+                        anchor_header))
             self._put_sets(db, sets)
 
     @property
@@ -489,8 +536,8 @@ class HeaderStore:
         return self._anchor_row()[2]
 
     def tip(self) -> Tip:
-        row = self._one("SELECT s.tip_height, h.block_id, h.header, s.next_set_hash "
-                        "FROM state s JOIN headers h ON h.height = s.tip_height")
+        row = self._one("SELECT tip_height, tip_block_id, tip_header, next_set_hash "
+                        "FROM state")
         if row is None:
             raise StoreError("the store is not initialized")
         return Tip(*row)
@@ -517,39 +564,33 @@ class HeaderStore:
         _check_hash("next_set_hash", next_set_hash)
         sets = _check_sets(validator_sets)
         every = self.checkpoint_every
-        checkpoints = []
-        start = expect = None
-        for item in headers:
-            if type(item) is not tuple or len(item) != 3:
-                raise StoreError(f"a header is a (height, block_id, header) tuple: {item!r:.80}")
-            height, block_id, header = item
-            if expect is None and _is_int(height):
-                start = expect = height
-            if not _is_int(height):
-                raise StoreError(f"a height must be an int, got {height!r}")
-            if height != expect:
-                raise StoreError(f"heights not consecutive: {height} where {expect} was due")
-            if type(block_id) is not bytes or len(block_id) != HASH_LEN:
-                _check_hash(f"block_id at {height}", block_id)
-            if type(header) is not bytes or not header:
-                _check_blob(f"header at {height}", header)
-            if height % every == 0:
-                checkpoints.append((height, block_id))
-            expect += 1
+        segment = _segment_of(headers, every)
+        if segment is None:  # something is wrong: find it, header by header, and say what
+            _check_segment(headers, every)
+            # It passed: only bytes subclasses were in the way (allowed, stored as bytes).
+            segment = _segment_of([(h, bytes(b), bytes(x)) for h, b, x in headers], every)
+            if segment is None:
+                raise StoreError("a malformed segment")
+        start, checkpoints, ids, blobs = segment
         last_height, last_id, last_header = headers[-1]
+        row = (start, len(blobs), b"".join(ids), _offsets(blobs), b"".join(blobs))
         with self._write() as db:
-            row = db.execute("SELECT tip_height FROM state").fetchone()
-            if row is None:
+            state = db.execute("SELECT tip_height, low_height FROM state").fetchone()
+            if state is None:
                 raise StoreError("the store is not initialized")
-            if start != row[0] + 1:
-                raise StoreError(f"the segment starts at {start}, the tip is {row[0]}")
-            db.executemany("INSERT INTO headers VALUES (?, ?, ?)", headers)
+            if start != state[0] + 1:
+                raise StoreError(f"the segment starts at {start}, the tip is {state[0]}")
+            low = max(state[1], last_height - self.window + 1)
+            db.execute("INSERT INTO segments VALUES (?, ?, ?, ?, ?)", row)
             if checkpoints:
                 db.executemany("INSERT INTO checkpoints VALUES (?, ?)", checkpoints)
-            db.execute("UPDATE state SET tip_height = ?, next_set_hash = ?",
-                       (last_height, next_set_hash))
+            db.execute("UPDATE state SET tip_height = ?, low_height = ?, next_set_hash = ?, "
+                       "tip_block_id = ?, tip_header = ?",
+                       (last_height, low, next_set_hash, last_id, last_header))
             self._put_sets(db, sets)
-            db.execute("DELETE FROM headers WHERE height < ?", (last_height - self.window + 1,))
+            # Segments wholly below the window; the one that straddles its start stays.
+            db.execute("DELETE FROM segments WHERE first < ? AND first + count <= ?",
+                       (low, low))
         return Tip(last_height, last_id, last_header, next_set_hash)
 
     def _put_sets(self, db: sqlite3.Connection, sets: list[tuple[bytes, bytes]]) -> None:
@@ -573,30 +614,60 @@ class HeaderStore:
 
     def header(self, height: int) -> bytes | None:
         """The full header at ``height`` if it is held (inside the window), else None."""
-        row = self._one("SELECT header FROM headers WHERE height = ?", (height,))
-        return None if row is None else row[0]
+        if not _is_int(height):
+            return None
+        with self._read() as db:
+            rows = self._segment_rows(db, height, height)
+        return rows[0][2] if rows else None
 
     def block_id(self, height: int) -> bytes | None:
         """The block_id at ``height`` if known: inside the window, or a checkpoint (a multiple
         of checkpoint_every, or the anchor height). Else None."""
+        if not _is_int(height):
+            return None
         with self._read() as db:
-            row = db.execute("SELECT block_id FROM headers WHERE height = ?", (height,)).fetchone()
+            row = db.execute("SELECT block_id FROM checkpoints WHERE height = ?",
+                             (height,)).fetchone()
             if row is None:
-                row = db.execute("SELECT block_id FROM checkpoints WHERE height = ?",
-                                 (height,)).fetchone()
+                rows = self._segment_rows(db, height, height)
+                row = (rows[0][1],) if rows else None
         return None if row is None else row[0]
 
     def headers(self, start: int, stop: int) -> list[tuple[int, bytes, bytes]]:
         """The held (height, block_id, header) with start <= height < stop, in order."""
+        if not (_is_int(start) and _is_int(stop)):
+            raise StoreError(f"start and stop must be ints, got {start!r}, {stop!r}")
         with self._read() as db:
-            return db.execute("SELECT height, block_id, header FROM headers "
-                              "WHERE height >= ? AND height < ? ORDER BY height",
-                              (start, stop)).fetchall()
+            return self._segment_rows(db, start, stop - 1)
+
+    def _segment_rows(self, db: sqlite3.Connection, start: int,
+                      stop: int) -> list[tuple[int, bytes, bytes]]:
+        """(height, block_id, header) of the held headers with start <= height <= stop."""
+        state = db.execute("SELECT low_height, tip_height FROM state").fetchone()
+        if state is None:
+            return []
+        start, stop = max(start, state[0]), min(stop, state[1])
+        if start > stop:
+            return []
+        out: list[tuple[int, bytes, bytes]] = []
+        for first, count, ids, offsets, blob in db.execute(
+                "SELECT first, count, block_ids, offsets, headers FROM segments "
+                "WHERE first >= (SELECT max(first) FROM segments WHERE first <= ?) "
+                "AND first <= ? ORDER BY first", (start, stop)):
+            ends = _unpack_offsets(offsets, count, blob)
+            if ends is None or type(ids) is not bytes or len(ids) != HASH_LEN * count:
+                raise StoreCorrupt(f"{self.path}: the segment at {first} is malformed")
+            for k in range(max(start - first, 0), min(stop - first + 1, count)):
+                out.append((first + k, ids[HASH_LEN * k : HASH_LEN * (k + 1)],
+                            blob[ends[k] : ends[k + 1]]))
+        if len(out) != stop - start + 1 or out[0][0] != start:
+            raise StoreCorrupt(f"{self.path}: headers {start}..{stop} are not all stored")
+        return out
 
     def window_start(self) -> int:
         """The lowest height whose full header is held."""
-        row = self._one("SELECT min(height) FROM headers")
-        if row is None or row[0] is None:
+        row = self._one("SELECT low_height FROM state")
+        if row is None:
             raise StoreError("the store is not initialized")
         return row[0]
 
@@ -613,21 +684,25 @@ class HeaderStore:
         """
         _check_uint("height", height)
         with self._read() as db:
-            row = db.execute("SELECT a.height, s.tip_height FROM anchor a, state s").fetchone()
+            row = db.execute("SELECT a.height, s.tip_height, s.low_height "
+                             "FROM anchor a, state s").fetchone()
             if row is None:
                 raise StoreError("the store is not initialized")
             if not row[0] <= height <= row[1]:
                 raise StoreError(f"height {height} is outside the verified range "
                                  f"{row[0]}..{row[1]}")
-            below = [db.execute(f"SELECT height, block_id FROM {t} WHERE height <= ? "
-                                "ORDER BY height DESC LIMIT 1", (height,)).fetchone()
-                     for t in ("checkpoints", "headers")]
-            above = [db.execute(f"SELECT height, block_id FROM {t} WHERE height >= ? "
-                                "ORDER BY height LIMIT 1", (height,)).fetchone()
-                     for t in ("checkpoints", "headers")]
+            low = row[2]
+            below = [db.execute("SELECT height, block_id FROM checkpoints WHERE height <= ? "
+                                "ORDER BY height DESC LIMIT 1", (height,)).fetchone()]
+            above = [db.execute("SELECT height, block_id FROM checkpoints WHERE height >= ? "
+                                "ORDER BY height LIMIT 1", (height,)).fetchone()]
+            # In the window: the height itself; below it: the window's first header.
+            if height >= low:
+                below.append(self._segment_rows(db, height, height)[0][:2])
+            above.append(self._segment_rows(db, max(height, low), max(height, low))[0][:2])
         below = [r for r in below if r is not None]
         above = [r for r in above if r is not None]
-        if not below or not above:  # the anchor's checkpoint and the tip are always there
+        if not below:  # the anchor's checkpoint is always there
             raise StoreCorrupt(f"{self.path}: no known block_id around {height}")
         lower = max(below, key=lambda r: r[0])
         upper = min(above, key=lambda r: r[0])
@@ -734,13 +809,13 @@ class HeaderStore:
         ``db_bytes``, ``wal_bytes`` and ``file_bytes`` (their sum) on disk;
         ``bytes_per_header`` = file_bytes / headers (0.0 when empty)."""
         with self._read() as db:
-            lo, hi = db.execute("SELECT min(height), max(height) FROM headers").fetchone()
+            row = db.execute("SELECT low_height, tip_height FROM state").fetchone()
             counts = {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                       for t in ("checkpoints", "validator_sets", "evidence", "alarms")}
             page_size = db.execute("PRAGMA page_size").fetchone()[0]
             pages = db.execute("PRAGMA page_count").fetchone()[0]
             free = db.execute("PRAGMA freelist_count").fetchone()[0]
-        n = 0 if lo is None else hi - lo + 1  # contiguous: an invariant checked on open
+        n = 0 if row is None else row[1] - row[0] + 1  # the window low..tip, all held
         db_bytes = _size(self.path)
         wal_bytes = _size(self.path + "-wal")
         return {"headers": n, **counts, "page_size": page_size, "pages": pages,
@@ -758,6 +833,106 @@ class HeaderStore:
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             except _DB_ERRORS as e:
                 raise _wrap(e, f"{self.path}: checkpoint failed") from e
+
+
+def _offsets(blobs: Sequence[bytes]) -> bytes:
+    """Where each of ``blobs`` starts in their concatenation, and where the last ends."""
+    return struct.pack(f">{len(blobs) + 1}I", *accumulate(map(len, blobs), initial=0))
+
+
+def _unpack_offsets(offsets: object, count: int, blob: object) -> tuple[int, ...] | None:
+    """The count + 1 offsets of a segment row, or None unless they are well-formed: strictly
+    increasing from 0 (no empty header) to the length of the headers blob."""
+    if (type(offsets) is not bytes or type(blob) is not bytes or not _is_int(count)
+            or count < 1 or len(offsets) != 4 * (count + 1)):
+        return None
+    ends = struct.unpack(f">{count + 1}I", offsets)
+    if ends[0] != 0 or ends[-1] != len(blob):
+        return None
+    if any(a >= b for a, b in zip(ends, ends[1:], strict=False)):
+        return None
+    return ends
+
+
+def _migrate_v1(db: sqlite3.Connection) -> None:
+    """Rewrite a schema-1 store (one row per header) as schema 2, in the caller's write
+    transaction: the held headers become segments of up to 1000, the tip row gains the window
+    start and the tip header. StoreCorrupt if the old rows are not what version 1 wrote."""
+    for stmt in _SCHEMA:
+        if "TABLE segments" in stmt:
+            db.execute(stmt)
+        elif "TABLE state" in stmt:
+            db.execute(stmt.replace("TABLE state", "TABLE state_v2"))
+    cursor = db.execute("SELECT height, block_id, header FROM headers ORDER BY height")
+    first = expect = None
+    last = None
+    while rows := cursor.fetchmany(1000):
+        start = rows[0][0]
+        if first is None:
+            first = expect = start
+        segment = _segment_of(rows, 2**62) if start == expect else None
+        if segment is None:
+            raise StoreCorrupt("a version-1 store whose headers are not contiguous rows")
+        _, _, ids, blobs = segment
+        db.execute("INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
+                   (start, len(rows), b"".join(ids), _offsets(blobs), b"".join(blobs)))
+        expect = start + len(rows)
+        last = rows[-1]
+    state = db.execute("SELECT tip_height, next_set_hash FROM state").fetchone()
+    if state is not None:
+        if last is None or last[0] != state[0]:
+            raise StoreCorrupt("a version-1 store whose tip is not its last header")
+        db.execute("INSERT INTO state_v2 VALUES (0, ?, ?, ?, ?, ?)",
+                   (state[0], first, state[1], last[1], last[2]))
+    db.execute("DROP TABLE state")
+    db.execute("DROP TABLE headers")
+    db.execute("ALTER TABLE state_v2 RENAME TO state")
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+_Segment = tuple[int, list[tuple[int, bytes]], tuple[bytes, ...], tuple[bytes, ...]]
+
+
+def _segment_of(headers: Sequence[Any], every: int) -> _Segment | None:
+    """(first height, checkpoint rows, block_ids, header bytes) of a well-formed segment, or
+    None if anything in it is not as :meth:`HeaderStore.append` requires. The checks of
+    :func:`_check_segment`, run as C-level passes over the whole segment (no Python code per
+    header)."""
+    if set(map(type, headers)) != {tuple} or set(map(len, headers)) != {3}:
+        return None
+    heights, ids, blobs = zip(*headers, strict=True)
+    start = heights[0]
+    if (set(map(type, heights)) != {int} or set(map(type, ids)) != {bytes}
+            or set(map(type, blobs)) != {bytes} or set(map(len, ids)) != {HASH_LEN}
+            or not all(blobs) or heights != tuple(range(start, start + len(heights)))):
+        return None
+    first = -(-start // every) * every  # the first multiple of every >= start
+    checkpoints = [(h, ids[h - start]) for h in range(first, start + len(heights), every)]
+    return start, checkpoints, ids, blobs
+
+
+def _check_segment(headers: Sequence[Any], every: int) -> tuple[int, list[tuple[int, bytes]]]:
+    """(first height, checkpoint rows) of a segment, or StoreError saying what is wrong."""
+    checkpoints = []
+    start = expect = None
+    for item in headers:
+        if type(item) is not tuple or len(item) != 3:
+            raise StoreError(f"a header is a (height, block_id, header) tuple: {item!r:.80}")
+        height, block_id, header = item
+        if expect is None and _is_int(height):
+            start = expect = height
+        if not _is_int(height):
+            raise StoreError(f"a height must be an int, got {height!r}")
+        if height != expect:
+            raise StoreError(f"heights not consecutive: {height} where {expect} was due")
+        if type(block_id) is not bytes or len(block_id) != HASH_LEN:
+            _check_hash(f"block_id at {height}", block_id)
+        if type(header) is not bytes or not header:
+            _check_blob(f"header at {height}", header)
+        if height % every == 0:
+            checkpoints.append((height, block_id))
+        expect += 1
+    return start, checkpoints
 
 
 def _size(path: str) -> int:

@@ -102,7 +102,7 @@ from .model import (
     TrustAnchor,
     ValidatorSet,
     decode_commit,
-    parse_header_at,
+    parse_headers_at,
 )
 from .peers import BANNED, CONFLICT, NEW, OK, PeerTable
 from .tx import verify_link_range
@@ -428,7 +428,7 @@ def _fast_headers(data: object, limit: int) -> tuple[tuple[Header, ...], list, l
     """The headers, commits and validator sets of a well-formed headers response, or None.
 
     The fast path of :func:`decode_headers`: the header array is read straight from the bytes
-    (:func:`~appliance.node.model.parse_header_at`, which re-encodes each header and compares),
+    (:func:`~appliance.node.model.parse_headers_at`, which accepts only canonical spans),
     the rest of the body, with an empty header array in its place, goes through the generic
     canonical decoder. It returns only what the generic path would return for the same bytes
     (canonical encoding is compositional and unique); anything unusual, invalid or not
@@ -453,13 +453,10 @@ def _fast_headers(data: object, limit: int) -> tuple[tuple[Header, ...], list, l
         return None
     if n > MAX_HEADERS_PER_RESPONSE:
         return None
-    headers: list[Header] = []
-    for _ in range(n):
-        parsed = parse_header_at(data, i)
-        if parsed is None:
-            return None
-        h, i = parsed
-        headers.append(h)
+    parsed = parse_headers_at(data, i, n)
+    if parsed is None:
+        return None
+    headers, i = parsed
     if not data.startswith(_HR_SETS, i):
         return None
     rest = data[:p] + b"\x67headers\x80" + data[i:]

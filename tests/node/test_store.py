@@ -397,6 +397,112 @@ def _closed_store(tmp_path: Path, n: int = 3000) -> Path:
     return tmp_path / "h.db"
 
 
+def test_segment_is_stored_as_given_in_one_row(tmp_path):
+    """White-box: an append is one row holding the header bytes exactly as given."""
+    with new_store(tmp_path) as s:
+        s.append(seg(101, 150), SET_A[0])
+        db = s._conn()
+        rows = db.execute("SELECT first, count, block_ids, headers FROM segments "
+                          "ORDER BY first").fetchall()
+        assert [(r[0], r[1]) for r in rows] == [(100, 1), (101, 50)]
+        assert rows[1][2] == b"".join(bid(h) for h in range(101, 151))
+        assert rows[1][3] == b"".join(hdr(h) for h in range(101, 151))
+
+
+def test_damaged_segment_row_is_store_corrupt_on_read(tmp_path):
+    """A segment row whose offsets do not fit its headers (not the tip's, so open() does not
+    read it) is reported when read, never returned as header bytes."""
+    with new_store(tmp_path) as s:
+        s.append(seg(101, 150), SET_A[0])
+        s.append(seg(151, 160), SET_A[0])
+    db = sqlite3.connect(tmp_path / "h.db", isolation_level=None)
+    db.execute("UPDATE segments SET headers = substr(headers, 1, length(headers) - 1) "
+               "WHERE first = 101")
+    db.close()
+    with HeaderStore.open(tmp_path / "h.db") as s:
+        assert s.header(155) == hdr(155)
+        for read in (lambda: s.header(120), lambda: s.block_id(120),
+                     lambda: s.headers(140, 152), lambda: s.checkpoints_around(120)):
+            with pytest.raises(StoreCorrupt, match="malformed"):
+                read()
+
+
+_SCHEMA_V1 = (
+    "CREATE TABLE anchor (id INTEGER PRIMARY KEY CHECK (id = 0), chain_id TEXT NOT NULL, "
+    "anchor BLOB NOT NULL, height INTEGER NOT NULL, block_id BLOB NOT NULL)",
+    "CREATE TABLE headers (height INTEGER PRIMARY KEY, block_id BLOB NOT NULL, "
+    "header BLOB NOT NULL)",
+    "CREATE TABLE checkpoints (height INTEGER PRIMARY KEY, block_id BLOB NOT NULL)",
+    "CREATE TABLE state (id INTEGER PRIMARY KEY CHECK (id = 0), tip_height INTEGER NOT NULL "
+    "REFERENCES headers (height), next_set_hash BLOB NOT NULL)",
+    "CREATE TABLE validator_sets (id INTEGER PRIMARY KEY, hash BLOB NOT NULL UNIQUE, "
+    "body BLOB NOT NULL)",
+    "CREATE TABLE evidence (id INTEGER PRIMARY KEY, height INTEGER NOT NULL, kind TEXT NOT "
+    "NULL, blob BLOB NOT NULL, digest BLOB NOT NULL, at_ms INTEGER NOT NULL, "
+    "UNIQUE (kind, height, digest))",
+    "CREATE TABLE alarms (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, detail TEXT NOT NULL, "
+    "raised_at_ms INTEGER NOT NULL, evidence_id INTEGER REFERENCES evidence (id), "
+    "cleared_at_ms INTEGER, cleared_by TEXT, "
+    "CHECK ((cleared_at_ms IS NULL) = (cleared_by IS NULL)))",
+)
+
+
+def _v1_store(path: Path, low: int, tip: int, hole: int | None = None) -> None:
+    """A store as schema version 1 wrote it: one row per header, low..tip held."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("BEGIN")
+    for stmt in _SCHEMA_V1:
+        db.execute(stmt)
+    db.execute(f"PRAGMA application_id={store_mod.APPLICATION_ID}")
+    db.execute("PRAGMA user_version=1")
+    db.execute("INSERT INTO anchor VALUES (0, 'bj-gov', ?, ?, ?)", (ANCHOR, ANCHOR_H,
+                                                                  bid(ANCHOR_H)))
+    db.executemany("INSERT INTO headers VALUES (?, ?, ?)",
+                   [r for r in seg(low, tip) if r[0] != hole])
+    db.executemany("INSERT INTO checkpoints VALUES (?, ?)",
+                   [(h, bid(h)) for h in range(ANCHOR_H, tip + 1)
+                    if h == ANCHOR_H or h % 64 == 0])
+    db.execute("INSERT INTO state VALUES (0, ?, ?)", (tip, SET_B[0]))
+    db.execute("INSERT INTO validator_sets (hash, body) VALUES (?, ?)", SET_A)
+    db.execute("INSERT INTO evidence (height, kind, blob, digest, at_ms) "
+               "VALUES (5, 'equivocation', x'01', x'02', 7)")
+    db.execute("COMMIT")
+    db.close()
+
+
+def test_schema_1_store_is_migrated(tmp_path):
+    p = tmp_path / "v1.db"
+    _v1_store(p, 900, 3456)
+    with HeaderStore.open(p, window=3000, checkpoint_every=64) as s:
+        assert s._conn().execute("PRAGMA user_version").fetchone() == (store_mod.SCHEMA_VERSION,)
+        assert s.tip() == Tip(3456, bid(3456), hdr(3456), SET_B[0])
+        assert s.window_start() == 900 and s.stats()["headers"] == 3456 - 900 + 1
+        assert s.headers(0, 5000) == seg(900, 3456)
+        assert s.block_id(64 * 5) == bid(64 * 5) and s.header(899) is None
+        assert s.checkpoints_around(850) == ((832, bid(832)), (896, bid(896)))
+        assert s.validator_set(SET_A[0]) == SET_A[1] and len(s.evidence()) == 1
+        s.window = 2000
+        s.append(seg(3457, 3500), SET_A[0])
+        assert s.window_start() == 3500 - 1999
+    with HeaderStore.open(p) as s:  # reopens as version 2
+        assert s.tip().height == 3500 and s.header(1501) == hdr(1501)
+        assert s.header(1500) is None
+
+
+def test_schema_1_store_with_a_hole_is_store_corrupt_and_left_as_it_was(tmp_path):
+    p = tmp_path / "v1.db"
+    _v1_store(p, 900, 3456, hole=2000)
+    before = p.read_bytes()
+    with pytest.raises(StoreCorrupt, match="not contiguous"):
+        HeaderStore.open(p)
+    db = sqlite3.connect(p)
+    assert db.execute("PRAGMA user_version").fetchone() == (1,)  # the migration rolled back
+    assert db.execute("SELECT count(*) FROM headers").fetchone() == (3456 - 900,)
+    db.close()
+    assert len(before) > 0
+
+
 def test_garbage_file_is_store_corrupt(tmp_path):
     p = tmp_path / "h.db"
     p.write_bytes(b"this is not a database at all" * 200)
@@ -460,8 +566,19 @@ def test_unknown_schema_version_is_store_corrupt(tmp_path):
 
 
 @pytest.mark.parametrize("sql", [
-    "DELETE FROM headers WHERE height = 150",          # a hole in the window
-    "DELETE FROM headers WHERE height = 200",          # the tip is left dangling
+    # segments: the anchor's (100), 101..110, 111..200
+    "DELETE FROM segments WHERE first = 101",          # a hole in the window
+    "DELETE FROM segments WHERE first = 111",          # the tip is left dangling
+    "UPDATE segments SET count = 9 WHERE first = 101",  # a gap between two segments
+    "UPDATE segments SET block_ids = substr(block_ids, 33) WHERE first = 101",
+    "UPDATE segments SET offsets = zeroblob(length(offsets)) WHERE first = 111",
+    "UPDATE segments SET headers = substr(headers, 2) WHERE first = 111",
+    "UPDATE segments SET headers = 'text' WHERE first = 101",
+    "UPDATE state SET low_height = 99",                # the window below the anchor
+    "UPDATE state SET low_height = 201",               # past the tip
+    "UPDATE state SET tip_height = 199",               # the tip is not the last header
+    "UPDATE state SET tip_header = X'00'",             # the tip row is not that header
+    "UPDATE state SET tip_block_id = zeroblob(32)",
     "DELETE FROM checkpoints WHERE height = 100",      # the anchor's checkpoint
     "DELETE FROM state",                               # anchor without tip
     "DELETE FROM anchor",                              # headers without anchor
