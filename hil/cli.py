@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from hil.faults import FaultSpec
 
@@ -169,14 +170,22 @@ _DISTRICT_MODES = ("forge-commit", "wrong-link", "set-hijack", "equivocate", "ba
                    "garbage", "oversize", "slow", "withhold")
 
 
-def _misbehave_spec(text: str) -> str:
-    mode, sep, height = text.partition("@")
-    if mode not in _DISTRICT_MODES:
-        raise argparse.ArgumentTypeError(
-            f"{mode!r}: choose one of {', '.join(_DISTRICT_MODES)} (optionally @HEIGHT)")
-    if sep and not (height.isascii() and height.isdigit()):
-        raise argparse.ArgumentTypeError(f"height {height!r} is not a non-negative integer")
-    return text
+def _misbehave_parser(modes: tuple[str, ...]) -> Callable[[str], str]:
+    """An argparse type for ``MODE[@HEIGHT]`` with MODE one of ``modes``."""
+
+    def parse(text: str) -> str:
+        mode, sep, height = text.partition("@")
+        if mode not in modes:
+            raise argparse.ArgumentTypeError(
+                f"{mode!r}: choose one of {', '.join(modes)} (optionally @HEIGHT)")
+        if sep and not (height.isascii() and height.isdigit()):
+            raise argparse.ArgumentTypeError(f"height {height!r} is not a non-negative integer")
+        return text
+
+    return parse
+
+
+_misbehave_spec = _misbehave_parser(_DISTRICT_MODES)
 
 
 def _cmd_district_node(args: argparse.Namespace) -> int:
@@ -300,14 +309,7 @@ _FISCO_MODES = ("forge-commit", "wrong-link", "set-hijack", "bad-proof", "swap-r
                 "empty-forged", "withhold", "garbage", "oversize", "slow")
 
 
-def _fisco_misbehave(text: str) -> str:
-    mode, sep, height = text.partition("@")
-    if mode not in _FISCO_MODES:
-        raise argparse.ArgumentTypeError(
-            f"{mode!r}: choose one of {', '.join(_FISCO_MODES)} (optionally @HEIGHT)")
-    if sep and not (height.isascii() and height.isdigit()):
-        raise argparse.ArgumentTypeError(f"height {height!r} is not a non-negative integer")
-    return text
+_fisco_misbehave = _misbehave_parser(_FISCO_MODES)
 
 
 def _cmd_fisco_node(args: argparse.Namespace) -> int:
