@@ -16,8 +16,15 @@ Crash safety: one ``os.write`` of the whole line on an ``O_APPEND`` descriptor, 
 :meth:`AuditLog.append` returns. A crash mid-write can leave a *torn tail*: bytes after the
 last newline of the last segment. It is reported (``torn_tail``), appending refuses
 (:class:`AuditTornTail`) until :func:`repair` truncates exactly those bytes and logs a
-``repaired`` entry saying how many. A torn write was never acknowledged, so nothing that was
-logged is lost.
+``repaired`` entry saying how many and their SM3 (never the bytes). A torn write was never
+acknowledged, so nothing that was logged is lost. (``appliance run`` repairs a torn tail at
+start by itself; a log that fails for any other reason is never repaired.)
+
+A writer remembers where its last entry went (the segment's device and inode, the size after
+the entry, its seq and hash). If that segment later is gone, another file, shorter, or holds
+another entry at that place (the directory removed or replaced under a running daemon), the
+next append raises :class:`AuditGone` instead of starting a new chain at seq 0, and every
+append after it too: only a new writer (a restart) starts over.
 
 Retention (default 190 days): when a new segment starts, the oldest segments whose every
 entry is older than the window are removed, oldest first, each after a ``pruned`` entry that
@@ -59,8 +66,9 @@ from .gm import sm3
 
 __all__ = [
     "DAY_MS", "DEFAULT_RETENTION_DAYS", "FORBIDDEN_FIELDS", "MAX_ENTRY_BYTES", "MAX_TEXT",
-    "ZERO_HASH", "AuditCorrupt", "AuditEntry", "AuditError", "AuditFieldError", "AuditLog",
-    "AuditTornTail", "RepairResult", "VerifyReport", "entry_hash", "repair", "tail", "verify",
+    "ZERO_HASH", "AuditCorrupt", "AuditEntry", "AuditError", "AuditFieldError", "AuditGone",
+    "AuditLog", "AuditTornTail", "RepairResult", "VerifyReport", "entry_hash", "repair", "tail",
+    "verify",
 ]
 
 DEFAULT_RETENTION_DAYS = 190
@@ -106,6 +114,19 @@ class AuditCorrupt(AuditError):
     """The log does not verify where the writer needs it to (its newest entry)."""
 
     code = "corrupt"
+
+
+class AuditGone(AuditError):
+    """The log this writer was appending to is gone or was replaced under it; ``reason``:
+    ``missing`` (its segment or the directory removed), ``replaced`` (another file in its
+    place), ``truncated`` (shorter than after its last entry) or ``rewritten`` (another entry
+    where its last one was). Sticky: the writer refuses every later append with it."""
+
+    code = "gone"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -169,6 +190,28 @@ class RepairResult:
     truncated_bytes: int
     segment: str | None
     entry: AuditEntry | None
+    truncated_sm3: str | None = None  # hex SM3 of the bytes cut (the bytes are not kept)
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """Where this writer's newest known entry is: the segment (path, device, inode), the
+    segment's size just after that entry and its ctime then (which nobody can set back: any
+    change since sends the next append through the full check), and the entry's seq and
+    hash."""
+
+    path: Path
+    dev: int
+    ino: int
+    size: int
+    ctime_ns: int
+    seq: int
+    hash: bytes
+
+    def same_file(self, path: Path, st: os.stat_result) -> bool:
+        """``path`` is this segment, unchanged since (the fast path of every append)."""
+        return (path, st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns) == \
+            (self.path, self.dev, self.ino, self.size, self.ctime_ns)
 
 
 # -- encoding ---------------------------------------------------------------------------------
@@ -402,11 +445,24 @@ class AuditLog:
         self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self.max_segment_bytes = max_segment_bytes
         self._lock = threading.Lock()
-        # the tail as last seen: (segment path, its size) and the chain state after it
-        self._seen: tuple[Path, int] | None = None
+        # the tail as last seen or written, and the chain state after it
+        self._mark: _Mark | None = None
         self._next_seq = 0
         self._last_hash = ZERO_HASH
         self._segment_day: int | None = None
+        self._fault: AuditError | None = None
+
+    @property
+    def fault(self) -> AuditError | None:
+        """The error every append now raises (:class:`AuditGone`, or what :meth:`disable`
+        was given), or None."""
+        return self._fault
+
+    def disable(self, error: AuditError) -> None:
+        """Refuse every later append with ``error`` (the daemon, for a log that failed
+        verification at start: nothing is appended to a log that may have been tampered
+        with)."""
+        self._fault = error
 
     # -- public -----------------------------------------------------------------------------
 
@@ -414,27 +470,37 @@ class AuditLog:
         """Append one entry (fsynced before returning) and return it.
 
         Raises :class:`AuditFieldError` for what may not be logged, :class:`AuditTornTail` /
-        :class:`AuditCorrupt` when the log's tail needs repair, OSError for the disk.
+        :class:`AuditCorrupt` when the log's tail needs repair, :class:`AuditGone` when the
+        log this writer appended to is gone or was replaced (and on every call after that, as
+        after :meth:`disable`), OSError for the disk.
         """
         if type(kind) is not str or not _KIND.fullmatch(kind):
             raise AuditFieldError(f"kind {str(kind)[:40]!r}: lower-case letters, digits, _ .")
         checked = _check_fields(fields)
-        with self._lock, self._flock():
-            self._load_tail()
-            entry, rolled = self._write(kind, checked)
-            if rolled:
-                # The entry is written: a pruning failure (disk, an older segment that does
-                # not parse, which verify reports) must not make append look failed.
-                with contextlib.suppress(AuditError, OSError):
-                    self._prune_locked(entry.ts)
-            return entry
+        with self._lock:
+            if self._fault is not None:
+                raise self._fault
+            with self._flock():
+                return self._append_locked(kind, checked)
+
+    def _append_locked(self, kind: str, checked: dict[str, Any]) -> AuditEntry:
+        self._load_tail()
+        entry, rolled = self._write(kind, checked)
+        if rolled:
+            # The entry is written: a pruning failure (disk, an older segment that does
+            # not parse, which verify reports) must not make append look failed.
+            with contextlib.suppress(AuditError, OSError):
+                self._prune_locked(entry.ts)
+        return entry
 
     def check(self) -> None:
         """Raise :class:`AuditTornTail` or :class:`AuditCorrupt` unless appending can go on
         (reads only the tail; :func:`verify` checks the whole chain)."""
-        with self._lock, self._flock():
-            self._seen = None
-            self._load_tail()
+        with self._lock:
+            if self._fault is not None:
+                raise self._fault
+            with self._flock():
+                self._load_tail(force=True)
 
     def prune(self, now_ms: int | None = None) -> list[str]:
         """Remove segments older than the retention window now; their names."""
@@ -443,7 +509,10 @@ class AuditLog:
             return self._prune_locked(self.clock_ms() if now_ms is None else now_ms)
 
     def verify(self) -> VerifyReport:
-        return verify(self.path)
+        """:func:`verify` under the log's lock: no other writer appends, starts or prunes a
+        segment meanwhile (so a line being written is not taken for a torn tail)."""
+        with self._lock, self._flock():
+            return verify(self.path)
 
     def tail(self, n: int) -> list[AuditEntry]:
         return tail(self.path, n)
@@ -452,7 +521,10 @@ class AuditLog:
 
     @contextlib.contextmanager
     def _flock(self) -> Iterator[None]:
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self._mark is None:
+            self.path.mkdir(parents=True, exist_ok=True)
+        elif not self.path.is_dir():  # never recreate a log this writer was appending to
+            raise self._gone("missing", f"the audit log directory {self.path} is gone")
         fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -460,18 +532,79 @@ class AuditLog:
         finally:
             os.close(fd)  # releases the lock
 
-    def _load_tail(self) -> None:
+    def _gone(self, reason: str, message: str) -> AuditGone:
+        m = self._mark
+        where = "" if m is None or m.seq < 0 else f" (this writer's last entry: seq {m.seq})"
+        self._fault = AuditGone(reason, f"{message}{where}; not starting a new chain: "
+                                "restart the writer once the log is accounted for")
+        return self._fault
+
+    def _check_mark(self, segments: list[tuple[int, Path]]) -> None:
+        """The log still holds this writer's last entry where it wrote it (other writers may
+        have appended after it); raises :class:`AuditGone` otherwise."""
+        m = self._mark
+        assert m is not None
+        try:
+            st = os.stat(m.path)
+        except FileNotFoundError:
+            if segments and self._pruned_since(segments, m):
+                return  # another writer pruned it (retention): the chain went on
+            raise self._gone("missing", f"{m.path.name} of the audit log is gone") from None
+        if (st.st_dev, st.st_ino) != (m.dev, m.ino):
+            raise self._gone("replaced", f"{m.path.name} of the audit log was replaced by "
+                             "another file")
+        if st.st_size < m.size:
+            raise self._gone("truncated", f"{m.path.name} of the audit log is shorter "
+                             f"({st.st_size} bytes) than after this writer's last entry "
+                             f"({m.size})")
+        if m.size == 0:
+            return
+        with open(m.path, "rb") as f:
+            start = max(0, m.size - MAX_ENTRY_BYTES - 1)
+            f.seek(start)
+            window = f.read(m.size - start)
+        raw = window[window.rfind(b"\n", 0, len(window) - 1) + 1:-1]
+        try:
+            entry = _parse_line(raw) if window.endswith(b"\n") else None
+        except ValueError:
+            entry = None
+        if entry is None or entry.seq != m.seq or entry.hash != m.hash:
+            raise self._gone("rewritten", f"{m.path.name} of the audit log no longer holds "
+                             "this writer's last entry where it wrote it")
+
+    @staticmethod
+    def _pruned_since(segments: list[tuple[int, Path]], m: _Mark) -> bool:
+        for _, seg in reversed(segments):
+            with contextlib.suppress(OSError):
+                for raw in reversed(_lines(seg.read_bytes())[0]):
+                    with contextlib.suppress(ValueError):
+                        e = _parse_line(raw)
+                        if e.kind == "pruned" and e.fields.get("segment") == m.path.name \
+                                and e.fields.get("last_hash") == m.hash.hex():
+                            return True
+        return False
+
+    def _set_mark(self, path: Path, st: os.stat_result, seq: int, hash_: bytes) -> None:
+        self._mark = _Mark(path, st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns, seq, hash_)
+
+    def _load_tail(self, *, force: bool = False) -> None:
         """Bring the chain state up to date with the files (another writer may have moved
-        them); raises if the newest segment is torn or its last entry does not check."""
+        them); raises if the newest segment is torn or its last entry does not check, and
+        :class:`AuditGone` if this writer's last entry is no longer where it was."""
         segments = _segments(self.path)
+        m = self._mark
+        if segments and m is not None and not force:
+            newest = segments[-1][1]
+            if m.same_file(newest, os.stat(newest)):
+                return  # nothing moved since this writer's last look
+        if m is not None:
+            self._check_mark(segments)
         if not segments:
-            self._seen, self._next_seq, self._last_hash = None, 0, ZERO_HASH
+            self._mark, self._next_seq, self._last_hash = None, 0, ZERO_HASH
             self._segment_day = None
             return
         newest = segments[-1][1]
-        size = newest.stat().st_size
-        if self._seen == (newest, size):
-            return
+        st = os.stat(newest)
         self._next_seq, self._last_hash, self._segment_day = 0, ZERO_HASH, None
         for first, seg in reversed(segments):
             data = seg.read_bytes()
@@ -499,7 +632,7 @@ class AuditLog:
                 raise AuditCorrupt(f"{newest.name} does not follow {seg.name}")
             self._next_seq, self._last_hash = last.seq + 1, last.hash
             break
-        self._seen = (newest, size)
+        self._set_mark(newest, st, self._next_seq - 1, self._last_hash)
 
     def _write(self, kind: str, fields: dict[str, Any]) -> tuple[AuditEntry, bool]:
         ts = self.clock_ms()
@@ -514,7 +647,7 @@ class AuditLog:
             target = self.path / _segment_name(seq)
         else:
             target = segments[-1][1]
-            size = self._seen[1] if self._seen is not None else 0
+            size = self._mark.size if self._mark is not None else 0
             if size == 0:  # an empty newest segment (a crash right after creating it)
                 if target.name != _segment_name(seq):
                     raise AuditCorrupt(f"{target.name} is empty but named for another seq "
@@ -531,12 +664,12 @@ class AuditLog:
                 written = os.write(fd, view)
                 view = view[written:]
             os.fsync(fd)
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
         finally:
             os.close(fd)
         if created or self._segment_day is None:
             self._segment_day = _utc_day(ts)
-        self._seen = (target, size)
+        self._set_mark(target, st, seq, entry.hash)
         self._next_seq, self._last_hash = seq + 1, entry.hash
         return entry, rolled
 
@@ -566,12 +699,16 @@ class AuditLog:
 
 
 def repair(path: str | os.PathLike[str], *, operator: str,
-           clock_ms: Callable[[], int] | None = None) -> RepairResult:
+           clock_ms: Callable[[], int] | None = None, automatic: bool = False,
+           log: AuditLog | None = None) -> RepairResult:
     """Truncate a torn tail (only the bytes after the last complete entry) and log a
-    ``repaired`` entry. Nothing to do when the log verifies; :class:`AuditCorrupt` when it
-    fails for any other reason than a torn tail (repair never hides tampering)."""
+    ``repaired`` entry (``segment``, ``truncated_bytes``, ``truncated_sm3``: the hex SM3 of
+    the bytes cut, never the bytes; ``operator``; ``automatic`` when the daemon did it at
+    start). Nothing to do when the log verifies; :class:`AuditCorrupt` when it fails for any
+    other reason than a torn tail (repair never hides tampering). ``log``: the writer to
+    repair through (the daemon's), else a new one."""
     directory = Path(path)
-    log = AuditLog(directory, clock_ms=clock_ms)
+    log = log or AuditLog(directory, clock_ms=clock_ms)
     with log._lock, log._flock():
         report = verify(directory)
         if report.ok:
@@ -581,17 +718,23 @@ def repair(path: str | os.PathLike[str], *, operator: str,
                                f"{report.index}, {report.segment} line {report.line}): "
                                f"{report.detail}; repair only truncates a torn tail")
         seg = _segments(directory)[-1][1]
-        size = seg.stat().st_size
-        keep = size - report.torn_bytes
-        fd = os.open(seg, os.O_WRONLY)
+        fd = os.open(seg, os.O_RDWR)
         try:
+            size = os.fstat(fd).st_size
+            keep = size - report.torn_bytes
+            cut = os.pread(fd, report.torn_bytes, keep)
             os.ftruncate(fd, keep)
             os.fsync(fd)
         finally:
             os.close(fd)
-        log._seen = None
+        digest = sm3.digest(cut).hex()
+        del cut
+        log._mark = None  # the segment changed under any earlier look: read it afresh
         log._load_tail()
-        entry, _ = log._write("repaired", {"segment": seg.name,
-                                           "truncated_bytes": report.torn_bytes,
-                                           "operator": _check_value("operator", operator, 0)})
-        return RepairResult(True, report.torn_bytes, seg.name, entry)
+        fields: dict[str, Any] = {"segment": seg.name, "truncated_bytes": report.torn_bytes,
+                                  "truncated_sm3": digest,
+                                  "operator": _check_value("operator", operator, 0)}
+        if automatic:
+            fields["automatic"] = True
+        entry, _ = log._write("repaired", fields)
+        return RepairResult(True, report.torn_bytes, seg.name, entry, digest)

@@ -8,7 +8,8 @@ or no log there; 3 only a torn tail (a crash mid-write: ``appliance audit repair
 
 ``appliance audit tail [-n N]`` prints the last N entries (default 20) and the head hash.
 
-``appliance audit repair --operator NAME`` truncates a torn tail and logs ``repaired``;
+``appliance audit repair --operator NAME`` truncates a torn tail and logs ``repaired`` (with the
+byte count and the SM3 of the bytes cut, never the bytes);
 exit 0 (also when there was nothing to repair), 1 when the log fails for another reason
 (repair never rewrites entries).
 
@@ -147,6 +148,7 @@ def run_repair(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(EXIT_FAILED, "io", f"cannot repair {directory}: {exc.strerror or exc}")
     _out({"ok": True, "log": str(directory), "repaired": result.repaired,
-          "truncated_bytes": result.truncated_bytes, "segment": result.segment,
+          "truncated_bytes": result.truncated_bytes, "truncated_sm3": result.truncated_sm3,
+          "segment": result.segment,
           "entry": result.entry.to_json() if result.entry else None})
     return EXIT_OK

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -27,6 +28,10 @@ DEFAULT_CONFIG = Path("/etc/appliance/appliance.toml")
 DEFAULT_STATE = Path("/var/lib/appliance")
 MAX_CONFIG_BYTES = 1 << 20
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+NATIVE, FISCO = "native", "fisco-bcos-3"
+CHAIN_KINDS = (NATIVE, FISCO)
+MAX_RPC_URLS = 64
+_GROUP = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # as a FISCO anchor's group
 
 
 class ConfigError(ValueError):
@@ -44,6 +49,21 @@ class NodeConfig:
     peers: tuple[str, ...] = ()  # static district-node URLs
     discover: bool = True  # mDNS discovery of district nodes
     discover_interfaces: tuple[str, ...] = ()  # empty: every interface
+
+
+@dataclass(frozen=True, slots=True)
+class ChainConfig:
+    """Which chain the light node follows: this project's ledger (``native``, its district
+    nodes in ``[node]``) or a FISCO BCOS 3.x chain in gm mode (``fisco-bcos-3``: its nodes'
+    JSON-RPC URLs and group here). The trust anchor is ``node.trust`` for both."""
+
+    kind: str = NATIVE
+    rpc: tuple[str, ...] = ()  # fisco-bcos-3: JSON-RPC URLs of the chain's nodes
+    group: str = "group0"  # fisco-bcos-3: the group (must be the anchor's)
+
+    @property
+    def fisco(self) -> bool:
+        return self.kind == FISCO
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +114,7 @@ class LogConfig:
 @dataclass(frozen=True, slots=True)
 class Config:
     state_dir: Path = DEFAULT_STATE
+    chain: ChainConfig = field(default_factory=ChainConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     hsm: HsmConfig = field(default_factory=HsmConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
@@ -104,7 +125,10 @@ class Config:
 
     @property
     def trust_path(self) -> Path:
-        return self.node.trust or self.state_dir / "trust.cbor"
+        """``node.trust``; by default STATE/trust.cbor (native, canonical CBOR) or
+        STATE/trust.json (fisco-bcos-3, the FISCO anchor's JSON)."""
+        default = "trust.json" if self.chain.fisco else "trust.cbor"
+        return self.node.trust or self.state_dir / default
 
     @property
     def audit_path(self) -> Path:
@@ -132,7 +156,7 @@ class Config:
 
         out: dict[str, Any] = {"state_dir": str(self.state_dir),
                                "source": str(self.source) if self.source else None}
-        for name in ("node", "hsm", "identity", "kiosk", "audit", "log"):
+        for name in _SECTIONS:
             sect = getattr(self, name)
             out[name] = {f.name: conv(getattr(sect, f.name)) for f in fields(sect)}
         return out
@@ -186,7 +210,7 @@ def parse_text(data: bytes | str, *, env: Mapping[str, str] | None = None,
     return parse(doc, env=env)
 
 
-_SECTIONS = ("node", "hsm", "identity", "kiosk", "audit", "log")
+_SECTIONS = ("chain", "node", "hsm", "identity", "kiosk", "audit", "log")
 
 
 def parse(doc: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> Config:
@@ -203,6 +227,7 @@ def parse(doc: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> Co
         Path(env.get("APPLIANCE_STATE") or DEFAULT_STATE)
     r = _Reader(doc)
     r.check_unknown()
+    chain = _chain(r)
     node = NodeConfig(
         trust=r.opt_path("node", "trust"),
         peers=tuple(_peer(u, f"node.peers[{i}]")
@@ -211,6 +236,9 @@ def parse(doc: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> Co
         discover_interfaces=tuple(_text(a, f"node.discover_interfaces[{i}]") for i, a in
                                   enumerate(r.get("node", "discover_interfaces", list, []))),
     )
+    if chain.fisco and node.peers:
+        raise ConfigError("district-node URLs are for the native chain; the nodes of a "
+                          "fisco-bcos-3 chain go in chain.rpc", "node.peers")
     slot = r.get("hsm", "slot", int, 0)
     if not 0 <= slot <= 15:
         raise ConfigError("must be 0..15", "hsm.slot")
@@ -250,11 +278,53 @@ def parse(doc: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> Co
     level = r.get("log", "level", str, "info").lower()
     if level not in LOG_LEVELS:
         raise ConfigError("must be one of " + ", ".join(LOG_LEVELS), "log.level")
-    return Config(state_dir=state, node=node, hsm=hsm, identity=identity, kiosk=kiosk,
-                  audit=audit, log=LogConfig(level))
+    return Config(state_dir=state, chain=chain, node=node, hsm=hsm, identity=identity,
+                  kiosk=kiosk, audit=audit, log=LogConfig(level))
+
+
+def _chain(r: _Reader) -> ChainConfig:
+    kind = r.get("chain", "kind", str, NATIVE)
+    if kind not in CHAIN_KINDS:
+        raise ConfigError("must be " + " or ".join(repr(k) for k in CHAIN_KINDS), "chain.kind")
+    table = r.doc.get("chain", {})
+    if kind == NATIVE:
+        for key in ("rpc", "group"):
+            if key in table:
+                raise ConfigError(f"only for kind = {FISCO!r} (the native chain's district "
+                                  "nodes are node.peers)", f"chain.{key}")
+        return ChainConfig()
+    urls = r.get("chain", "rpc", list, [])
+    if not urls:
+        raise ConfigError(f"kind = {FISCO!r} needs the JSON-RPC URL of at least one of the "
+                          "chain's nodes (rpc = [\"http://HOST:20200\"])", "chain.rpc")
+    if len(urls) > MAX_RPC_URLS:
+        raise ConfigError(f"at most {MAX_RPC_URLS} URLs", "chain.rpc")
+    rpc: list[str] = []
+    for i, url in enumerate(urls):
+        norm = _rpc_url(url, f"chain.rpc[{i}]")
+        if norm in rpc:
+            raise ConfigError(f"{norm} is listed twice", f"chain.rpc[{i}]")
+        rpc.append(norm)
+    group = r.get("chain", "group", str, "group0")
+    if not _GROUP.fullmatch(group):
+        raise ConfigError("must be 1..64 of A-Z a-z 0-9 _ . -", "chain.group")
+    return ChainConfig(kind=kind, rpc=tuple(rpc), group=group)
+
+
+def _rpc_url(value: Any, key: str) -> str:
+    """A FISCO node's JSON-RPC URL in the form the light node keys its peers by."""
+    from .node.peers import normalize_url
+
+    text = _text(value, key)
+    _http_url(text, key)  # the same wording as every other URL key
+    try:
+        return normalize_url(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key) from None
 
 
 _KNOWN = {
+    "chain": {"kind", "rpc", "group"},
     "node": {"trust", "peers", "discover", "discover_interfaces"},
     "hsm": {"device", "slot", "pin_file", "pin_env", "vendor_id", "model_id"},
     "identity": {"url", "public_key", "service", "timeout_s"},
@@ -387,8 +457,13 @@ DEFAULTS_TOML = """\
 # /etc/appliance/appliance.toml: every key, with its default.
 state_dir = "/var/lib/appliance"        # or $APPLIANCE_STATE when the key is left out
 
+[chain]
+kind = "native"                         # native | fisco-bcos-3
+# rpc = ["http://10.0.0.5:20200"]       # fisco-bcos-3: the nodes' JSON-RPC URLs (required)
+# group = "group0"                      # fisco-bcos-3: the group (the anchor's)
+
 [node]
-# trust = "/var/lib/appliance/trust.cbor"  # default: STATE_DIR/trust.cbor
+# trust = "/var/lib/appliance/trust.cbor"  # default: STATE_DIR/trust.cbor (fisco: trust.json)
 peers = []                              # static district-node URLs
 discover = true                         # mDNS (_gov-ledger._tcp.local.)
 discover_interfaces = []                # empty: all; ["127.0.0.1"] on a HIL rig

@@ -2,7 +2,10 @@
 
 - ``node``: the light node (:class:`~appliance.node.client.NodeSync`) with its static and
   discovered peers; the equivocation alarm of its store is watched and handed to the
-  authorization flow (``runner.alarm_changed``) and to the audit log;
+  authorization flow (``runner.alarm_changed``) and to the audit log. With ``chain.kind =
+  "fisco-bcos-3"`` it is the FISCO BCOS 3.x sync (:mod:`appliance.node.fisco`) instead, run
+  continuously; authorizations and license lookups need the native ledger's transaction
+  types, so the kiosk then shows why they are not available (:class:`ChainUnavailable`);
 - ``hsm``: the crypto module: opened, logged in, checked every few seconds; the device key
   signs through :class:`ModuleDeviceSigner`;
 - ``kiosk``: the local web server (UI and API, loopback only) and the authorization flow.
@@ -13,6 +16,11 @@ often, never given up on (a kiosk with no one to restart it must heal itself). L
 logging to stderr, one event a line, for journald. With ``NOTIFY_SOCKET`` set (systemd
 ``Type=notify``) the daemon sends ``READY=1`` once the UI serves, ``WATCHDOG=1`` at half of
 ``WATCHDOG_USEC`` while the event loop runs, and ``STOPPING=1`` on SIGTERM/SIGINT.
+
+The audit log is opened (and verified whole) before anything else: a torn tail (a power cut
+mid-append) is repaired at once and logged as ``repaired``; a log that fails for any other
+reason is never repaired: nothing more is appended to it and ``/api/health`` says why
+(:func:`start_audit`).
 """
 
 from __future__ import annotations
@@ -33,6 +41,91 @@ from typing import Any
 from .config import Config
 
 log = logging.getLogger("appliance.service")
+
+#: How long the FISCO sync may go without a new block before one round ends and the next
+#: begins (FISCO seals blocks only when there are transactions, so an idle chain is normal).
+FISCO_ROUND_S = 60.0
+#: Why authorizations and license lookups are not offered on a FISCO BCOS 3.x chain.
+FISCO_UNAVAILABLE = ("chain.kind = fisco-bcos-3: authorizations (license.authorize) and PAD "
+                     "license lookups (evidence.deposit) need the native ledger's transaction "
+                     "types, which a FISCO BCOS 3.x chain does not carry yet")
+FISCO_UNAVAILABLE_VIEW_ERROR = {
+    "code": "chain_unsupported",
+    "title_zh": "本终端暂不能办理授权",
+    "title_en": "Authorizations are not available on this terminal",
+    "message_zh": "本终端连接的是 FISCO BCOS 3.x 区块链。刷脸授权和证照查验需要本系统账本的交易类型"
+                  "（license.authorize、evidence.deposit），该链上暂不支持。请到窗口办理。",
+    "message_en": "This terminal is connected to a FISCO BCOS 3.x chain. Face-verified "
+                  "authorizations and license lookups need this system's own ledger "
+                  "transactions (license.authorize, evidence.deposit), which that chain does "
+                  "not carry yet. Please go to a window.",
+    "tx_id": None,
+}
+
+
+# -- the audit log at start -----------------------------------------------------------------
+
+
+@dataclass
+class AuditStart:
+    """What :func:`start_audit` found: ``state`` ``ok``, ``repaired`` (a torn tail cut) or
+    ``failed`` (the log does not verify: nothing is appended to it)."""
+
+    state: str
+    error: str | None = None
+    detail: str = ""
+    repaired: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state, "error": self.error, "detail": self.detail,
+                "repaired": self.repaired}
+
+
+def start_audit(path: Any, *, retention_days: int,
+                clock_ms: Callable[[], int] | None = None) -> tuple[Any, AuditStart]:
+    """Open the audit log for the daemon and verify it whole (docs/audit.md).
+
+    - it verifies: appended to as it is;
+    - only a torn tail (a crash mid-append; the torn entry was never acknowledged): cut at
+      once (``appliance.audit.repair``), logged as ``repaired`` with the byte count and the
+      SM3 of the cut bytes, and a warning logged;
+    - anything else (an entry edited, removed or inserted, an older segment damaged: possible
+      tampering): never repaired; the writer is disabled (every append raises) and the error
+      is logged and shown in ``/api/health`` until an operator has looked at it.
+    """
+    from .audit import AuditCorrupt, AuditError, AuditLog, repair
+
+    audit = AuditLog(path, retention_days=retention_days, clock_ms=clock_ms)
+    try:
+        report = audit.verify()  # under the log's lock: a concurrent append is not "torn"
+        if report.ok:
+            return audit, AuditStart("ok")
+        if report.error == "torn_tail":
+            result = repair(path, operator="appliance run", automatic=True, log=audit,
+                            clock_ms=clock_ms)
+            if result.repaired and result.entry is not None:
+                info = {"segment": result.segment, "truncated_bytes": result.truncated_bytes,
+                        "truncated_sm3": result.truncated_sm3, "seq": result.entry.seq}
+                log.warning("audit log: a torn tail (a crash mid-append) was repaired at "
+                            "start: %d bytes cut from %s (sm3 %s), logged as 'repaired' "
+                            "seq %d", result.truncated_bytes, result.segment,
+                            result.truncated_sm3, result.entry.seq)
+                return audit, AuditStart("repaired", repaired=info)
+            return audit, AuditStart("ok")  # another writer repaired it meanwhile
+        where = (f"{report.error} at index {report.index}, {report.segment}"
+                 f"{'' if report.line is None else f' line {report.line}'}")
+        error: AuditError = AuditCorrupt(f"the audit log does not verify ({where}): "
+                                         f"{report.detail}")
+        code = report.error
+    except AuditError as exc:  # repair refused: the log changed between verify and repair
+        error, code = exc, exc.code
+    except OSError as exc:
+        error, code = AuditCorrupt(f"the audit log cannot be read: {exc}"), "io"
+    audit.disable(error)
+    log.error("AUDIT LOG FAILED VERIFICATION AT START: %s. It is not repaired and nothing "
+              "is appended to it; check it with 'appliance audit verify' (possible "
+              "tampering)", error)
+    return audit, AuditStart("failed", error=code, detail=str(error))
 
 
 # -- systemd notifications ---------------------------------------------------------------------
@@ -218,6 +311,64 @@ def setup_logging(level: str, stream: Any = None) -> None:
 # -- the device key in the crypto module --------------------------------------------------------
 
 
+class _AuditSink:
+    """The daemon's audit log as the runner sees it: the same appends, with failures noted
+    for ``/api/health`` (the runner only logs them)."""
+
+    def __init__(self, app: Appliance) -> None:
+        self._app = app
+
+    def append(self, kind: str, **fields: Any) -> Any:
+        try:
+            entry = self._app.audit.append(kind, **fields)
+        except Exception as exc:
+            self._app._audit_error = f"{kind}: {type(exc).__name__}: {_one_line(str(exc))}"
+            raise
+        self._app._audit_error = None
+        return entry
+
+
+class ChainUnavailable:
+    """Stands in for the flow runner when the chain cannot carry authorizations (a FISCO BCOS
+    3.x chain): the web server shows its one view, the error screen saying why in Chinese and
+    English, and every UI event is refused."""
+
+    def __init__(self, error: Mapping[str, Any]) -> None:
+        self._view: dict[str, Any] = {
+            "screen": "error", "seq": 1, "session": None, "deadline_ms": None,
+            "warn_at_ms": None, "can_extend": False, "extends_left": 0, "can_cancel": False,
+            "matter": None, "capture": None, "error": dict(error), "receipt": None,
+            "alternative": None, "alarm": None, "unavailable": True}
+        self._stop = asyncio.Event()
+
+    def view(self) -> dict[str, Any]:
+        return dict(self._view)
+
+    def post(self, ui_event: Mapping[str, Any]) -> bool:
+        return False  # nothing to start, nothing to cancel
+
+    async def subscribe(self) -> Any:
+        yield {"type": "view", "view": self.view()}
+        await self._stop.wait()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class _NoLookups:
+    """The PAD's light node on a chain without ``evidence.deposit``: every lookup is refused
+    with the reason (the web API answers 503 with it)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    async def lookup_detailed(self, digest: bytes, *, timeout_s: float = 20.0) -> Any:
+        from .node.client import TxError
+
+        raise TxError("证照查验在 FISCO BCOS 3.x 链上暂不可用 / license lookups are not "
+                      f"available: {FISCO_UNAVAILABLE}", code="not_available")
+
+
 class ModuleDeviceSigner:
     """The runner's signer: ``await sign(message) -> (alg, public_key, signature)``, signed
     inside the crypto module (the key never leaves it), the blocking driver in a thread."""
@@ -289,18 +440,24 @@ class Appliance:
         self.signer: ModuleDeviceSigner | None = None
         self.runner: Any = None  # FlowRunner once the kiosk task has it
         self.audit: Any = None
+        self.audit_start: AuditStart | None = None
+        self._audit_error: str | None = None  # the last append that failed, until one works
         self.web: Any = None
         self.stop = asyncio.Event()
         self._alarm: tuple[bool, str] | None = None
         self._hsm_client: Any = None
+        # the simulated hall is a native-ledger hall whatever the file says
+        self.fisco = sim is None and cfg.chain.fisco
+        self._height: int | None = None
+        self._anchor_height: int | None = None
 
     # -- audit -----------------------------------------------------------------------------
 
     def _open_audit(self) -> None:
-        from .audit import AuditLog
-
-        self.audit = AuditLog(self.cfg.audit_path, retention_days=self.cfg.audit.retention_days,
-                              clock_ms=lambda: int(time.time() * 1000))
+        """:func:`start_audit` (verify, repair a torn tail, or disable a failed log)."""
+        self.audit, self.audit_start = start_audit(
+            self.cfg.audit_path, retention_days=self.cfg.audit.retention_days,
+            clock_ms=lambda: int(time.time() * 1000))
 
     def audit_event(self, kind: str, **fields: Any) -> None:
         log.info("audit %s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()))
@@ -309,7 +466,25 @@ class Appliance:
         try:
             self.audit.append(kind, **fields)
         except Exception as exc:  # noqa: BLE001 - the audit log failing must be seen, loudly
+            self._audit_error = f"{kind}: {type(exc).__name__}: {_one_line(str(exc))}"
             log.error("audit log append failed (%s): %s", kind, exc)
+        else:
+            self._audit_error = None
+
+    def audit_health(self) -> dict[str, Any]:
+        """The audit log's part of ``/api/health``: ``ok`` false (with ``error`` and
+        ``detail``) while appends fail or are refused."""
+        start = self.audit_start or AuditStart("ok")
+        doc: dict[str, Any] = {"ok": start.state != "failed", **start.to_json()}
+        if start.state == "failed":
+            return doc  # in verify's own words; every append since has been refused
+        fault = None if self.audit is None else getattr(self.audit, "fault", None)
+        if fault is not None:
+            doc.update(ok=False, state="failed", error=getattr(fault, "code", "audit"),
+                       detail=_one_line(str(fault)))
+        elif self._audit_error is not None:
+            doc.update(ok=False, error="append_failed", detail=self._audit_error)
+        return doc
 
     def _on_crash(self, name: str, error: BaseException | None) -> None:
         state = "restarting"
@@ -324,9 +499,10 @@ class Appliance:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, self._request_stop)
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        self._open_audit()
+        await asyncio.to_thread(self._open_audit)  # verifies the whole log: not in the loop
         self.audit_event("service_start", sim=self.sim is not None,
-                         mode=self.cfg.kiosk.mode)
+                         mode=self.cfg.kiosk.mode,
+                         chain="native" if not self.fisco else self.cfg.chain.kind)
         from .kiosk.web.server import WebServer
 
         self.web = WebServer(self, self.cfg.kiosk.listen_host, self.cfg.kiosk.listen_port)
@@ -342,7 +518,7 @@ class Appliance:
                  time.monotonic() - self.readiness.started_at)
         self.notifier.notify(f"READY=1\nSTATUS=UI on {url}")
         watchdog = asyncio.create_task(self.notifier.watchdog())
-        self.supervisor.add("node", self._node_task)
+        self.supervisor.add("node", self._fisco_node_task if self.fisco else self._node_task)
         self.supervisor.add("hsm", self._hsm_task)
         self.supervisor.add("kiosk", self._kiosk_task)
         try:
@@ -371,7 +547,6 @@ class Appliance:
     async def _node_task(self) -> None:
         from .node.client import NodeSync
         from .node.discovery import Discovery
-        from .node.store import HeaderStore, StoreCorrupt
 
         if self.sim is not None:
             await self.sim.wait_chain()
@@ -381,18 +556,7 @@ class Appliance:
         except OSError as exc:
             raise RuntimeError(f"cannot read the trust anchor {trust}: "
                                f"{exc.strerror or exc}") from None
-        self.cfg.node_dir.mkdir(parents=True, exist_ok=True)
-        path = self.cfg.node_dir / "headers.sqlite"
-        try:
-            store = await asyncio.to_thread(HeaderStore.open, path)
-        except StoreCorrupt as exc:
-            # docs/light-node.md: move a damaged store aside and sync again from the anchor
-            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-            for suffix in ("", "-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.replace(f"{path}{suffix}", f"{aside}{suffix}")
-            raise RuntimeError(f"the header store was damaged ({exc}); moved to {aside}, "
-                               "syncing again from the trust anchor") from None
+        store = await self._open_store()
         service = self
 
         class _Node(NodeSync):
@@ -436,6 +600,91 @@ class Appliance:
             self.readiness.set("node", "starting")
             await asyncio.to_thread(store.close)
 
+    async def _open_store(self) -> Any:
+        from .node.store import HeaderStore, StoreCorrupt
+
+        self.cfg.node_dir.mkdir(parents=True, exist_ok=True)
+        path = self.cfg.node_dir / "headers.sqlite"
+        try:
+            return await asyncio.to_thread(HeaderStore.open, path)
+        except StoreCorrupt as exc:
+            # docs/light-node.md: move a damaged store aside and sync again from the anchor
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+            raise RuntimeError(f"the header store was damaged ({exc}); moved to {aside}, "
+                               "syncing again from the trust anchor") from None
+
+    async def _fisco_node_task(self) -> None:
+        """The FISCO BCOS 3.x light node (appliance.node.fisco), synced continuously: one
+        round to the nodes' tip, then rounds that each end after :data:`FISCO_ROUND_S`
+        without a new block (a sealer change raises its alarm when a round ends)."""
+        from .node.errors import LedgerError
+        from .node.fisco.anchor import decode_anchor
+        from .node.fisco.cli import _write_peers
+        from .node.fisco.client import FiscoNodeSync, StoreMismatch
+        from .node.fisco.sync import BanPeer
+
+        chain = self.cfg.chain
+        trust = self.cfg.trust_path
+        try:
+            anchor = decode_anchor(trust.read_bytes())
+        except OSError as exc:
+            raise RuntimeError(f"cannot read the trust anchor {trust}: "
+                               f"{exc.strerror or exc}") from None
+        except LedgerError as exc:
+            raise RuntimeError(f"{trust} is not a FISCO trust anchor: {exc}") from None
+        if anchor.group != chain.group:
+            raise RuntimeError(f"chain.group {chain.group!r} is not the group of the trust "
+                               f"anchor {trust} ({anchor.group!r})")
+        store = await self._open_store()
+        service = self
+
+        class _Node(FiscoNodeSync):
+            async def _apply(self, ev: object) -> None:  # audit the peer bans
+                if isinstance(ev, BanPeer):
+                    service.audit_event("peer_ban", peer=ev.peer, reason=ev.reason,
+                                        detail=ev.detail[:500])
+                await super()._apply(ev)
+
+        stop = asyncio.Event()
+        watcher: asyncio.Task[None] | None = None
+        try:
+            try:
+                node = _Node(store, anchor)
+            except StoreMismatch as exc:
+                raise RuntimeError(f"{exc}: this terminal's header store is for another chain "
+                                   f"or anchor; move {store.path} aside to sync this one"
+                                   ) from None
+            for url in chain.rpc:
+                node.add_peer(url)
+            self._anchor_height = anchor.height
+            self.node = _NoLookups(store)  # the PAD's lookups: refused with the reason
+            watcher = asyncio.create_task(self._watch_node(node, store, stop))
+            said = ""
+            while not self.stop.is_set():
+                result = await node.run(stall_timeout_s=FISCO_ROUND_S, stop=self.stop)
+                await asyncio.to_thread(_write_peers, self.cfg.node_dir / "peers.json",
+                                        result.peers)
+                idle = result.reason == "no_valid_chain" and result.peers and all(
+                    p.get("state") == "ok" for p in result.peers)
+                say = "" if result.ok or idle or result.reason == "stopped" else \
+                    f"{result.reason}: {result.message}"
+                if say != said:
+                    if say:
+                        log.warning("FISCO BCOS sync: %s", _one_line(say))
+                    said = say
+        finally:
+            stop.set()
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            self.node = None
+            self.readiness.set("node", "starting")
+            await asyncio.to_thread(store.close)
+
     async def _watch_node(self, node: Any, store: Any, stop: asyncio.Event) -> None:
         """Readiness (a verified tip), and the equivocation alarm to the flow and the log."""
         def read() -> tuple[Any, list[Any]]:
@@ -444,6 +693,7 @@ class Appliance:
         while not stop.is_set():
             tip, alarms = await asyncio.to_thread(read)
             if tip is not None:
+                self._height = tip.height
                 self.readiness.set("node", "ready", f"height {tip.height}")
             active = bool(alarms)
             detail = "; ".join(a.detail for a in alarms)
@@ -500,7 +750,11 @@ class Appliance:
 
     async def _kiosk_task(self) -> None:
         """The authorization flow, once its parts are there (the UI serves from the start).
-        When the node or the module task restarts, the runner is rebuilt on the new one."""
+        When the node or the module task restarts, the runner is rebuilt on the new one.
+        On a chain that cannot carry authorizations it shows why instead."""
+        if self.fisco:
+            await self._unavailable_kiosk_task(FISCO_UNAVAILABLE, FISCO_UNAVAILABLE_VIEW_ERROR)
+            return
         try:
             from .kiosk import runner as runner_mod
         except ImportError:
@@ -543,6 +797,16 @@ class Appliance:
                 with contextlib.suppress(Exception):
                     await runner.identity.close()
 
+    async def _unavailable_kiosk_task(self, reason: str, view_error: Mapping[str, Any]) -> None:
+        stand_in = ChainUnavailable(view_error)
+        if self.web is not None:
+            self.web.attach_runner(stand_in)
+        self.readiness.set("kiosk", "unavailable", reason)
+        try:
+            await self.stop.wait()
+        finally:
+            stand_in.stop()
+
     async def _make_runner(self, runner_mod: Any) -> Any:
         from .kiosk import flow as flow_mod
         from .kiosk import identity as identity_mod
@@ -568,7 +832,7 @@ class Appliance:
         # The alarm comes from _watch_node (alarm_poll_s=None: no second poller).
         return runner_mod.FlowRunner(
             flow, frames=frames, capture_config=CaptureConfig(), identity=identity,
-            signer=self.signer, node=self.node, audit=self.audit, alarm_poll_s=None,
+            signer=self.signer, node=self.node, audit=_AuditSink(self), alarm_poll_s=None,
             identity_timeout_s=cfg.identity.timeout_s,
             capture_listener=None if self.sim is None else self.sim.capture_listener)
 
@@ -586,7 +850,25 @@ class Appliance:
                 "tasks": self.supervisor.status(), "mode": self.cfg.kiosk.mode,
                 "sim": None if self.sim is None else self.sim.info(),
                 "alarm": None if not (self._alarm and self._alarm[0]) else self._alarm[1],
+                "chain": self._chain_health(), "authorizations": self._authorizations(),
+                "audit": self.audit_health(),
                 "uptime_s": round(time.monotonic() - self.readiness.started_at, 3)}
+
+    def _chain_health(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"kind": "fisco-bcos-3" if self.fisco else "native",
+                               "height": self._height}
+        if self.fisco:
+            doc.update(group=self.cfg.chain.group, rpc=list(self.cfg.chain.rpc),
+                       anchor_height=self._anchor_height)
+        return doc
+
+    def _authorizations(self) -> dict[str, Any]:
+        if self.fisco:
+            return {"available": False, "reason": FISCO_UNAVAILABLE}
+        if self._alarm and self._alarm[0]:
+            return {"available": False, "reason": f"alarm: {self._alarm[1]}"}
+        return {"available": self.runner is not None,
+                "reason": None if self.runner is not None else "starting"}
 
 
 def run(cfg: Config, *, sim: bool = False) -> int:
@@ -598,6 +880,9 @@ def run(cfg: Config, *, sim: bool = False) -> int:
         if sim:
             from hil.sim_hall import SimHall
 
+            if cfg.chain.fisco:
+                log.warning("--sim: the simulated hall runs a native-ledger chain; chain.kind "
+                            "= %s is not used", cfg.chain.kind)
             hall = SimHall(cfg)
             cfg_run = hall.config
         else:

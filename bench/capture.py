@@ -6,7 +6,7 @@ frame, eyes in the face, the quality gate, liveness, best-frame copy). Baselines
 the same run: the face cascade alone at full resolution, first scanning every window size
 (the naive way the downscaling replaces), then told the smallest face the pipeline looks for
 (96 px), which makes OpenCV's own pyramid skip the same work. Frames are synthetic
-(tests/kiosk/synth.py, skimage's public-domain astronaut).
+(hil/synthetic_face.py, skimage's public-domain astronaut).
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests" / "kiosk"))
+sys.path.insert(0, str(HERE.parent))
 
 import cv2  # noqa: E402
-import synth  # noqa: E402
 from _common import rate, report  # noqa: E402
 
 from appliance.kiosk.capture import CaptureConfig, CaptureSession  # noqa: E402
 from appliance.kiosk.capture.detect import FRONTAL, Detector, cascade  # noqa: E402
 from appliance.kiosk.capture.quality import assess  # noqa: E402
+from hil import synthetic_face as synth  # noqa: E402
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
 GOAL_FPS = 25.0

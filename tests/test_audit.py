@@ -33,6 +33,7 @@ from appliance.audit import (
     repair,
     verify,
 )
+from appliance.gm import sm3
 
 T0 = 1_763_964_000_000  # 2025-11-24T06:00Z: entries 0-16 on one day, 17- on the next
 REPO = Path(__file__).resolve().parents[1]
@@ -318,8 +319,11 @@ def test_repair_truncates_only_the_torn_tail(tmp_path):
     assert report.ok and report.entries == 21
     last = log.tail(1)[0]
     assert last.kind == "repaired"
+    # what was cut is named by its size and SM3, never its bytes
     assert last.fields == {"segment": newest.name, "truncated_bytes": 23,
+                           "truncated_sm3": sm3.digest(b'{"fields":{"user":"half').hex(),
                            "operator": "technician 7"}
+    assert result.truncated_sm3 == last.fields["truncated_sm3"]
     log.append("login", user="back")  # the writer goes on
     assert verify(tmp_path).ok
     assert not repair(tmp_path, operator="x").repaired  # nothing to do

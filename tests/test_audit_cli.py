@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from appliance.audit import AuditLog, verify
+from appliance.gm import sm3
 from appliance.node.store import HeaderStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,6 +79,8 @@ def test_torn_tail_verify_repair_verify(tmp_path):
     code, doc, _ = cli("audit", "repair", "--operator", "tech 1", "--log", str(log_dir))
     assert code == 0 and doc["repaired"] and doc["truncated_bytes"] == 14
     assert doc["entry"]["kind"] == "repaired" and doc["entry"]["fields"]["operator"] == "tech 1"
+    digest = sm3.digest(b'{"fields":{"us').hex()  # what was cut, by its hash only
+    assert doc["truncated_sm3"] == doc["entry"]["fields"]["truncated_sm3"] == digest
     code, doc, _ = cli("audit", "verify", "--log", str(log_dir))
     assert code == 0 and doc["entries"] == 13
     code, doc, _ = cli("audit", "repair", "--operator", "tech 1", "--log", str(log_dir))

@@ -70,6 +70,32 @@ level = "DEBUG"
     assert c.to_json()["identity"]["public_key"] == KEY
 
 
+def test_chain_defaults_and_the_fisco_form(tmp_path: Path) -> None:
+    c = config.parse({}, env={})
+    assert c.chain == config.ChainConfig(kind="native", rpc=(), group="group0")
+    assert not c.chain.fisco and c.trust_path.name == "trust.cbor"
+    f = tmp_path / "fisco.toml"
+    f.write_text("""
+state_dir = "/srv/st"
+[chain]
+kind = "fisco-bcos-3"
+rpc = ["HTTP://10.20.0.11:20200/", "https://fisco-2.example:443", "http://[::1]:20200"]
+group = "group_1.a"
+""")
+    c = config.load(f, env={})
+    assert c.chain.fisco and c.chain.group == "group_1.a"
+    # the form the light node keys its peers by (appliance.node.peers.normalize_url)
+    assert c.chain.rpc == ("http://10.20.0.11:20200", "https://fisco-2.example",
+                           "http://[::1]:20200")
+    assert c.trust_path == Path("/srv/st/trust.json")  # the FISCO anchor is JSON
+    assert c.node.peers == () and c.node.trust is None
+    assert c.to_json()["chain"] == {"kind": "fisco-bcos-3", "rpc": list(c.chain.rpc),
+                                    "group": "group_1.a"}
+    f.write_text(f.read_text() + '[node]\ntrust = "/etc/appliance/fisco.json"\n')
+    assert config.load(f, env={}).trust_path == Path("/etc/appliance/fisco.json")
+    assert config.parse_text("[chain]\nkind = 'native'", env={}) == config.parse({}, env={})
+
+
 def test_resolution_order(tmp_path: Path) -> None:
     a, b = tmp_path / "a.toml", tmp_path / "b.toml"
     a.write_text("[log]\nlevel = 'error'\n")
@@ -95,6 +121,8 @@ def test_resolution_order(tmp_path: Path) -> None:
     ("[node]\npeerz = []", "node.peerz"),
     ("[kiosk]\nlisten_addr = '127.0.0.1:1'", "kiosk.listen_addr"),
     ("[log]\nlevel = 'info'\nformat = 'json'", "log.format"),
+    ("[chain]\nkind = 'fisco-bcos-3'\nrpc = ['http://a']\nnodes = []", "chain.nodes"),
+    ("[chain]\nchain_kind = 'native'", "chain.chain_kind"),
 ])
 def test_unknown_keys_are_named(text: str, key: str) -> None:
     with pytest.raises(ConfigError) as e:
@@ -122,6 +150,25 @@ def test_unknown_keys_are_named(text: str, key: str) -> None:
     ("[audit]\nretention_days = 0", "audit.retention_days"),
     ("[audit]\nretention_days = 190.5", "audit.retention_days"),
     ("[log]\nlevel = 'loud'", "log.level"),
+    ("chain = 'fisco-bcos-3'", "chain"),
+    ("[chain]\nkind = 'fisco'", "chain.kind"),
+    ("[chain]\nkind = 3", "chain.kind"),
+    ("[chain]\nkind = 'fisco-bcos-3'", "chain.rpc"),  # required
+    ("[chain]\nkind = 'fisco-bcos-3'\nrpc = []", "chain.rpc"),
+    ("[chain]\nkind = 'fisco-bcos-3'\nrpc = 'http://a:20200'", "chain.rpc"),
+    ("[chain]\nkind = 'fisco-bcos-3'\nrpc = ['ws://a:20200']", "chain.rpc[0]"),
+    ("[chain]\nkind = 'fisco-bcos-3'\nrpc = ['http://a', 'a:20200']", "chain.rpc[1]"),
+    ("[chain]\nkind = 'fisco-bcos-3'\nrpc = ['http://a', 7]", "chain.rpc[1]"),
+    ("[chain]\nkind = 'fisco-bcos-3'\nrpc = ['http://u:p@a:20200']", "chain.rpc[0]"),
+    ("[chain]\nkind = 'fisco-bcos-3'\nrpc = ['http://a:20200/?x=1']", "chain.rpc[0]"),
+    ("[chain]\nkind = 'fisco-bcos-3'\nrpc = ['http://a/', 'HTTP://A:80']", "chain.rpc[1]"),
+    ("[chain]\nkind = 'fisco-bcos-3'\nrpc = ['http://a']\ngroup = ''", "chain.group"),
+    ("[chain]\nkind = 'fisco-bcos-3'\nrpc = ['http://a']\ngroup = 'g 1'", "chain.group"),
+    ("[chain]\nkind = 'fisco-bcos-3'\nrpc = ['http://a']\ngroup = 0", "chain.group"),
+    ("[chain]\nrpc = ['http://a']", "chain.rpc"),  # a native chain has district nodes
+    ("[chain]\nkind = 'native'\ngroup = 'group0'", "chain.group"),
+    ("[chain]\nkind = 'fisco-bcos-3'\nrpc = ['http://a']\n[node]\npeers = ['http://b']",
+     "node.peers"),
 ])
 def test_bad_values_are_named(text: str, key: str) -> None:
     with pytest.raises(ConfigError) as e:
@@ -173,3 +220,20 @@ def test_any_text_gives_a_config_or_config_error(text: str) -> None:
         return
     assert isinstance(c, config.Config)
     assert config.parse_listen(c.kiosk.listen)  # whatever was accepted is loopback
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=40), st.from_regex(
+    r"(https?|HTTP|ftp)://[a-z0-9.\[\]:@]{0,20}(:[0-9]{1,6})?/?[a-z?#=]{0,5}", fullmatch=True),
+    st.integers()), max_size=4),
+    st.text(max_size=70))
+def test_any_chain_table_gives_a_config_or_config_error(rpc: list, group: str) -> None:
+    doc = {"chain": {"kind": "fisco-bcos-3", "rpc": rpc, "group": group}}
+    try:
+        c = config.parse(doc, env={})
+    except ConfigError as exc:
+        assert exc.key is not None and exc.key.startswith("chain.")
+        return
+    assert c.chain.rpc and len(set(c.chain.rpc)) == len(c.chain.rpc)
+    for url in c.chain.rpc:
+        assert url.split("://", 1)[0] in ("http", "https") and "@" not in url
