@@ -330,12 +330,12 @@ class _AuditSink:
 
 class ChainUnavailable:
     """Stands in for the flow runner when the chain cannot carry authorizations (a FISCO BCOS
-    3.x chain): the web server shows its one view, the error screen saying why in Chinese and
+    3.x chain): the web server shows its one view, the blocked screen saying why in Chinese and
     English, and every UI event is refused."""
 
     def __init__(self, error: Mapping[str, Any]) -> None:
         self._view: dict[str, Any] = {
-            "screen": "error", "seq": 1, "session": None, "deadline_ms": None,
+            "screen": "blocked", "seq": 1, "session": None, "deadline_ms": None,
             "warn_at_ms": None, "can_extend": False, "extends_left": 0, "can_cancel": False,
             "matter": None, "capture": None, "error": dict(error), "receipt": None,
             "alternative": None, "alarm": None, "unavailable": True}
@@ -470,6 +470,15 @@ class Appliance:
             log.error("audit log append failed (%s): %s", kind, exc)
         else:
             self._audit_error = None
+
+    def _check_audit(self) -> None:
+        """Read the audit log's tail (:meth:`AuditLog.check`): a log gone, replaced or with
+        a broken tail shows in :meth:`audit_health` without waiting for an append."""
+        try:
+            self.audit.check()
+        except Exception as exc:  # noqa: BLE001 - reported through the health document
+            if getattr(self.audit, "fault", None) is None:
+                self._audit_error = f"check: {type(exc).__name__}: {_one_line(str(exc))}"
 
     def audit_health(self) -> dict[str, Any]:
         """The audit log's part of ``/api/health``: ``ok`` false (with ``error`` and
@@ -780,7 +789,20 @@ class Appliance:
 
             async def watch(runner: Any = runner, node: Any = node, signer: Any = signer
                             ) -> None:
+                audit_ok, rounds = True, 0
                 while self.node is node and self.signer is signer and not self.stop.is_set():
+                    # an authorization that cannot be audited is not made (principle 9); a
+                    # log that vanished or broke is found before the next citizen starts
+                    if self.audit is not None and rounds % 4 == 0:
+                        await asyncio.to_thread(self._check_audit)
+                    rounds += 1
+                    health = self.audit_health()
+                    if health["ok"] != audit_ok:
+                        audit_ok = health["ok"]
+                        detail = f"{health.get('error', 'audit')}: {health.get('detail', '')}"
+                        if not audit_ok:
+                            log.error("audit log failing: authorizations paused (%s)", detail)
+                        runner.alarm_changed(not audit_ok, detail, kind="audit")
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.stop.wait(), 0.5)
                 if not self.stop.is_set():

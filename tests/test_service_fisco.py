@@ -102,8 +102,8 @@ def kiosk_text_in_chromium(url: str, profile: Path) -> tuple[str, str]:
             page = ctx.new_page()
             page.goto(url + "/")
             # (the page's CSP forbids eval: wait with a locator, not a JS predicate)
-            page.locator("#e-title", has_text="not available").wait_for(timeout=30_000)
-            return page.inner_text("#e-title"), page.inner_text("#e-message")
+            page.locator("#b-title", has_text="not available").wait_for(timeout=30_000)
+            return page.inner_text("#b-title"), page.inner_text("#b-message")
         finally:
             ctx.close()
 
@@ -147,7 +147,7 @@ def test_daemon_syncs_a_fisco_chain_and_offers_no_authorizations(nodes, tmp_path
         assert "license.authorize" in h["authorizations"]["reason"]
         assert "evidence.deposit" in h["authorizations"]["reason"]
         view = get(url + "/api/state")["view"]
-        assert view["screen"] == "error" and view["error"]["code"] == "chain_unsupported"
+        assert view["screen"] == "blocked" and view["error"]["code"] == "chain_unsupported"
         e = view["error"]
         assert "FISCO BCOS" in e["message_zh"] and "FISCO BCOS" in e["message_en"]
         assert "授权" in e["title_zh"] and "not available" in e["title_en"]

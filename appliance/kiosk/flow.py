@@ -164,6 +164,15 @@ ERRORS: dict[str, tuple[str, str, str, str]] = {
         "本终端检测到区块链数据冲突，已暂停新的授权，等待管理员处理。请到窗口办理。",
         "This terminal detected conflicting ledger data and has paused authorizations "
         "until an administrator clears the alarm. Please go to the window."),
+    "blocked_audit": (
+        "暂停授权", "Authorizations paused",
+        "本终端的安全审计日志未通过校验，已暂停新的授权，等待管理员处理。请到窗口办理。",
+        "This terminal's security audit log failed its check, so authorizations are paused "
+        "until an administrator fixes it. Please go to the window."),
+    "blocked_unavailable": (
+        "本终端暂不能办理授权", "Authorizations are not available here",
+        "本终端暂不能办理授权。请到窗口办理。",
+        "Authorizations are not available on this terminal. Please go to the window."),
     "timeout": (
         "操作超时", "Time ran out",
         "操作时间已到，未记录任何信息。请重新开始。",
@@ -346,10 +355,21 @@ class StepFailed:
 
 @dataclass(frozen=True)
 class AlarmChanged:
-    """The light node's equivocation alarm was raised (``active``) or cleared."""
+    """A reason to refuse new authorizations was raised (``active``) or cleared.
+
+    ``kind`` names the reason (see :data:`BLOCK_CODES`): the light node's equivocation
+    alarm, an audit log that can no longer record authorizations, or anything else that
+    makes this terminal unfit to authorize. Several can be active at once; the terminal
+    authorizes again when all are cleared."""
 
     active: bool
     detail: str = ""
+    kind: str = "equivocation"
+
+
+#: The error screen of each blocking reason, most serious first; other kinds get the last.
+BLOCK_CODES = {"equivocation": "blocked_alarm", "audit": "blocked_audit",
+               "unavailable": "blocked_unavailable"}
 
 
 Event = (Start | MatterText | Consent | Decline | Alternative | ClerkConfirmedId | Extend
@@ -490,7 +510,7 @@ class AuthorizationFlow:
         self.screen = "attract"
         self._seq = 0
         self._now = 0
-        self._alarm: str | None = None
+        self._blocks: dict[str, str] = {}  # kind -> detail, while authorizations are refused
         self._view: dict[str, Any] | None = None
         self._reset()
         self._view = self._build_view()
@@ -663,7 +683,7 @@ class AuthorizationFlow:
         self._reset()
         self._error = error
         out.append(Wipe(sid))
-        if code == "blocked_alarm":
+        if code in _BLOCKED_CODES:
             self._enter("blocked")
         else:
             self._enter("error")
@@ -674,8 +694,8 @@ class AuthorizationFlow:
             out.append(StopScan())
         self._reset()
         out.append(Wipe(sid))
-        if self._alarm is not None:
-            self._error = self._error_view("blocked_alarm")
+        if self._blocks:
+            self._error = self._error_view(self._block_code())
             self._enter("blocked")
         else:
             self._enter("attract")
@@ -830,8 +850,8 @@ class AuthorizationFlow:
         m = self.matter
         assert m is not None and self._attestation is not None
         assert self._capture_digest is not None
-        if self._alarm is not None:  # belt and braces: the alarm handler already aborted
-            self._fail(out, "blocked_alarm", "sign")
+        if self._blocks:  # belt and braces: the alarm handler already aborted
+            self._fail(out, self._block_code(), "sign")
             return
         if m.expired(self._now):
             self._fail(out, "matter_expired", "sign")
@@ -859,26 +879,49 @@ class AuthorizationFlow:
 
     # -- the alarm ------------------------------------------------------------------------------
 
+    def _block_code(self) -> str:
+        """The error code of the most serious active blocking reason."""
+        for kind, code in BLOCK_CODES.items():
+            if kind in self._blocks:
+                return code
+        return "blocked_unavailable"
+
     def _on_alarm(self, ev: AlarmChanged, out: list[Effect]) -> None:
+        kind = ev.kind if isinstance(ev.kind, str) and ev.kind else "equivocation"
+        kind = kind[:64]
         if ev.active:
             detail = ev.detail if isinstance(ev.detail, str) and ev.detail else \
-                "equivocation alarm"
-            self._alarm = detail[:1000]
+                f"{kind} alarm"
+            self._blocks[kind] = detail[:1000]
+            code = self._block_code()
             if self._handed_over():
                 pass  # nothing of it goes on chain; it ends as it would
-            elif self.screen in BEFORE_SUBMIT or self.screen in ("submitting", "waiting"):
-                self._fail(out, "blocked_alarm", self.screen)
-            elif self.screen == "attract":
-                self._error = self._error_view("blocked_alarm")
+            elif self.screen in BEFORE_SUBMIT or (
+                    # a proof against a chain in doubt is worth nothing: abort after the
+                    # submission too; other reasons let a sent authorization finish
+                    kind == "equivocation" and self.screen in ("submitting", "waiting")):
+                self._fail(out, BLOCK_CODES.get(kind, code), self.screen)
+            elif self.screen in ("attract", "blocked"):
+                self._error = self._error_view(code)
                 self._enter("blocked")
         else:
-            if self._alarm is None:
+            if self._blocks.pop(kind, None) is None:
                 return
-            self._alarm = None
             if self.screen == "blocked":
-                self._to_attract(out)
+                if self._blocks:
+                    self._error = self._error_view(self._block_code())
+                    self._enter("blocked")
+                else:
+                    self._to_attract(out)
 
     # -- the view -------------------------------------------------------------------------------
+
+    def _alarm_view(self) -> dict[str, Any] | None:
+        if not self._blocks:
+            return None
+        kind = next((k for k in BLOCK_CODES if k in self._blocks), next(iter(self._blocks)))
+        return {"active": True, "kind": kind, "detail": self._blocks[kind],
+                "kinds": sorted(self._blocks)}
 
     def _build_view(self) -> dict[str, Any]:
         s = self.screen
@@ -915,8 +958,11 @@ class AuthorizationFlow:
             "receipt": dict(self._receipt) if s == "receipt" and self._receipt else None,
             "alternative": dict(self._handover) if s == "alternative" and self._handover
             else None,
-            "alarm": {"active": True, "detail": self._alarm} if self._alarm else None,
+            "alarm": self._alarm_view(),
         }
+
+
+_BLOCKED_CODES = frozenset(BLOCK_CODES.values())
 
 
 def _copy(obj: Any) -> Any:

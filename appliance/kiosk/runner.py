@@ -225,10 +225,13 @@ class FlowRunner:
         self._handle(ev)
         return True
 
-    def alarm_changed(self, active: bool, detail: str = "") -> None:
-        """The light node's alarm was raised or cleared (the daemon, or the store poller)."""
-        self._alarm_seen = bool(active)
-        self._handle(fl.AlarmChanged(bool(active), detail))
+    def alarm_changed(self, active: bool, detail: str = "", kind: str = "equivocation"
+                      ) -> None:
+        """A reason to refuse authorizations was raised or cleared: the light node's alarm
+        (the daemon, or the store poller), or another ``kind`` (flow.BLOCK_CODES)."""
+        if kind == "equivocation":
+            self._alarm_seen = bool(active)
+        self._handle(fl.AlarmChanged(bool(active), detail or "", kind))
 
     async def subscribe(self, *, queue_size: int = 64) -> AsyncIterator[dict[str, Any]]:
         """Messages for one UI client: the current view first, then every change."""

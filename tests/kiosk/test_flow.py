@@ -683,6 +683,56 @@ def test_alarm_on_the_receipt_blocks_the_next_flow() -> None:
     assert rig.screen == "blocked" and rig.of(fl.Wipe)
 
 
+def test_a_failing_audit_log_blocks_new_flows_with_its_own_reason() -> None:
+    rig = Rig()
+    rig.to_consent()
+    rig.send(fl.AlarmChanged(True, "gone: the audit directory vanished", kind="audit"))
+    ended(rig, "blocked_audit", screen="blocked")
+    v = rig.flow.view()
+    assert v["alarm"]["kind"] == "audit" and "audit" in v["error"]["message_en"]
+    rig.send(fl.Start())
+    assert rig.screen == "blocked" and rig.flow.session is None
+    rig.send(fl.AlarmChanged(False, kind="audit"))
+    assert rig.screen == "attract"
+    rig.to_consent()
+
+
+def test_an_audit_failure_lets_a_sent_authorization_finish() -> None:
+    """Unlike an equivocation, a failing audit log does not put the proof in doubt: the
+    transaction already left, so the citizen still gets the verified receipt."""
+    rig = Rig()
+    rig.to_waiting()
+    rig.send(fl.AlarmChanged(True, "append_failed", kind="audit"))
+    assert rig.screen == "waiting"
+    rig.send(fl.Included(rig.sid, rig.tx_id, 42, bytes(32), T0))
+    assert rig.screen == "receipt"
+    rig.send(fl.Done())
+    assert rig.screen == "blocked" and rig.flow.view()["error"]["code"] == "blocked_audit"
+
+
+def test_several_reasons_block_until_the_last_is_cleared() -> None:
+    rig = Rig()
+    rig.send(fl.AlarmChanged(True, "audit failed", kind="audit"))
+    rig.send(fl.AlarmChanged(True, "two commits at height 7"))
+    v = rig.flow.view()
+    assert v["error"]["code"] == "blocked_alarm"  # the most serious is shown
+    assert v["alarm"]["kinds"] == ["audit", "equivocation"]
+    rig.send(fl.AlarmChanged(False))
+    v = rig.flow.view()
+    assert v["screen"] == "blocked" and v["error"]["code"] == "blocked_audit"
+    rig.send(fl.AlarmChanged(False, kind="something-else"))  # never raised: no change
+    assert rig.screen == "blocked"
+    rig.send(fl.AlarmChanged(False, kind="audit"))
+    assert rig.screen == "attract" and rig.flow.view()["alarm"] is None
+
+
+def test_an_unknown_blocking_reason_gets_the_generic_screen() -> None:
+    rig = Rig()
+    rig.send(fl.AlarmChanged(True, "tamper switch", kind="enclosure"))
+    v = rig.flow.view()
+    assert v["screen"] == "blocked" and v["error"]["code"] == "blocked_unavailable"
+
+
 # -- the UI's events ------------------------------------------------------------------------------
 
 def test_ui_events() -> None:
@@ -699,7 +749,8 @@ def test_every_error_has_both_languages() -> None:
     required = {"consent_declined", "matter_invalid", "matter_expired", "liveness_failed",
                 "identity_no_match", "identity_unavailable", "attestation_invalid",
                 "module_unavailable", "node_unavailable", "inclusion_timeout", "proof_invalid",
-                "blocked_alarm", "timeout", "cancelled"}
+                "blocked_alarm", "blocked_audit", "blocked_unavailable", "timeout",
+                "cancelled"}
     assert required <= set(fl.ERRORS)
     for code, texts in fl.ERRORS.items():
         assert len(texts) == 4 and all(texts), code

@@ -5,8 +5,9 @@ time jumps. Whatever the order, these hold:
 
 - SignAuthorization only in the session of an accepted CaptureSealed(D) and a later
   AttestationVerified(match) for that session whose body names that session, subject and D;
-  its data embeds exactly that attestation; never while the alarm is active; once per session;
-- SubmitTx only for the tx the runner said it signed for that session, never under alarm;
+  its data embeds exactly that attestation; never while a blocking reason is active; once
+  per session;
+- SubmitTx only for the tx the runner said it signed for that session, never while blocked;
 - every return to attract, and every entry into error or blocked from a session, emits Wipe;
 - view() is JSON-serialisable, seq never goes down and grows when the view changes.
 """
@@ -36,7 +37,7 @@ class FlowMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.rig = Rig(fl.FlowConfig(capture_attempts=2, max_extends=2))
-        self.alarm = False
+        self.blocks: set[str] = set()  # active reasons to refuse authorizations
         self.sealed: set[tuple[bytes, bytes]] = set()  # (session, digest) the flow sealed
         self.matches: list[fl.AttestationVerified] = []  # sent after a seal of that digest
         self.signed_sessions: set[bytes] = set()
@@ -58,7 +59,7 @@ class FlowMachine(RuleBasedStateMachine):
             self.signed_txs.add((ev.session, ev.tx_id))
         out = self.rig.send(ev, dt)
         if isinstance(ev, fl.AlarmChanged):
-            self.alarm = ev.active
+            (self.blocks.add if ev.active else self.blocks.discard)(ev.kind)
         self.check(before, out)
 
     def check(self, before: str, out: list[fl.Effect]) -> None:
@@ -67,7 +68,7 @@ class FlowMachine(RuleBasedStateMachine):
             if isinstance(e, fl.RequestAttestation):  # the digest the flow took as sealed
                 self.sealed.add((e.session, e.capture_digest))
             if isinstance(e, fl.SignAuthorization):
-                assert not self.alarm
+                assert not self.blocks
                 assert e.session not in self.signed_sessions, "signed twice in a session"
                 self.signed_sessions.add(e.session)
                 d = e.data
@@ -81,7 +82,7 @@ class FlowMachine(RuleBasedStateMachine):
                 assert body["capture_digest"] == d["capture_digest"]
                 assert body["subject"] == d["subject"]
             if isinstance(e, fl.SubmitTx):
-                assert not self.alarm
+                assert not self.blocks
                 assert (e.session, e.tx_id) in self.signed_txs
                 assert e.session in self.signed_sessions
         wiped = any(isinstance(e, fl.Wipe) for e in out)
@@ -115,9 +116,9 @@ class FlowMachine(RuleBasedStateMachine):
     def time_passes(self, dt: int) -> None:
         self.send(fl.Tick(), dt)
 
-    @rule(active=st.booleans())
-    def alarm_changes(self, active: bool) -> None:
-        self.send(fl.AlarmChanged(active, "equivocation"))
+    @rule(active=st.booleans(), kind=st.sampled_from(["equivocation", "audit"]))
+    def alarm_changes(self, active: bool, kind: str) -> None:
+        self.send(fl.AlarmChanged(active, kind, kind=kind))
 
     # -- the runner's results -----------------------------------------------------------------
 
@@ -230,7 +231,7 @@ class FlowMachine(RuleBasedStateMachine):
     @invariant()
     def screens_agree_with_state(self) -> None:
         view = self.rig.flow.view()
-        if self.alarm and view["screen"] == "attract":
+        if self.blocks and view["screen"] == "attract":
             raise AssertionError("attract while the alarm is active")
         if view["screen"] in ("attract", "error", "blocked"):
             assert view["matter"] is None and view["session"] is None

@@ -342,8 +342,9 @@ def test_equivocation_alarm_blocks_the_kiosk_until_the_operator_clears_it(
     finally:
         store.close()
     active(kiosk, "blocked")
-    assert "暂停办理授权" in kiosk.inner_text('[data-screen="blocked"]')
-    assert "Authorizations are paused" in kiosk.inner_text('[data-screen="blocked"]')
+    # the flow's own words for this reason, not the page's fallback
+    assert "区块链数据冲突" in kiosk.inner_text('[data-screen="blocked"]')
+    assert "conflicting ledger data" in kiosk.inner_text('[data-screen="blocked"]')
     assert hall.health()["alarm"] is not None
     shot(kiosk, tmp_path / "screenshots", "01-blocked")
     r = subprocess.run([sys.executable, "-m", "appliance.cli", "node", "clear-alarm",
@@ -354,3 +355,24 @@ def test_equivocation_alarm_blocks_the_kiosk_until_the_operator_clears_it(
     kiosk.close()
     kinds = [(e.kind, e.fields.get("operator")) for e in audit.tail(state / "audit", 50)]
     assert ("alarm", None) in kinds and ("alarm_cleared", "duty-officer") in kinds
+
+
+def test_an_audit_log_gone_pauses_authorizations(hall: Hall, browser: Any, tmp_path: Path
+                                                 ) -> None:
+    """Nothing is authorized that cannot be audited: once the daemon's audit log vanishes the
+    kiosk shows the blocked screen in the audit's words, before any citizen starts. (Last in
+    this module: the daemon refuses to start a new chain until it restarts.)"""
+    import shutil
+
+    state = Path(hall.health()["sim"]["dir"]) / "state"
+    kiosk = browser.new_page()
+    kiosk.goto(hall.url + "/")
+    active(kiosk, "attract")
+    shutil.rmtree(state / "audit")
+    active(kiosk, "blocked")
+    text = kiosk.inner_text('[data-screen="blocked"]')
+    assert "审计日志" in text and "audit log" in text
+    assert hall.get("/api/state")["view"]["error"]["code"] == "blocked_audit"
+    assert hall.health()["audit"]["error"] == "gone"
+    shot(kiosk, tmp_path / "screenshots", "01-blocked-audit")
+    kiosk.close()

@@ -62,6 +62,17 @@ function renderError(e) {
   setBi($("e-message"), e.message_zh || "", e.message_en || "");
 }
 
+function renderBlocked(v) {
+  // why authorizations are refused comes with the view (an equivocation alarm, a failing
+  // audit log, a chain that cannot carry them); the page's own words are the fallback
+  const e = v.error;
+  if (e && e.title_zh) {
+    setBi($("b-title"), e.title_zh, e.title_en || "");
+    setBi($("b-message"), e.message_zh || "", e.message_en || "");
+  }
+  $("alarm").textContent = v.alarm && v.alarm.detail ? v.alarm.detail : "";
+}
+
 function renderCapture() {
   const cap = (K.view && K.view.capture) || {};
   const g = K.guidance || {};
@@ -113,7 +124,7 @@ function render() {
   if (v.screen === "receipt") renderReceipt(v.receipt);
   if (v.screen === "error") renderError(v.error);
   if (v.screen === "capture") renderCapture();
-  if (v.screen === "blocked") $("alarm").textContent = v.alarm ? (typeof v.alarm === "string" ? v.alarm : JSON.stringify(v.alarm)) : "";
+  if (v.screen === "blocked") renderBlocked(v);
   $("cancel").hidden = !v.can_cancel;
   if (v.screen !== "scan") $("matter-text").value = "";
   if (v.screen !== "alternative") $("clerk").value = "";
