@@ -550,7 +550,10 @@ class Chain:
     """A generated chain directory: reads for the district-node double, and the appender.
 
     Open with :meth:`open`. Heights, tx_ids and digests are ints and 32-byte ``bytes``;
-    headers, commits, signed txs and validator sets are returned as their canonical CBOR.
+    headers, commits, signed txs and validator sets are returned as their canonical CBOR
+    (every one is stored as written by ``wire.encode``, signed txs given as bytes included:
+    they are decoded, checked and re-encoded first), which the district-node double splices
+    into its responses without decoding them.
     Missing heights or tx_ids raise KeyError. One SQLite connection guarded by a lock, so an
     instance may be shared between threads.
     """

@@ -21,6 +21,8 @@ from typing import Any
 import aiohttp
 import pytest
 import rfc9162
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from zeroconf import IPVersion, ServiceBrowser, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
@@ -28,6 +30,7 @@ from appliance import wire
 from appliance.gm import ecdsa, sm2, sm3
 from hil import chain as hc
 from hil import cli
+from hil import district_node as dn
 from hil.district_node import (
     GARBAGE_BODY,
     MODES,
@@ -512,6 +515,45 @@ def test_post_tx_included_in_later_blocks(chain_dir: Path) -> None:
     run(body())
 
 
+def test_second_node_on_the_chain_dir_sees_later_enrollments(chain_dir: Path) -> None:
+    """A node serving the producer's chain directory without producing learns enrollments
+    made after it started from the chain, before it refuses a license.authorize."""
+    admin = keys(chain_dir, "admin")[0]
+    early, late, never = terminal_key(0), terminal_key(1), terminal_key(2)
+
+    async def body() -> None:
+        producer = await serve(chain_dir)
+        second = await serve(chain_dir, peer_key_seed="second node")  # started first
+        try:
+            async with aiohttp.ClientSession() as s:
+                p, c = Client(s, producer.url), Client(s, second.url)
+                assert (await p.post(enroll(admin, early)))[0] == 202
+                assert await producer.produce_block() is not None
+                # accepted by the producer and pending there: not in the chain yet
+                assert (await p.post(enroll(admin, late)))[0] == 202
+                assert (await c.post(authorize(late, 1)))[1]["error"] == "unknown_sender"
+                assert (await c.post(authorize(early, 2)))[0] == 202
+                assert await producer.produce_block() is not None
+                assert (await c.post(authorize(late, 3)))[0] == 202
+                assert (await c.post(authorize(never, 4)))[1]["error"] == "unknown_sender"
+                assert (await p.post(authorize(never, 5)))[1]["error"] == "unknown_sender"
+                # an admin's revoke of a license.authorize the second node only knows from
+                # the chain (the producer included it)
+                auth = authorize(late, 6)
+                assert (await p.post(auth))[0] == 202
+                assert await producer.produce_block() is not None
+                revoke = hc.sign_tx(late, {
+                    "chain_id": CHAIN_ID, "type": "authorization.revoke",
+                    "timestamp": int(time.time() * 1000), "sender": late.peer_id,
+                    "nonce": H(b"revoke")[:16],
+                    "data": {"authorization": H(wire.encode(auth["body"]))}})
+                assert (await c.post(revoke))[0] == 202
+        finally:
+            await second.stop()
+            await producer.stop()
+    run(body())
+
+
 def test_post_tx_rejections(chain_dir: Path) -> None:
     issuer = keys(chain_dir, "issuer")[0]
     other = keys(chain_dir, "issuer")[2]
@@ -993,3 +1035,166 @@ def test_cli_help_and_bad_options(chain_dir: Path, capsys: pytest.CaptureFixture
     with pytest.raises(RuntimeError, match="exited with status 2"):
         missing.start()
     missing.log_path.unlink()
+
+
+# -- spliced bodies: byte-identical to decoding and re-encoding --------------------------------
+
+
+def old_headers_body(node: DistrictNode, first: int, count: int) -> bytes | None:
+    """The /v1/headers body as the double built it before splicing: every stored header,
+    commit and validator set decoded, the response object encoded by wire.encode. None for
+    from > tip (404)."""
+    view = node.view
+    tip = view.tip
+    if first > tip:
+        return None
+    m = node.misbehave
+    limit = min(tip, m.start) if m is not None and m.mode == "withhold" else tip
+    if first > limit:
+        return wire.encode({"headers": [], "commits": [], "validator_sets": []})
+    last = min(first + count - 1, limit)
+    in_range = view.commit_heights(first, last)
+    if in_range:
+        last = in_range[-1]
+    headers = [wire.decode(h) for h in view.headers(first, last - first + 1)]
+    changes = [h["height"] for h in headers
+               if h["next_validators_hash"] != h["validators_hash"]]
+    with_commit = set(view.commit_heights(first, last))
+    commits = [wire.decode(view.commit(h)) for h in sorted({*changes, last})
+               if h in with_commit]
+    sets = [{"height": h, "validators": wire.decode(view.validator_set(h))}
+            for h in [first, *(c + 1 for c in changes)]]
+    return wire.encode({"headers": headers, "commits": commits, "validator_sets": sets})
+
+
+SPLICE_MODES = [None, *MODES, "forge-commit@9", "wrong-link@9", "wrong-link@10",
+                "set-hijack@9", "set-hijack@10", "set-hijack@19", "equivocate@9",
+                "equivocate@20", "withhold@9", "withhold@10", "withhold@25", "garbage@12"]
+
+
+@pytest.fixture(scope="module")
+def quorum_chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Set changes every 3 blocks, seeded powers, quorum-signed commits on every block."""
+    out = tmp_path_factory.mktemp("dn-quorum")
+    hc.generate(out, hc.ChainParams(chain_id=CHAIN_ID, seed="q", validators=3,
+                                    alg="ecdsa-p256", power_max=5, set_change_every=3,
+                                    sign_quorum=True), blocks=14, txs_per_block=1)
+    return out
+
+
+@pytest.mark.parametrize("chain_name", ["base_chain", "quorum_chain"])
+def test_spliced_headers_equal_the_decoded_encoding(chain_name: str, tmp_path: Path,
+                                                    request: pytest.FixtureRequest) -> None:
+    chain_dir = copy_chain(request.getfixturevalue(chain_name), tmp_path / "chain")
+    tip = hc.Chain.open(chain_dir, readonly=True).tip_height
+    counts = (1, 2, 3, 4, 5, 9, 10, 11, 20, 1000)
+    for mode in SPLICE_MODES:
+        node = DistrictNode(chain_dir, block_interval_ms=0, misbehave=mode, log=_log)
+        try:
+            compared = 0
+            for first in range(tip + 2):
+                for count in counts:
+                    old = old_headers_body(node, first, count)
+                    if old is None:
+                        with pytest.raises(Exception, match="past the tip"):
+                            node.headers_reply(first, count)
+                        continue
+                    reply = node.headers_reply(first, count)
+                    assert reply.body == old, (mode, first, count)
+                    assert wire.encode(reply.obj) == old
+                    compared += 1
+            assert compared == (tip + 1) * len(counts)
+        finally:
+            node.chain.close()
+
+
+@pytest.mark.parametrize("mode", [None, "set-hijack@12", "forge-commit@4", "equivocate@9",
+                                  "withhold@16"])
+def test_spliced_bodies_over_http(chain_dir: Path, mode: str | None) -> None:
+    """/v1/headers, /v1/commits, /v1/validators and /v1/tx bodies on the wire equal
+    wire.encode of the decoded stored items."""
+    with hc.Chain.open(chain_dir, readonly=True) as chain:
+        tx_ids = [t for h in range(TIP + 1) for t in chain.tx_ids(h)]
+
+    async def body() -> None:
+        node = await serve(chain_dir, misbehave=mode)
+        view = node.view
+        try:
+            async with aiohttp.ClientSession() as s:
+                c = Client(s, node.url)
+                for first, count in ((0, 1000), (5, 7), (9, 1), (10, 10), (17, 3)):
+                    status, raw = await c.raw(f"/v1/headers?from={first}&count={count}")
+                    assert (status, raw) == (200, old_headers_body(node, first, count))
+                for h in range(TIP + 2):
+                    status, raw = await c.raw(f"/v1/commits/{h}")
+                    stored = view.commit(h) if h <= TIP and not node._withheld(h) else None
+                    if stored is None:
+                        assert status == 404
+                    else:
+                        assert (status, raw) == (200, wire.encode(wire.decode(stored)))
+                    status, raw = await c.raw(f"/v1/validators/{h}")
+                    if node._withheld(h):
+                        assert status == 404
+                        continue
+                    assert (status, raw) == (200, wire.encode({
+                        "height": h, "validators": wire.decode(view.validator_set(h))}))
+                for tx_id in tx_ids[::7]:
+                    status, raw = await c.raw(f"/v1/tx/{tx_id.hex()}")
+                    stored, height, _ = node.chain.tx(tx_id)
+                    if node._withheld(height):
+                        assert status == 404
+                        continue
+                    assert status == 200
+                    got = wire.decode(raw)
+                    assert got["tx"] == wire.decode(stored)
+                    assert raw == wire.encode(got)
+        finally:
+            await node.stop()
+    run(body())
+
+
+_leaves = (st.none() | st.booleans() | st.integers(-(2**64), 2**64 - 1)
+           | st.binary(max_size=40) | st.text(max_size=30))
+_trees = st.recursive(_leaves, lambda inner: st.lists(inner, max_size=30)
+                      | st.dictionaries(st.text(max_size=23).filter(
+                          lambda k: len(k.encode()) <= 23), inner, max_size=8),
+                      max_leaves=60)
+
+
+def _splice(tree: Any, rng: Any) -> Any:
+    """``tree`` with random subtrees replaced by their canonical CBOR as _Raw."""
+    if rng.random() < 0.3:
+        return dn._Raw(wire.encode(tree))
+    if type(tree) is list:
+        return [_splice(x, rng) for x in tree]
+    if type(tree) is dict:
+        return {k: _splice(v, rng) for k, v in tree.items()}
+    return tree
+
+
+@settings(max_examples=300, deadline=None)
+@given(_trees, st.randoms(use_true_random=False))
+def test_encode_with_spliced_items_is_wire_encode(tree: Any, rng: Any) -> None:
+    spliced = _splice(tree, rng)
+    assert dn._encode(spliced) == wire.encode(tree)
+    assert dn._plain(spliced) == tree
+    with pytest.raises(wire.WireError):
+        wire.encode(dn._Raw(wire.encode(tree)))  # a _Raw only goes through _encode
+
+
+def test_encode_refuses_what_wire_encode_refuses() -> None:
+    raw = dn._Raw(wire.encode(1))
+    for bad in ({"k" * 24: raw}, {1: raw}, {"k": 1.5, "r": raw}, [raw, object()]):
+        with pytest.raises(wire.WireError):
+            dn._encode(bad)
+
+
+def test_set_hashes_from_the_tail_or_decoded(base_chain: Path) -> None:
+    with hc.Chain.open(base_chain, readonly=True) as chain:
+        for raw in chain.headers(0, TIP + 1):
+            header = wire.decode(raw)
+            assert dn._set_hashes(raw) == (header["validators_hash"],
+                                           header["next_validators_hash"])
+    a, b = H(b"a"), H(b"b")
+    odd = wire.encode({"validators_hash": a, "next_validators_hash": b, "z" * 21: 0})
+    assert dn._set_hashes(odd) == (a, b)  # tail not a header's: decoded
