@@ -139,7 +139,7 @@ from aiohttp import web
 from appliance import wire
 from appliance.gm import ecdsa, sm2, sm3
 from hil import chain as hc
-from hil.process import FixtureProcess
+from hil.process import FixtureProcess, serve_until_stopped
 
 __all__ = [
     "DEFAULT_DISTRICT", "DistrictNode", "DistrictNodeProcess", "GARBAGE_BODY", "MODES",
@@ -1203,13 +1203,7 @@ def run_cli(chain_dir: str, *, host: str, port: int, district: str, block_interv
             await node.stop()
             return 1
         print(f"ready {url}", flush=True)
-        parent = os.getppid()
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
-            if exit_with_parent and os.getppid() != parent:
-                _stderr_log("parent exited")
-                break
+        await serve_until_stopped(stop, exit_with_parent=exit_with_parent, log=_stderr_log)
         if signals:
             _stderr_log(f"{signal.Signals(signals[0]).name}: stopping")
         await node.stop()

@@ -58,7 +58,7 @@ from typing import Any
 from aiohttp import web
 
 from appliance.gm import sm2, sm3
-from hil.process import FixtureProcess
+from hil.process import FixtureProcess, serve_until_stopped
 
 __all__ = ["MODES", "FiscoChain", "FiscoNode", "FiscoNodeProcess", "Misbehaviour"]
 
@@ -566,12 +566,7 @@ def run_cli(*, blocks: int, sealers: int, host: str, port: int, seed: str,
             print(f"fisco-node: cannot serve on {host}:{port}: {exc}", file=sys.stderr)
             return 1
         print(f"ready {url}", flush=True)
-        parent = os.getppid()
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
-            if exit_with_parent and os.getppid() != parent:
-                break
+        await serve_until_stopped(stop, exit_with_parent=exit_with_parent)
         await node.stop()
         return 0
 

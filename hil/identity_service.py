@@ -54,7 +54,7 @@ from aiohttp import web
 from appliance import wire
 from appliance.gm import sm2, sm3
 from appliance.kiosk.capture import envelope as env
-from hil.process import FixtureProcess
+from hil.process import FixtureProcess, serve_until_stopped
 
 __all__ = [
     "DEFAULT_SERVICE", "DEFAULT_THRESHOLD", "MAX_BODY", "MODES", "IdentityService",
@@ -400,13 +400,7 @@ def run_cli(*, key_file: str, enroll: Sequence[str], host: str, port: int, mode:
             await double.stop()
             return 1
         print(f"ready {url}", flush=True)
-        parent = os.getppid()
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
-            if exit_with_parent and os.getppid() != parent:
-                _log("parent exited")
-                break
+        await serve_until_stopped(stop, exit_with_parent=exit_with_parent, log=_log)
         await double.stop()
         _log("stopped")
         return 0

@@ -9,6 +9,7 @@ raises RuntimeError with that log, and stop() sends SIGTERM, then SIGKILL after 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pathlib
@@ -21,6 +22,21 @@ import time
 from collections.abc import Callable, Sequence
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+async def serve_until_stopped(stop: asyncio.Event, *, exit_with_parent: bool,
+                              log: Callable[[str], None] | None = None) -> None:
+    """The fixture side of the contract: return when ``stop`` is set (a signal handler sets it)
+    or, with ``exit_with_parent``, when the process that started this one has exited (a test
+    killed with -9 must not leave its doubles serving)."""
+    parent = os.getppid()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+        if exit_with_parent and os.getppid() != parent:
+            if log is not None:
+                log("parent exited")
+            return
 
 
 class FixtureProcess:
