@@ -481,7 +481,7 @@ class NodeSync:
         height known); when the tip grows the machine asks /v1/info again, so the sync follows.
         A transaction submitted through this object is offered again every
         ``resubmit_after_s`` (:data:`RESUBMIT_AFTER_S`) to the usable peers that have not
-        accepted it (one that did may not relay it).
+        accepted it (one that did may not relay it); the long poll never outlasts that.
 
         Raises, when ``timeout_s`` has passed: :class:`NotVerifiable` (a peer served it and
         nothing verified: it is not accepted, the peer is banned), :class:`NoPeers` (no peer
@@ -505,10 +505,14 @@ class NodeSync:
                 self._submitted.pop(tx_id, None)
                 return res.inclusion
             last = _accumulate(last, res)
-            if tx_id in self._submitted and loop.time() - offered >= self.resubmit_after_s:
+            mine = tx_id in self._submitted
+            if mine and loop.time() - offered >= self.resubmit_after_s:
                 offered = loop.time()
                 await self._offer_again(tx_id, deadline)
-            await self._wait_for_growth(deadline)
+            # A node that accepted it may make no block of it: the long poll must not outlast
+            # the next offer to the other peers.
+            await self._wait_for_growth(
+                min(deadline, offered + self.resubmit_after_s) if mine else deadline)
             pause = min(MIN_ROUND_S - (loop.time() - started), deadline - loop.time())
             if pause > 0:
                 await asyncio.sleep(pause)

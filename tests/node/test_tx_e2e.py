@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from appliance.gm import sm3
+from appliance.node import client as client_mod
 from appliance.node import signatures, sync
 from appliance.node.client import NodeSync, NoPeers, NotVerifiable, TxRejected
 from appliance.node.model import SignedTx
@@ -203,27 +204,31 @@ def test_submission_errors_are_typed(producer: tuple[DistrictNodeProcess, Path],
 
 
 def test_a_transaction_a_node_keeps_to_itself_is_offered_again(
-        producer: tuple[DistrictNodeProcess, Path], anchor: bytes, issuer: SoftwareSigner,
-        tmp_path: Path) -> None:
-    node, where = producer
+        chain_dir: Path, anchor: bytes, issuer: SoftwareSigner, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    where = copy_chain(chain_dir, tmp_path)
     tx = deposit(issuer, fresh_digest("offered again"))
+    # No block is made while nothing is pending at the producer, and the long poll on
+    # /v1/wait outlasts the whole wait: the offer to the producer must not wait for it.
+    monkeypatch.setattr(client_mod, "WAIT_POLL_MS", 60_000)
 
-    async def scenario(quiet: str) -> None:
+    async def scenario(quiet: str, producer: str) -> None:
         with HeaderStore.open(tmp_path / "headers.sqlite") as store:
             async with running(store, anchor, [quiet]) as ns:
                 ns.resubmit_after_s = 0.5
                 # Accepted by a node that makes no blocks and relays nothing...
                 assert await ns.submit_tx(tx, timeout_s=15) == tx.tx_id
                 # ... so while waiting it is offered to the next peer that comes.
-                ns.add_peer(node.url)
+                ns.add_peer(producer)
                 inc = await ns.wait_for_inclusion(tx.tx_id, timeout_s=20)
                 assert inc.tx == tx
 
     # The quiet node reads the producer's chain (it sees its blocks) and writes nothing.
-    with DistrictNodeProcess(where, block_interval_ms=0) as quiet:
-        run(scenario(quiet.url))
+    with DistrictNodeProcess(where, block_interval_ms=250) as node, \
+            DistrictNodeProcess(where, block_interval_ms=0, peer_key_seed="quiet") as quiet:
+        run(scenario(quiet.url, node.url))
         assert f"accepted evidence.deposit {tx.tx_id.hex()[:16]}" in quiet.log_text()
-    assert f"accepted evidence.deposit {tx.tx_id.hex()[:16]}" in node.log_text()
+        assert f"accepted evidence.deposit {tx.tx_id.hex()[:16]}" in node.log_text()
 
 
 # --- a node that serves bad proofs ----------------------------------------------------------------
