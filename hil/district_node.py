@@ -138,6 +138,7 @@ from aiohttp import web
 
 from appliance import wire
 from appliance.gm import ecdsa, sm2, sm3
+from appliance.httpbody import read_capped
 from hil import chain as hc
 from hil.process import FixtureProcess, serve_until_stopped
 
@@ -1121,16 +1122,9 @@ class DistrictNode:
     async def _post_tx(self, request: web.Request) -> _Reply:
         if request.content_type != CBOR:
             raise _ApiError(415, "unsupported_media_type", f"Content-Type must be {CBOR}")
-        if request.content_length is not None and request.content_length > MAX_TX_BYTES:
+        data = await read_capped(request, MAX_TX_BYTES)
+        if data is None:
             raise _ApiError(413, "too_large", f"a signed_tx is at most {MAX_TX_BYTES} bytes")
-        data = bytearray()
-        while True:
-            chunk = await request.content.read(65536)
-            if not chunk:
-                break
-            data += chunk
-            if len(data) > MAX_TX_BYTES:
-                raise _ApiError(413, "too_large", f"a signed_tx is at most {MAX_TX_BYTES} bytes")
         try:
             tx = wire.decode(bytes(data), MAX_TX_BYTES)
         except wire.WireError as exc:

@@ -53,6 +53,7 @@ from aiohttp import web
 
 from appliance import wire
 from appliance.gm import sm2, sm3
+from appliance.httpbody import read_capped
 from appliance.kiosk.capture import envelope as env
 from hil.process import FixtureProcess, serve_until_stopped
 
@@ -285,16 +286,10 @@ class IdentityService:
     async def _read_body(self, request: web.Request) -> bytes:
         if request.content_type != CBOR:
             raise _ApiError(400, "bad_request", f"Content-Type must be {CBOR}")
-        if request.content_length is not None and request.content_length > MAX_BODY:
+        data = await read_capped(request, MAX_BODY)
+        if data is None:
             raise _ApiError(413, "too_large", f"body over {MAX_BODY} bytes")
-        data = bytearray()
-        while True:
-            chunk = await request.content.read(65536)
-            if not chunk:
-                return bytes(data)
-            data += chunk
-            if len(data) > MAX_BODY:
-                raise _ApiError(413, "too_large", f"body over {MAX_BODY} bytes")
+        return data
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await self._read_body(request)

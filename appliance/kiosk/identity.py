@@ -44,6 +44,7 @@ import aiohttp
 
 from appliance import wire
 from appliance.gm import sm2
+from appliance.httpbody import read_capped
 
 __all__ = [
     "ALG", "MAX_ATTESTATION_BYTES", "MAX_ERROR_BYTES", "MAX_REQUEST_BYTES", "MAX_SCORE",
@@ -215,20 +216,6 @@ def verify_attestation(signed: bytes | bytearray | memoryview | Mapping[str, Any
     return Attestation(obj, body["result"], body["score"], body["issued_at"], body["service"])
 
 
-async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
-    """The body, or None as soon as it is known to exceed ``limit`` (then not read further)."""
-    if response.content_length is not None and response.content_length > limit:
-        return None
-    data = bytearray()
-    while True:
-        chunk = await response.content.read(65536)
-        if not chunk:
-            return bytes(data)
-        data += chunk
-        if len(data) > limit:
-            return None
-
-
 class IdentityClient:
     """``POST /v1/attest`` to the identity service at ``url``; see the module docstring.
 
@@ -299,7 +286,7 @@ class IdentityClient:
         async with self._http().post(self.url + "/v1/attest", data=body,
                                      headers={"Content-Type": CBOR, "Accept": CBOR}) as resp:
             limit = MAX_ATTESTATION_BYTES if resp.status == 200 else MAX_ERROR_BYTES
-            data = await _read_limited(resp, limit)
+            data = await read_capped(resp, limit)
             if data is None:
                 resp.close()  # drop the connection rather than drain an oversize body
             return resp.status, data

@@ -392,18 +392,8 @@ def _make_header(
         chain_id, height, version, prev_hash, tx_root, timestamp, validators_hash,
         next_validators_hash,
     )  # fmt: skip
-    h = _new(Header)
-    _set_chain_id(h, chain_id)
-    _set_height(h, height)
-    _set_version(h, version)
-    _set_prev_hash(h, prev_hash)
-    _set_tx_root(h, tx_root)
-    _set_timestamp(h, timestamp)
-    _set_validators_hash(h, validators_hash)
-    _set_next_validators_hash(h, next_validators_hash)
-    _set_encoded(h, encoded)
-    _set_block_id(h, digest(encoded))
-    return h
+    return _header_of_span(chain_id, height, version, prev_hash, tx_root, timestamp,
+                           validators_hash, next_validators_hash, encoded)
 
 
 def parse_header_at(data: bytes, pos: int) -> tuple[Header, int] | None:

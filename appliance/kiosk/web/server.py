@@ -40,6 +40,8 @@ from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
 
+from appliance.httpbody import read_capped
+
 log = logging.getLogger("appliance.kiosk.web")
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -253,7 +255,7 @@ class WebServer:
             "mode": self.ctx.cfg.kiosk.mode, "elder_mode": self.ctx.cfg.kiosk.elder_mode}))
 
     async def _event(self, request: web.Request) -> web.Response:
-        body = await _read_limited(request, MAX_EVENT_BYTES)
+        body = await read_capped(request, MAX_EVENT_BYTES)
         if body is None:
             return _error(413, "too_large", f"an event is at most {MAX_EVENT_BYTES} bytes")
         try:
@@ -332,7 +334,7 @@ class WebServer:
     # -- PAD -------------------------------------------------------------------------------
 
     async def _pad_matter(self, request: web.Request) -> web.Response:
-        body = await _read_limited(request, MAX_EVENT_BYTES)
+        body = await read_capped(request, MAX_EVENT_BYTES)
         if body is None:
             return _error(413, "too_large", "too large")
         try:
@@ -400,19 +402,6 @@ def _headers(resp: web.StreamResponse) -> None:
     resp.headers["Referrer-Policy"] = "no-referrer"
     resp.headers["X-Frame-Options"] = "DENY"
     resp.headers.setdefault("Cache-Control", "no-store")
-
-
-async def _read_limited(request: web.Request, limit: int) -> bytes | None:
-    if request.content_length is not None and request.content_length > limit:
-        return None
-    data = bytearray()
-    while True:
-        chunk = await request.content.read(4096)
-        if not chunk:
-            return bytes(data)
-        data += chunk
-        if len(data) > limit:
-            return None
 
 
 def check_event(event: Any) -> str | None:
