@@ -889,6 +889,11 @@ class Appliance:
             return {"available": False, "reason": FISCO_UNAVAILABLE}
         if self._alarm and self._alarm[0]:
             return {"available": False, "reason": f"alarm: {self._alarm[1]}"}
+        audit = self.audit_health()
+        if not audit["ok"]:  # the kiosk shows blocked_audit (nothing unaudited is authorized)
+            return {"available": False,
+                    "reason": f"audit log: {audit.get('error', 'failed')}: "
+                              f"{audit.get('detail', '')}"}
         return {"available": self.runner is not None,
                 "reason": None if self.runner is not None else "starting"}
 

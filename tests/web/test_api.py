@@ -271,6 +271,38 @@ def test_pad_verify_limits_and_refusals() -> None:
     run(main())
 
 
+def test_pad_sample_index_is_read_a_few_bytes_at_most() -> None:
+    """The ``sample`` part is an index: a part longer than a few digits is refused without
+    being read (it would otherwise be buffered whole, past every upload limit)."""
+    from types import SimpleNamespace
+
+    async def main() -> None:
+        srv, ctx = await _server()
+        ctx.sim = SimpleNamespace(samples=[SimpleNamespace(document=b"licence", filename="a")],
+                                  citizen="astronaut")
+        try:
+            async with aiohttp.ClientSession() as s:
+                form = aiohttp.FormData(default_to_multipart=True)
+                form.add_field("sample", "0")
+                async with s.post(srv.url + "/api/pad/verify", data=form) as r:
+                    # found the sample; then no light node to ask
+                    assert r.status == 503 and (await r.json())["error"] == "node_unavailable"
+
+                async def digits():  # noqa: ANN202 - 17 MiB of "0": over every limit
+                    for _ in range(17):
+                        yield b"0" * (1 << 20)
+
+                form = aiohttp.FormData()
+                form.add_field("sample", digits(), filename="index",
+                               content_type="text/plain")
+                async with s.post(srv.url + "/api/pad/verify", data=form) as r:
+                    assert r.status == 404, await r.text()
+        finally:
+            await srv.stop()
+
+    run(main())
+
+
 def test_pad_mode_opens_on_the_pad_page() -> None:
     async def main() -> None:
         srv, ctx = await _server()

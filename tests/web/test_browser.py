@@ -373,6 +373,9 @@ def test_an_audit_log_gone_pauses_authorizations(hall: Hall, browser: Any, tmp_p
     text = kiosk.inner_text('[data-screen="blocked"]')
     assert "审计日志" in text and "audit log" in text
     assert hall.get("/api/state")["view"]["error"]["code"] == "blocked_audit"
-    assert hall.health()["audit"]["error"] == "gone"
+    health = hall.health()
+    assert health["audit"]["error"] == "gone"
+    assert health["authorizations"]["available"] is False
+    assert "audit log" in health["authorizations"]["reason"]
     shot(kiosk, tmp_path / "screenshots", "01-blocked-audit")
     kiosk.close()

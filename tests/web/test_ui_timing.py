@@ -82,7 +82,7 @@ def test_countdown_warning_extend_and_cancel(served: tuple[str, StandInRunner], 
     page.wait_for_selector('[data-screen="starting"].active')
     now = int(time.time() * 1000)
     consent = dict(STARTING_VIEW, screen="consent", seq=1, session="00" * 16,
-                   deadline_ms=now + 50_000, warn_at_ms=now + 30_000, can_extend=True,
+                   deadline_ms=now + 600_000, warn_at_ms=now + 500_000, can_extend=True,
                    can_cancel=True,
                    matter={"matter": "m", "agency": "a", "office": "o", "not_after": now,
                            "licenses": [{"id": "11" * 32, "name": "ID card"}]})
@@ -90,7 +90,7 @@ def test_countdown_warning_extend_and_cancel(served: tuple[str, StandInRunner], 
     page.wait_for_selector('[data-screen="consent"].active')
     assert page.is_visible("#clock") and not page.is_visible("#warn")
     left = int(page.inner_text("#clock").split()[0])
-    assert 40 <= left <= 50
+    assert 500 < left <= 600  # seconds to the deadline (a page this slow would be a bug)
     assert page.is_visible("#cancel")
     # the warning time has come: the banner with "extend time"
     runner.push(dict(consent, seq=2, warn_at_ms=now - 1))
@@ -102,7 +102,7 @@ def test_countdown_warning_extend_and_cancel(served: tuple[str, StandInRunner], 
         page.wait_for_timeout(50)
     assert {"type": "extend"} in runner.posted
     # extended: the flow moves the deadline and the warning goes
-    runner.push(dict(consent, seq=3, deadline_ms=now + 120_000, warn_at_ms=now + 100_000))
+    runner.push(dict(consent, seq=3, deadline_ms=now + 1_200_000, warn_at_ms=now + 1_100_000))
     page.wait_for_selector("#warn", state="hidden")
     # no more extensions allowed: the banner shows without the button
     runner.push(dict(consent, seq=4, warn_at_ms=now - 1, can_extend=False))

@@ -82,8 +82,12 @@ async def read_upload(request: web.Request,
             name = (part.filename or "document")[:MAX_NAME]
             return bytes(data), name
         if part.name == "sample":
-            text = (await part.read(decode=False))[:8].decode("ascii", "replace").strip()
-            got = sample(int(text)) if text.isdigit() else None
+            # an index, a few digits: one small chunk is read, never the rest of a long part
+            # (aiohttp's smallest chunk is the boundary's length + 2)
+            raw = await part.read_chunk(256)
+            text = raw.decode("ascii", "replace").strip()
+            short = len(text) <= 8 and not await part.read_chunk(256)
+            got = sample(int(text)) if short and text.isdigit() else None
             if got is None:
                 raise PadError(404, "not_found", "no such sample document")
             return got

@@ -144,6 +144,7 @@ class WebServer:
     def attach_runner(self, runner: Any) -> None:
         """Relay ``runner.subscribe()`` to the WebSockets; events go to ``runner.post``."""
         self.runner = runner
+        self._tasks = [t for t in self._tasks if not t.done()]  # earlier runners' pumps
         self._tasks.append(asyncio.create_task(self._pump(runner)))
 
     # -- relaying --------------------------------------------------------------------------
