@@ -7,7 +7,7 @@
   continuously; authorizations and license lookups need the native ledger's transaction
   types, so the kiosk then shows why they are not available (:class:`ChainUnavailable`);
 - ``hsm``: the crypto module: opened, logged in, checked every few seconds; the device key
-  signs through :class:`ModuleDeviceSigner`;
+  signs through :class:`appliance.node.tx.ModuleSigner`;
 - ``kiosk``: the local web server (UI and API, loopback only) and the authorization flow.
 
 A task that crashes is logged (one line) and restarted after a backoff
@@ -369,26 +369,6 @@ class _NoLookups:
                       f"available: {FISCO_UNAVAILABLE}", code="not_available")
 
 
-class ModuleDeviceSigner:
-    """The runner's signer: ``await sign(message) -> (alg, public_key, signature)``, signed
-    inside the crypto module (the key never leaves it), the blocking driver in a thread."""
-
-    def __init__(self, client: Any, slot: int) -> None:
-        from .node.tx import ModuleSigner
-
-        self._signer = ModuleSigner(client, slot)
-        self.alg = "sm2"
-        self.public_key = self._signer.public_key
-        self.slot = slot
-        self.on_sign: Callable[[], None] | None = None
-
-    async def sign(self, message: bytes) -> tuple[str, bytes, bytes]:
-        sig = await asyncio.to_thread(self._signer.sign, bytes(message))
-        if self.on_sign is not None:
-            self.on_sign()
-        return "sm2", self.public_key, sig
-
-
 def read_pin(cfg: Config, env: Mapping[str, str] | None = None) -> str | None:
     env = os.environ if env is None else env
     if cfg.hsm.pin_file is not None:
@@ -437,7 +417,7 @@ class Appliance:
         self.readiness = Readiness()
         self.supervisor = Supervisor(on_crash=self._on_crash)
         self.node: Any = None  # NodeSync once the node task has started
-        self.signer: ModuleDeviceSigner | None = None
+        self.signer: Any = None  # appliance.node.tx.ModuleSigner once the module is up
         self.runner: Any = None  # FlowRunner once the kiosk task has it
         self.audit: Any = None
         self.audit_start: AuditStart | None = None
@@ -735,8 +715,10 @@ class Appliance:
             if pin is not None:
                 await aclient.login(pin)
                 self.audit_event("login", device=device)
-            self.signer = await asyncio.to_thread(ModuleDeviceSigner, client,
-                                                  self.cfg.hsm.slot)
+            from .node.tx import ModuleSigner
+
+            # reads the device key's public key from the module (the key never leaves it)
+            self.signer = await asyncio.to_thread(ModuleSigner, client, self.cfg.hsm.slot)
             self.readiness.set("hsm", "ready")
             log.info("crypto module ready on %s, device key in slot %d", device,
                      self.cfg.hsm.slot)
@@ -851,10 +833,10 @@ class Appliance:
         flow = flow_mod.AuthorizationFlow(flow_mod.FlowConfig(), terminal_id=terminal,
                                           new_session=lambda: os.urandom(16))
         frames = self.sim.camera() if self.sim is not None else self._camera()
-        # The alarm comes from _watch_node (alarm_poll_s=None: no second poller).
+        # The alarm comes from _watch_node (runner.alarm_changed); the runner does not poll.
         return runner_mod.FlowRunner(
             flow, frames=frames, capture_config=CaptureConfig(), identity=identity,
-            signer=self.signer, node=self.node, audit=_AuditSink(self), alarm_poll_s=None,
+            signer=self.signer, node=self.node, audit=_AuditSink(self),
             identity_timeout_s=cfg.identity.timeout_s,
             capture_listener=None if self.sim is None else self.sim.capture_listener)
 

@@ -38,6 +38,10 @@ Misbehaviours (``MODE[@H]``, H default 1; affects blocks >= H):
 - ``withhold``: the tip is reported, blocks above H are an error.
 - ``garbage`` / ``oversize`` / ``slow``: the body of any answer holding a block >= H (every
   answer without @H) is not JSON / 9 MiB without a length / 8 bytes a second.
+
+``think_s`` (not a misbehaviour): every answer waits that long before its headers are sent,
+as a busy node would. A request body over 1 MiB, or not JSON, is answered with the JSON-RPC
+parse error (-32700).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from typing import Any
 from aiohttp import web
 
 from appliance.gm import sm2, sm3
+from appliance.httpbody import read_capped
 from hil.process import FixtureProcess, serve_until_stopped
 
 __all__ = ["MODES", "FiscoChain", "FiscoNode", "FiscoNodeProcess", "Misbehaviour"]
@@ -274,8 +279,9 @@ class FiscoNode:
 
     def __init__(self, chain: FiscoChain, *, host: str = "127.0.0.1", port: int = 0,
                  misbehave: Misbehaviour | str | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, think_s: float = 0.0) -> None:
         self.chain = chain
+        self.think_s = think_s
         self.host, self.requested_port = host, port
         self.misbehave = Misbehaviour.parse(misbehave) if isinstance(misbehave, str) \
             else misbehave
@@ -442,10 +448,10 @@ class FiscoNode:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
-        body = await request.content.read(MAX_REQUEST + 1)
+        body = await read_capped(request, MAX_REQUEST)
         heights: list[int] = []
         try:
-            if len(body) > MAX_REQUEST:
+            if body is None:
                 raise ValueError("too large")
             parsed = json.loads(body)
             if isinstance(parsed, list):
@@ -465,13 +471,19 @@ class FiscoNode:
             out = {"jsonrpc": "2.0", "id": None,
                    "error": {"code": -32700, "message": "parse error"}}
         data = json.dumps(out, separators=(",", ":")).encode()
+        if self.think_s > 0:  # the node's time to answer, before its headers
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.think_s)
         m = self.misbehave
         mode = None
         if m is not None and m.mode in _TRANSPORT and (
                 m.height == 0 or any(x >= m.height for x in heights)):
             mode = m.mode
         resp = await self._send(request, data, mode)
-        self.log(f"{request.remote} POST {len(body)}B -> {len(data)}B "
+        if body is None and not resp.prepared:
+            resp.force_close()  # do not drain the rest of an oversize request
+        self.log(f"{request.remote} POST {'>' + str(MAX_REQUEST) if body is None else len(body)}B"
+                 f" -> {len(data)}B "
                  f"{(time.monotonic() - started) * 1000:.0f}ms{' ' + mode if mode else ''}")
         return resp
 

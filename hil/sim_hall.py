@@ -358,7 +358,7 @@ class SimHall:
             next_at = max(next_at + period, time.monotonic() - period)
             t = time.monotonic()
             if self._screen == "scan" and self.last_matter_qr:
-                frame = await asyncio.to_thread(_qr_frame, self.last_matter_qr)
+                frame = await asyncio.to_thread(qr_frame, self.last_matter_qr)
             else:
                 frame = await asyncio.to_thread(self.subject.frame, t - self._t0)
             yield frame, t
@@ -393,14 +393,14 @@ class SimHall:
         self.last_matter_qr = qr_text
 
 
-def _qr_frame(text: str) -> Any:
-    """A 640x480 BGR camera frame of a QR code held up to the camera."""
+def qr_frame(text: str) -> Any:
+    """A 640x480 BGR camera frame of a QR code held up to the camera (~4 px a module)."""
     import cv2
     import numpy as np
 
-    from appliance.kiosk.web.qr import qr_image
+    from appliance.kiosk.matter import render_qr
 
-    code = qr_image(text, module_px=4)
+    code = render_qr(text, module_px=4)
     side = min(440, code.shape[0])
     code = cv2.resize(code, (side, side), interpolation=cv2.INTER_NEAREST)
     frame = np.full((480, 640), 200, np.uint8)

@@ -509,7 +509,9 @@ class AuthorizationFlow:
         self._new_session = new_session
         self.screen = "attract"
         self._seq = 0
-        self._now = 0
+        self._now = 0  # wall time (ms): matter expiry, what the view's deadlines are in
+        self._mono = 0  # monotonic time (ms): every timer runs on it
+        self._wall_offset = 0  # wall - monotonic when the running timer was set
         self._blocks: dict[str, str] = {}  # kind -> detail, while authorizations are refused
         self._view: dict[str, Any] | None = None
         self._reset()
@@ -521,8 +523,8 @@ class AuthorizationFlow:
     def _reset(self) -> None:
         self.session: bytes | None = None
         self.matter: Matter | None = None
-        self._entered = self._now
-        self._deadline: int | None = None
+        self._entered = self._mono
+        self._deadline: int | None = None  # monotonic ms
         self._warn_at: int | None = None
         self._extends = 0
         self._attempt = 0
@@ -532,24 +534,19 @@ class AuthorizationFlow:
         self._capture_digest: bytes | None = None
         self._attestation: dict[str, Any] | None = None
         self._awaiting: str | None = None  # the runner result the flow waits for
-        self._signed = False  # SignAuthorization emitted in this session
         self._tx_id: bytes | None = None
         self._sent = False  # SubmitTx emitted
         self._receipt: dict[str, Any] | None = None
         self._error: dict[str, Any] | None = None
         self._handover: dict[str, Any] | None = None
 
-    @property
-    def signed(self) -> bool:
-        return self._signed
-
     def next_deadline(self) -> int | None:
-        """When the runner should send a Tick (ms), or None."""
+        """When the runner should send a Tick (ms, on the clock of ``mono_ms``), or None."""
         return self._deadline
 
     def _enter(self, screen: str) -> None:
         self.screen = screen
-        self._entered = self._now
+        self._entered = self._mono
         self._extends = 0
         self._set_timer()
 
@@ -560,21 +557,33 @@ class AuthorizationFlow:
         if limit is None:
             self._deadline = self._warn_at = None
             return
-        self._deadline = self._now + limit
+        self._deadline = self._mono + limit
+        # the view gives deadlines in wall time (the browser counts down on its own clock):
+        # wall now + what remains, fixed when the timer is set
+        self._wall_offset = self._now - self._mono
         if self.screen in EXTENDABLE and not self._handed_over():
             lead = max(round(limit * (1 - self.config.warn_fraction)),
                        self.config.min_warn_lead_ms)
-            self._warn_at = max(self._now, self._deadline - lead)
+            self._warn_at = max(self._mono, self._deadline - lead)
         else:
             self._warn_at = None
 
     # -- the entry point ------------------------------------------------------------------------
 
-    def handle(self, event: Event, now_ms: int) -> list[Effect]:
-        """Apply ``event`` at ``now_ms``; the effects to execute, in order."""
-        self._now = max(self._now, int(now_ms))
+    def handle(self, event: Event, now_ms: int, mono_ms: int | None = None) -> list[Effect]:
+        """Apply ``event`` at wall time ``now_ms``; the effects to execute, in order.
+
+        ``mono_ms`` is a monotonic clock in ms: the timers run on it, so a step of the wall
+        clock neither stretches nor shortens a screen; wall time is used only for the matter's
+        expiry and for the view's deadlines (the browser compares them with its wall clock).
+        Without ``mono_ms`` both are ``now_ms``, never going backwards."""
+        if mono_ms is None:
+            self._now = self._mono = max(self._mono, int(now_ms))
+        else:
+            self._now = int(now_ms)
+            self._mono = max(self._mono, int(mono_ms))
         out: list[Effect] = []
-        if self._deadline is not None and self._now >= self._deadline:
+        if self._deadline is not None and self._mono >= self._deadline:
             self._timeout(out)
         self._dispatch(event, out)
         view = self._build_view()
@@ -861,7 +870,6 @@ class AuthorizationFlow:
                 "attestation": self._attestation, "capture_digest": self._capture_digest,
                 "terminal": self.terminal_id, "not_after": m.not_after}
         self._awaiting = "sign"
-        self._signed = True
         out.append(SignAuthorization(self._sid(), data))
 
     def _on_included(self, ev: Included, out: list[Effect]) -> None:
@@ -947,8 +955,8 @@ class AuthorizationFlow:
         return {
             "screen": s,
             "session": self.session.hex() if self.session else None,
-            "deadline_ms": self._deadline,
-            "warn_at_ms": self._warn_at,
+            "deadline_ms": None if self._deadline is None else self._deadline + self._wall_offset,
+            "warn_at_ms": None if self._warn_at is None else self._warn_at + self._wall_offset,
             "can_extend": bool(extendable and self._extends < self.config.max_extends),
             "extends_left": (self.config.max_extends - self._extends) if extendable else 0,
             "can_cancel": s in CANCELLABLE and not self._handed_over(),

@@ -39,7 +39,7 @@ from appliance import wire
 
 __all__ = [
     "MAX_LICENSES", "MAX_PAYLOAD", "PREFIX", "License", "Matter", "MatterError",
-    "check_not_expired", "decode_qr", "encode_qr", "read_qr", "render_qr",
+    "decode_qr", "encode_qr", "read_qr", "render_qr",
 ]
 
 PREFIX = "GOVAUTH1:"
@@ -191,23 +191,20 @@ def decode_qr(text: object) -> Matter:
                   obj["subject"], not_after)
 
 
-def check_not_expired(m: Matter, now_ms: int) -> Matter:
-    """``m``, or MatterError ``expired`` when its ``not_after`` has passed."""
-    if m.expired(now_ms):
-        raise MatterError("expired", f"not_after {m.not_after} < now {now_ms}")
-    return m
-
-
 # -- the image ----------------------------------------------------------------------------------
 
 QUIET_MODULES = 4
 
 
 def render_qr(text: str, *, module_px: int = 6) -> np.ndarray:
-    """A greyscale uint8 image of ``text`` as a QR code, ``module_px`` pixels per module,
-    with a quiet zone of four modules (the encoder's own margin is two)."""
+    """A greyscale uint8 image of ``text`` (a matter, a receipt's tx id, any text) as a QR
+    code, ``module_px`` pixels per module, with a quiet zone of four modules (the encoder's
+    own margin is two). :class:`MatterError` ``oversize`` when it cannot be encoded."""
     encoder = cv2.QRCodeEncoder.create(cv2.QRCodeEncoder.Params())
-    small = encoder.encode(text)
+    try:
+        small = encoder.encode(text)
+    except cv2.error as exc:
+        raise MatterError("oversize", f"the QR encoder refused the text: {exc.msg}") from None
     if small is None or small.size == 0:
         raise MatterError("oversize", "the QR encoder could not encode the text")
     margin = (QUIET_MODULES - 2) * module_px

@@ -14,11 +14,17 @@ ms). Otherwise the camera is not read at all. Frames are overwritten once used; 
 sent to subscribers is a small JPEG made in memory, at most ``preview_fps`` a second, and
 only while somebody is subscribed. Nothing here writes image data anywhere.
 
-Signing: ``signer`` is any object with ``alg``, ``public_key`` and ``async sign(message) ->
-(alg, public_key, signature)``; :class:`ModuleAuthSigner` is the one around the crypto module
-(:class:`appliance.hsm.client.AsyncClient` or ``Client`` and a slot), so the device key never
-leaves the module. The transaction is built by :func:`appliance.node.tx.build_tx`, which
-checks the signature before the transaction is used.
+Signing: ``signer`` is a synchronous :class:`appliance.node.tx.Signer`, in the terminal the
+:class:`appliance.node.tx.ModuleSigner` over the crypto module (the device key never leaves
+it); :func:`appliance.node.tx.build_tx` calls it in a worker thread and checks the signature
+before the transaction is used. The build-and-sign step is shielded: once the module is
+asked to sign, the step runs to its end even if the session is cancelled, and every signature
+it made gets its ``sign`` audit entry (with the module's counter, ``signer.last_counter``); a
+transaction whose session has moved on is dropped unsent.
+
+Time: ``clock`` is the wall clock (ms; the matter's expiry, timestamps, the view's
+deadlines), ``monotonic`` a monotonic one (ms): the flow's timers run on it, so a step of the
+system clock cannot stretch or cut a screen.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -34,7 +41,6 @@ import aiohttp
 import cv2
 import numpy as np
 
-from appliance.gm import sm2
 from appliance.node.model import SignedTx, decode_header
 
 from . import flow as fl
@@ -42,7 +48,7 @@ from .capture.config import CaptureConfig
 from .capture.session import CaptureSession
 from .matter import QrReader
 
-__all__ = ["FlowRunner", "ModuleAuthSigner", "SteadyClock", "wall_clock_ms"]
+__all__ = ["FlowRunner"]
 
 log = logging.getLogger("appliance.kiosk")
 
@@ -53,79 +59,59 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class SteadyClock:
-    """Wall time in ms that does not jump while a session runs: the wall clock read once,
-    advanced by the monotonic clock. The runner re-reads the wall clock (:meth:`resync`)
-    only when no timer of a session is running (attract, blocked), so that a step of the
-    system clock (NTP, an operator) can neither expire a screen early nor hold it for the
-    size of a backward step."""
-
-    def __init__(self) -> None:
-        self.resync()
-
-    def resync(self) -> None:
-        self._wall = time.time_ns() // 1_000_000
-        self._mono = time.monotonic_ns()
-
-    def __call__(self) -> int:
-        return self._wall + (time.monotonic_ns() - self._mono) // 1_000_000
+def monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
 
 
-class ModuleAuthSigner:
-    """Signs with the device key in the crypto module (``slot``); ``client`` is an
-    :class:`~appliance.hsm.client.AsyncClient` or a blocking ``Client`` (run in a thread).
-    Messages up to the module's limit go whole (the module computes SM3(Z_A || M));
-    longer ones are hashed here and signed with ``sign_digest``."""
+class _Capture:
+    """One capture attempt: the session, and the rule that it is closed exactly when no
+    feed is in flight. :meth:`stop` (loop thread) never blocks: if a frame is being fed in a
+    worker thread, the feeding thread closes the session as soon as its feed returns, so a
+    feed cannot re-create a buffer (the best frame, the motion anchor) after the wipe."""
 
-    alg = "sm2"
+    def __init__(self, session: bytes, attempt: int, cs: CaptureSession) -> None:
+        self.session, self.attempt, self.cs = session, attempt, cs
+        self.stopped = False
+        self.closed = threading.Event()
+        self._lock = threading.Lock()
 
-    def __init__(self, client: Any, slot: int, public_key: bytes) -> None:
-        self._client = client
-        self.slot = slot
-        self.public_key = public_key
-        self.last_counter: int | None = None
+    def feed(self, frame: np.ndarray, ts: float) -> list[Any]:
+        """In a worker thread."""
+        events: list[Any] = []
+        with self._lock:
+            if not self.stopped:
+                events = self.cs.feed(frame, ts)
+        if self.stopped:  # stopped while feeding (stop() could not take the lock)
+            self._close()
+            return []
+        return events
 
-    @classmethod
-    async def open(cls, client: Any, slot: int) -> ModuleAuthSigner:
-        pk = await cls._call(client, "public_key", slot)
-        if pk.alg != "sm2":
-            raise ValueError(f"slot {slot} holds a {pk.alg} key, not sm2")
-        return cls(client, slot, pk.public_key)
+    def seal(self, service_public_key: bytes, session_id: bytes) -> Any:
+        """In a worker thread; the session is wiped whatever happens."""
+        self.stopped = True
+        try:
+            with self._lock:
+                return self.cs.seal(service_public_key, session_id)
+        finally:
+            self._close()
 
-    @staticmethod
-    async def _call(client: Any, name: str, *args: Any) -> Any:
-        method = getattr(client, name)
-        if asyncio.iscoroutinefunction(method):
-            return await method(*args)
-        return await asyncio.to_thread(method, *args)
+    def stop(self) -> None:
+        """Loop thread: close now, or leave it to the feed in flight."""
+        self.stopped = True
+        if self._lock.acquire(blocking=False):
+            try:
+                self._close_locked()
+            finally:
+                self._lock.release()
 
-    async def sign(self, message: bytes) -> tuple[str, bytes, bytes]:
-        from appliance.hsm.client import MAX_CHUNK
+    def _close(self) -> None:
+        with self._lock:
+            self._close_locked()
 
-        if len(message) <= MAX_CHUNK:
-            sig = await self._call(self._client, "sign", self.slot, message)
-        else:
-            digest = sm2.message_digest(self.public_key, message)
-            sig = await self._call(self._client, "sign_digest", self.slot, digest)
-        self.last_counter = sig.counter
-        return self.alg, self.public_key, sig.signature
-
-
-class _BridgeSigner:
-    """The synchronous Signer that build_tx wants, running the async signer on the loop
-    (build_tx runs in a worker thread)."""
-
-    def __init__(self, signer: Any, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
-        self._signer, self._loop, self._timeout = signer, loop, timeout_s
-        self.alg = signer.alg
-        self.public_key = signer.public_key
-
-    def sign(self, message: bytes) -> bytes:
-        fut = asyncio.run_coroutine_threadsafe(self._signer.sign(message), self._loop)
-        alg, public_key, signature = fut.result(self._timeout)
-        if alg != self.alg or public_key != self.public_key:
-            raise ValueError("the signer signed with another key than it announced")
-        return signature
+    def _close_locked(self) -> None:
+        self.cs.cancel()
+        self.cs.close()
+        self.closed.set()
 
 
 class _Subscription:
@@ -151,8 +137,11 @@ class FlowRunner:
     ``service_public_key`` seals the capture unless ``service_public_key`` is given).
     ``node``: a :class:`~appliance.node.client.NodeSync` whose ``run()`` is going in the same
     loop. ``audit``: anything with ``append(kind, **fields)`` (appended in order, in a
-    thread). ``clock``: wall time in ms (default :class:`SteadyClock`). Call :meth:`post`
-    and :meth:`alarm_changed` from the loop's thread. ``capture_listener(events, ts)`` sees
+    thread). ``clock``: wall time in ms; ``monotonic``: monotonic time in ms (the timers).
+    Call :meth:`post` and :meth:`alarm_changed` (the daemon's node watcher calls it when the
+    light node's alarm changes; the runner does not poll) from the loop's thread.
+    ``capture_session``: makes the capture session of an attempt (default
+    :class:`CaptureSession`). ``capture_listener(events, ts)`` sees
     every capture event with its frame time (the HIL rig's synthetic citizen answers the
     challenge with it).
     """
@@ -160,14 +149,17 @@ class FlowRunner:
     def __init__(self, flow: fl.AuthorizationFlow, *, frames: Any,
                  capture_config: CaptureConfig | None = None, identity: Any, signer: Any,
                  node: Any, audit: Any | None = None,
-                 clock: Callable[[], int] | None = None,
+                 clock: Callable[[], int] = wall_clock_ms,
+                 monotonic: Callable[[], int] = monotonic_ms,
                  service_public_key: bytes | None = None,
                  identity_timeout_s: float | None = None, submit_timeout_s: float | None = None,
                  inclusion_timeout_s: float | None = None, node_probe_timeout_s: float = 3.0,
                  scan_interval_s: float = 0.2, preview_fps: float = 5.0,
                  preview_width: int = 320, guidance_hz: float = 10.0,
-                 alarm_poll_s: float | None = 2.0, frame_timeout_s: float = 5.0,
-                 capture_listener: Callable[[list[Any], float], None] | None = None) -> None:
+                 frame_timeout_s: float = 5.0,
+                 capture_listener: Callable[[list[Any], float], None] | None = None,
+                 capture_session: Callable[[CaptureConfig], CaptureSession] = CaptureSession
+                 ) -> None:
         self.flow = flow
         self.frames = frames
         self.capture_config = capture_config or CaptureConfig()
@@ -175,7 +167,9 @@ class FlowRunner:
         self.signer = signer
         self.node = node
         self.audit = audit
-        self.clock = clock or SteadyClock()
+        self.clock = clock
+        self.monotonic = monotonic
+        self.capture_session = capture_session
         self.service_public_key = service_public_key or identity.service_public_key
         cfg = flow.config
         # each I/O step gets a little less than the flow's screen time, so the step's own,
@@ -183,21 +177,23 @@ class FlowRunner:
         self.identity_timeout_s = identity_timeout_s or max(1.0, cfg.verifying_ms / 1000 - 2)
         self.submit_timeout_s = submit_timeout_s or max(1.0, cfg.submitting_ms / 1000 - 2)
         self.inclusion_timeout_s = inclusion_timeout_s or max(1.0, cfg.waiting_ms / 1000 - 2)
-        self.sign_timeout_s = max(1.0, cfg.signing_ms / 1000 - 2)
+        # the "signing" screen covers the node probe and the signature: both fit in it
         self.node_probe_timeout_s = node_probe_timeout_s
+        self.sign_timeout_s = max(1.0, cfg.signing_ms / 1000 - 2 - node_probe_timeout_s)
         self.scan_interval_s = scan_interval_s
         self.preview_period_s = 1.0 / preview_fps if preview_fps > 0 else None
         self.preview_width = preview_width
         self.guidance_period_s = 1.0 / guidance_hz
-        self.alarm_poll_s = alarm_poll_s
         self.frame_timeout_s = frame_timeout_s
         self.capture_listener = capture_listener
         self.signatures = 0  # transactions signed by this runner (for tests and status)
-        self.last_inclusion: Any = None  # the VerifiedInclusion of the last receipt
         self._subs: set[_Subscription] = set()
         self._seq_published = -1
         self._scanning = False
-        self._capture: tuple[bytes, int, CaptureSession] | None = None
+        self._capture: _Capture | None = None
+        self._captures: set[_Capture] = set()  # not yet known to be closed
+        self._sign_jobs: set[asyncio.Task] = set()  # shielded: they outlive a cancel
+        self._sign_lock = threading.Lock()
         self._envelope: dict[str, bytes] | None = None
         self._txs: dict[bytes, SignedTx] = {}
         self._tasks: dict[bytes | None, set[asyncio.Task]] = {}
@@ -209,7 +205,6 @@ class FlowRunner:
         self._stop = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._alarm_seen: bool | None = None
         self._qr = QrReader()
         self._last_scan = 0.0
         self._last_preview = 0.0
@@ -228,9 +223,7 @@ class FlowRunner:
     def alarm_changed(self, active: bool, detail: str = "", kind: str = "equivocation"
                       ) -> None:
         """A reason to refuse authorizations was raised or cleared: the light node's alarm
-        (the daemon, or the store poller), or another ``kind`` (flow.BLOCK_CODES)."""
-        if kind == "equivocation":
-            self._alarm_seen = bool(active)
+        (from the daemon's node watcher), or another ``kind`` (flow.BLOCK_CODES)."""
         self._handle(fl.AlarmChanged(bool(active), detail or "", kind))
 
     async def subscribe(self, *, queue_size: int = 64) -> AsyncIterator[dict[str, Any]]:
@@ -263,8 +256,6 @@ class FlowRunner:
             timeout=aiohttp.ClientTimeout(total=self.node_probe_timeout_s))
         writer = asyncio.create_task(self._audit_writer())
         workers = [asyncio.create_task(self._ticker()), asyncio.create_task(self._pump())]
-        if self.alarm_poll_s is not None and self.node is not None:
-            workers.append(asyncio.create_task(self._alarm_watch()))
         self._publish_view()
         self._want_frames()
         self._wake.set()
@@ -276,6 +267,12 @@ class FlowRunner:
             await asyncio.gather(*workers, return_exceptions=True)
             await self._cancel_tasks(None, everything=True)
             self._wipe()
+            # a frame fed when the pump was cancelled: its thread closes the session
+            for cap in list(self._captures):
+                await asyncio.to_thread(cap.closed.wait, 30)
+            # a signature under way is finished and audited before the audit log closes
+            if self._sign_jobs:
+                await asyncio.gather(*self._sign_jobs, return_exceptions=True)
             await self._http.close()
             self._audit_queue.put_nowait(None)  # what was queued is written, in order
             await asyncio.gather(writer, return_exceptions=True)
@@ -289,7 +286,7 @@ class FlowRunner:
         assert self._wake is not None
         while True:
             deadline = self.flow.next_deadline()
-            timeout = None if deadline is None else max(0.0, (deadline - self.clock()) / 1000)
+            timeout = None if deadline is None else max(0.0, (deadline - self.monotonic()) / 1000)
             self._wake.clear()
             # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancellation that
             # arrives as the wait ends, and the runner would never stop
@@ -297,33 +294,15 @@ class FlowRunner:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
             deadline = self.flow.next_deadline()
-            if deadline is not None and self.clock() >= deadline:
+            if deadline is not None and self.monotonic() >= deadline:
                 self._handle(fl.Tick())
-
-    async def _alarm_watch(self) -> None:
-        """Polls the header store's alarms (an equivocation raises one) in a thread."""
-        while True:
-            try:
-                alarms = await asyncio.to_thread(self.node.store.alarms)
-            except Exception as exc:  # a store that cannot be read: keep the last state
-                log.warning("cannot read the alarms: %s", exc)
-                alarms = None
-            if alarms is not None:
-                active = bool(alarms)
-                if active != self._alarm_seen:
-                    detail = "; ".join(a.detail for a in alarms)
-                    self.alarm_changed(active, detail)
-            assert self.alarm_poll_s is not None
-            await asyncio.sleep(self.alarm_poll_s)
 
     # -- events in, effects out -----------------------------------------------------------------
 
     def _handle(self, ev: fl.Event) -> None:
         if isinstance(ev, fl.StepFailed):
             log.warning("step %s failed (%s): %s", ev.step, ev.code, ev.detail)
-        if self.flow.screen in ("attract", "blocked") and isinstance(self.clock, SteadyClock):
-            self.clock.resync()  # no session timer is running
-        effects = self.flow.handle(ev, self.clock())
+        effects = self.flow.handle(ev, self.clock(), self.monotonic())
         for effect in effects:
             try:
                 self._execute(effect)
@@ -357,7 +336,9 @@ class FlowRunner:
             self._scanning = False
         elif isinstance(e, fl.StartCapture):
             self._close_capture()
-            self._capture = (e.session, e.attempt, CaptureSession(self.capture_config))
+            cap = _Capture(e.session, e.attempt, self.capture_session(self.capture_config))
+            self._capture = cap
+            self._captures.add(cap)
         elif isinstance(e, fl.StopCapture):
             self._close_capture()
         elif isinstance(e, fl.SealCapture):
@@ -383,8 +364,9 @@ class FlowRunner:
     def _close_capture(self) -> None:
         cap, self._capture = self._capture, None
         if cap is not None:
-            cap[2].cancel()
-            cap[2].close()
+            cap.stop()  # closed now, or by the feed in flight as soon as it returns
+        for c in [c for c in self._captures if c.closed.is_set()]:
+            self._captures.discard(c)
 
     def _wipe(self, session: bytes | None = None) -> None:
         """Drop everything of the session: capture buffers (overwritten), the envelope, the
@@ -437,7 +419,7 @@ class FlowRunner:
                 log.warning("frame not usable: %s", exc)
                 cap = self._capture
                 if cap is not None:
-                    self._handle(fl.StepFailed(cap[0], "capture", "camera_unavailable",
+                    self._handle(fl.StepFailed(cap.session, "capture", "camera_unavailable",
                                                f"frame not usable: {exc}"))
             finally:
                 with contextlib.suppress(ValueError):
@@ -446,7 +428,7 @@ class FlowRunner:
     def _camera_lost(self) -> None:
         cap = self._capture
         if cap is not None:
-            self._handle(fl.StepFailed(cap[0], "capture", "camera_unavailable",
+            self._handle(fl.StepFailed(cap.session, "capture", "camera_unavailable",
                                        "no frame from the camera"))
 
     async def _use_frame(self, frame: np.ndarray, ts: float) -> None:
@@ -454,10 +436,10 @@ class FlowRunner:
         now = loop.time()
         cap = self._capture
         if cap is not None:
-            session, attempt, cs = cap
-            events = await asyncio.to_thread(cs.feed, frame, ts)
+            session, attempt, cs = cap.session, cap.attempt, cap.cs
+            events = await asyncio.to_thread(cap.feed, frame, ts)
             if self._capture is not cap:  # stopped while the frame was being processed
-                return
+                return  # (and closed by cap.feed)
             if self.capture_listener is not None and events:
                 self.capture_listener(list(events), ts)
             for event in events:
@@ -514,14 +496,13 @@ class FlowRunner:
 
     async def _seal(self, session: bytes) -> None:
         cap = self._capture
-        if cap is None or cap[0] != session:
+        if cap is None or cap.session != session:
             self._handle(fl.StepFailed(session, "seal", "camera_unavailable", "no capture"))
             return
         self._capture = None  # seal() wipes the session's buffers
         try:
-            sealed = await asyncio.to_thread(cap[2].seal, self.service_public_key, session)
+            sealed = await asyncio.to_thread(cap.seal, self.service_public_key, session)
         except Exception as exc:
-            cap[2].close()
             self._handle(fl.StepFailed(session, "seal", "camera_unavailable",
                                        f"sealing failed: {exc}"))
             return
@@ -552,8 +533,6 @@ class FlowRunner:
             log.warning("identity service call failed: %r", exc)
             self._handle(fl.StepFailed(e.session, "attest", "identity_unavailable", str(exc)))
             return
-        finally:
-            envelope = None
         self._handle(fl.AttestationVerified(e.session, att.signed, att.result, att.score))
 
     async def _check_nodes(self, session: bytes) -> None:
@@ -576,30 +555,67 @@ class FlowRunner:
                                      f"no district node answered ({len(urls)} usable)"))
 
     async def _sign(self, e: fl.SignAuthorization) -> None:
-        from appliance.node.tx import build_tx
-
-        loop = asyncio.get_running_loop()
-        bridge = _BridgeSigner(self.signer, loop, self.sign_timeout_s)
+        # The signing job is shielded: cancelling this step (cancel, timeout, alarm: a Wipe)
+        # or giving up on it leaves the job running to its end, so a signature the module
+        # makes is always audited; the tx is then dropped if the session moved on.
+        job = asyncio.get_running_loop().create_task(self._sign_job(e))
+        self._sign_jobs.add(job)
+        job.add_done_callback(self._sign_jobs.discard)
         try:
-            tx = await asyncio.to_thread(
-                build_tx, bridge, chain_id=self.node.anchor.chain_id, type="license.authorize",
-                data=e.data, timestamp_ms=self.clock())
+            async with asyncio.timeout(self.sign_timeout_s):
+                tx = await asyncio.shield(job)
+        except TimeoutError:
+            self._handle(fl.StepFailed(e.session, "sign", "module_unavailable",
+                                       "the crypto module did not answer in time"))
+            return
         except Exception as exc:
             log.warning("signing failed: %s", exc)
             self._handle(fl.StepFailed(e.session, "sign", "module_unavailable", str(exc)))
             return
-        self.signatures += 1
-        if self.audit is not None:
-            fields: dict[str, Any] = {"session": e.session.hex(), "tx_id": tx.tx_id.hex(),
-                                      "purpose": "license.authorize"}
-            counter = getattr(self.signer, "last_counter", None)
-            if counter is not None:
-                fields["counter"] = counter
-            self._audit_queue.put_nowait(("sign", fields))
         if self.flow.session != e.session:
             return  # the flow moved on (cancel, alarm, timeout): the tx is dropped unsent
         self._txs[e.session] = tx
         self._handle(fl.AuthorizationSigned(e.session, tx.tx_id))
+
+    def _build_and_sign(self, e: fl.SignAuthorization, timestamp_ms: int
+                        ) -> tuple[SignedTx | None, bool, int | None, Exception | None]:
+        """In a worker thread: (tx, signed, module counter, error). ``signed`` is True when
+        the signer made a signature (also when build_tx then refused it)."""
+        from appliance.node.tx import build_tx
+
+        signer = self.signer
+        with self._sign_lock:  # one signature at a time: last_counter is this one's
+            has_counter = hasattr(signer, "last_counter")
+            if has_counter:
+                signer.last_counter = None
+            try:
+                tx = build_tx(signer, chain_id=self.node.anchor.chain_id,
+                              type="license.authorize", data=e.data,
+                              timestamp_ms=timestamp_ms)
+            except Exception as exc:
+                counter = getattr(signer, "last_counter", None)
+                return None, counter is not None, counter, exc
+            return tx, True, getattr(signer, "last_counter", None), None
+
+    async def _sign_job(self, e: fl.SignAuthorization) -> SignedTx:
+        tx, signed, counter, error = await asyncio.to_thread(self._build_and_sign, e,
+                                                             self.clock())
+        if signed:
+            self.signatures += 1
+            if self.audit is not None:
+                fields: dict[str, Any] = {"session": e.session.hex(),
+                                          "purpose": "license.authorize"}
+                if tx is not None:
+                    fields["tx_id"] = tx.tx_id.hex()
+                else:
+                    fields["error"] = str(error)[:200]
+                if counter is not None:
+                    fields["counter"] = counter
+                self._audit_queue.put_nowait(("sign", fields))
+        if error is not None:
+            raise error
+        assert tx is not None
+        return tx
 
     async def _submit(self, e: fl.SubmitTx) -> None:
         from appliance.node.client import TxError
@@ -635,7 +651,6 @@ class FlowRunner:
             raw = await asyncio.to_thread(self.node.store.header, inc.height)
             if raw is not None:
                 time_ms = decode_header(raw).timestamp
-        self.last_inclusion = inc
         self._txs.pop(e.session, None)
         self._handle(fl.Included(e.session, inc.tx_id, inc.height, inc.block_id, time_ms))
 

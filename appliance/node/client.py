@@ -217,7 +217,7 @@ async def fetch(session: aiohttp.ClientSession, req: sync.Request,
         raise FetchError("unreachable", str(exc)[:120]) from None
     ok = False
     try:
-        body = await _read_body(resp, req.max_bytes, limits, started)
+        body = await read_body(resp, req.max_bytes, limits, started)
         ok = True
         return resp.status, body
     finally:
@@ -227,8 +227,12 @@ async def fetch(session: aiohttp.ClientSession, req: sync.Request,
             resp.close()  # drop the connection: never drain what an abusive peer sends
 
 
-async def _read_body(resp: aiohttp.ClientResponse, limit: int, limits: Limits,
-                     started: float) -> bytes:
+async def read_body(resp: aiohttp.ClientResponse, limit: int, limits: Limits,
+                    started: float) -> bytes:
+    """A peer's response body under ``limits`` (the native and the FISCO light node): the
+    declared and the streamed size against ``limit``, the total time from ``started``, the
+    gap between chunks, and the body rate from the headers' arrival. :class:`FetchError`
+    names what was broken."""
     declared = resp.content_length
     if declared is not None and declared > limit:
         raise FetchError("oversize", f"Content-Length {declared} > {limit}")

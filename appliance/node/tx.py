@@ -51,6 +51,8 @@ class ModuleSigner:
 
     Messages up to the module's 3 KiB limit are signed with ``sign`` (the module computes
     e = SM3(Z_A || M)); longer ones are hashed here and signed with ``sign_digest``.
+    ``last_counter`` is the module's signature counter of the last signature this signer
+    made (None before the first), for the audit log. Blocking: call it from a thread.
     """
 
     alg = "sm2"
@@ -59,14 +61,18 @@ class ModuleSigner:
         self._client = client
         self.slot = slot
         self.public_key = client.public_key(slot).public_key
+        self.last_counter: int | None = None
 
     def sign(self, message: bytes) -> bytes:
         from ..hsm.client import MAX_CHUNK
 
         if len(message) <= MAX_CHUNK:
-            return self._client.sign(self.slot, message).signature
-        digest = sm2.message_digest(self.public_key, message)
-        return self._client.sign_digest(self.slot, digest).signature
+            sig = self._client.sign(self.slot, message)
+        else:
+            digest = sm2.message_digest(self.public_key, message)
+            sig = self._client.sign_digest(self.slot, digest)
+        self.last_counter = sig.counter
+        return sig.signature
 
 
 def build_tx(signer: Signer, *, chain_id: str, type: str, data: dict[str, Any],

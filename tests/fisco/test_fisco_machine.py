@@ -145,3 +145,94 @@ def test_empty_blocks_hash_their_set_zero_roots(chain) -> None:
     assert pre[140:149] == (3).to_bytes(8, "big") + b"0"  # number, then gasUsed "0"
     init = next(e for e in events if isinstance(e, Initialize))
     assert bytes(32) not in init.preimage[:80]  # genesis: the roots are absent
+
+
+LOW, HIGH = "http://127.0.0.1:1", "http://127.0.0.1:2"
+
+
+@pytest.mark.parametrize("high", ["liar", "gone"])
+def test_a_lower_peer_is_asked_for_what_it_has_when_the_highest_claim_goes(chain, high) -> None:
+    """LOW honestly has blocks 0..60 only; HIGH claims more ("liar": 10**6, and answers
+    garbage; "gone": the true tip, then it is unreachable). Once HIGH is banned the target is
+    60, and the blocks above the first range must be asked of LOW, cut at what it has."""
+    m = machine(chain, batch=50)
+    m.add_peer(HIGH)
+    low = FiscoNode(FiscoChain(61, 4, seed="machine"), log=print)  # the same chain, shorter
+    honest_high = FiscoNode(chain, log=print)
+    events: list = []
+    asked: list = []
+    for _ in range(100):
+        qs = m.requests(NOW)
+        if not qs or m.done:
+            break
+        for q in qs:
+            if q.kind == "blocks":
+                asked.append((q.peer, q.start, q.start + q.count - 1))
+            if q.peer == LOW:
+                events += m.receive(q.id, answer(low, q.body), NOW)
+            elif q.kind == "number":
+                body = b'{"jsonrpc":"2.0","id":%d,"result":1000000}' % q.id if high == "liar" \
+                    else answer(honest_high, q.body)
+                events += m.receive(q.id, body, NOW)
+            elif q.kind == "anchor":
+                events += m.receive(q.id, answer(honest_high, q.body), NOW)
+            elif high == "liar":
+                events += m.receive(q.id, b"not json", NOW)
+            else:
+                events += m.fail(q.id, "unreachable", NOW)
+    bans = [(e.peer, e.reason) for e in events if isinstance(e, BanPeer)]
+    assert bans == [(HIGH, "malformed_json" if high == "liar" else "unreachable")], bans
+    assert all(last <= 60 for peer, _, last in asked if peer == LOW), asked
+    assert m.done and m.tip.number == 60 and m.tip.block_hash == chain.hashes[60]
+    blocks = [b for e in events if isinstance(e, AppendSegment) for b in e.blocks]
+    assert [(n, h) for n, h, _ in blocks] == list(enumerate(chain.hashes))[1:61]
+
+
+@pytest.mark.parametrize("back_first", [False, True])
+def test_verified_blocks_do_not_forgive_a_peer_banned_since_it_served_them(chain,
+                                                                           back_first) -> None:
+    """BAD serves one range right and the next one wrong: it is banned. When its good range
+    is verified later (while it is banned, or once its ban has run out), its strikes stay:
+    its next ban is twice as long."""
+    m = machine(chain, batch=10, ban_base_ms=2_000, ban_max_ms=60_000)
+    bad = "http://127.0.0.1:2"
+    m.add_peer(bad)
+    node = FiscoNode(chain, log=print)
+    held: list = []
+    for _ in range(5):  # the numbers, the anchor, the first ranges
+        for q in m.requests(NOW):
+            if q.kind == "blocks":
+                held.append(q)
+            else:
+                m.receive(q.id, answer(node, q.body), NOW)
+        if held:
+            break
+    first = min(held, key=lambda q: q.start)
+    theirs = sorted((q for q in held if q.peer == bad), key=lambda q: q.start)
+    assert first.peer == URL and len(theirs) == 2 and theirs[0].start > first.start
+    assert m.receive(theirs[0].id, answer(node, theirs[0].body), NOW) == []  # buffered
+    (ban,) = m.receive(theirs[1].id, b"[]", NOW)
+    assert ban.peer == bad and ban.until_ms == NOW + 2_000
+    now = NOW
+    if back_first:  # its ban runs out and it answers again before its range is verified
+        now = NOW + 2_000
+        for q in m.requests(now):
+            if q.peer == bad and q.kind == "number":
+                m.receive(q.id, answer(node, q.body), now)
+        assert m.peers.get(bad).state == "ok"
+    events = m.receive(first.id, answer(node, first.body), now)
+    got = [(e.blocks[0][0], e.peer) for e in events if isinstance(e, AppendSegment)]
+    assert got == [(first.start, URL), (theirs[0].start, bad)]
+    assert m.peers.get(bad).strikes == 1 and m.peers.get(bad).verified_headers == 10
+    now += 2_000
+    for _ in range(20):  # back again, it serves garbage again: the second ban is longer
+        qs = m.requests(now)
+        q = next((q for q in qs if q.peer == bad and q.kind == "blocks"), None)
+        if q is not None:
+            (ban,) = m.receive(q.id, b"[]", now)
+            assert ban.until_ms == now + 4_000
+            return
+        for q in qs:
+            if q.kind == "number":
+                m.receive(q.id, answer(node, q.body), now)
+    raise AssertionError("no range was asked of the bad peer again")

@@ -1,6 +1,11 @@
 """Sync against the FISCO-shaped double on loopback (in this event loop): every misbehaviour
 alone is rejected with its peer banned and the store left as it was; beside an honest node
-the client reaches the honest tip; inclusions with the leaf's position checked."""
+the client reaches the honest tip; inclusions with the leaf's position checked.
+
+The double shares this event loop, so its signatures are made before any run (the fixture),
+and runs that should reach the tip have generous timeouts: only the ``slow`` case has a tight
+rate grace, because that is what it tests. A run whose only node is banned ends when the sync
+has seen no progress for ``ALONE_STALL_S``; the ban comes within one range after the anchor."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import json
 import pytest
 
 from appliance.node.fisco.anchor import FiscoAnchor, decode_anchor
-from appliance.node.fisco.client import FiscoNodeSync, Transport, fetch_inclusion
+from appliance.node.fisco.client import FiscoNodeSync, Limits, fetch_inclusion
 from appliance.node.fisco.sync import FiscoSyncConfig
 from appliance.node.store import HeaderStore
 from hil.fisco_node import FiscoChain, FiscoNode
@@ -19,9 +24,23 @@ H = 60  # the misbehaviour starts inside the first range (1..100): nothing may b
 QUIET = lambda line: None  # noqa: E731
 
 
+ALONE_STALL_S = 2.0
+HONEST_STALL_S = 60.0
+#: the slow node must be caught well within ALONE_STALL_S (the default grace is 2 s)
+SLOW_LIMITS = Limits(rate_grace_s=0.3)
+
+
 @pytest.fixture(scope="module")
 def chain() -> FiscoChain:
-    return FiscoChain(150, 4, seed="sync-test")
+    c = FiscoChain(150, 4, seed="sync-test")
+    # Sign every block the doubles will serve (SM2 signing is the slow part of the double,
+    # done on first serve in the event loop the client shares): the honest chain and the
+    # re-signed forks of wrong-link and set-hijack land in the chain's signature cache.
+    for mode in (None, f"wrong-link@{H}", f"set-hijack@{H}"):
+        node = FiscoNode(c, misbehave=mode, log=QUIET)
+        for n in range(1, c.tip + 1):
+            node._view(n)
+    return c
 
 
 def _anchor(chain: FiscoChain) -> FiscoAnchor:
@@ -29,13 +48,14 @@ def _anchor(chain: FiscoChain) -> FiscoAnchor:
 
 
 async def _sync(chain: FiscoChain, store: HeaderStore, modes: list[str | None],
-                stall_s: float = 1.5, **config) -> tuple:
+                stall_s: float = HONEST_STALL_S, limits: Limits | None = None,
+                **config) -> tuple:
     nodes = [FiscoNode(chain, misbehave=m, log=QUIET) for m in modes]
     urls = [await n.start() for n in nodes]
     try:
         ns = FiscoNodeSync(store, _anchor(chain),
                            FiscoSyncConfig(ban_base_ms=60_000, ban_max_ms=60_000, **config),
-                           Transport(total_s=5, grace_s=0.5))
+                           limits)
         for u in urls:
             ns.add_peer(u)
         result = await ns.run(stall_timeout_s=stall_s)
@@ -57,7 +77,8 @@ def _stored(store: HeaderStore) -> list[tuple[int, bytes]]:
 ])
 def test_each_misbehaviour_alone_is_rejected(chain, tmp_path, mode, reason) -> None:
     store = HeaderStore.open(tmp_path / "h.sqlite")
-    result, (url,) = asyncio.run(_sync(chain, store, [f"{mode}@{H}"]))
+    limits = SLOW_LIMITS if mode == "slow" else None
+    result, (url,) = asyncio.run(_sync(chain, store, [f"{mode}@{H}"], ALONE_STALL_S, limits))
     assert not result.ok
     peer = result.peers[0]
     assert peer["state"] == "banned" and peer["last_reason"] == reason, peer
@@ -83,7 +104,8 @@ def test_the_forged_empty_block_is_empty_and_rejected(chain, tmp_path) -> None:
     assert block["transactions"] == [] and block["txsRoot"] == "0x" + "00" * 32
     assert node.tip == H
     store = HeaderStore.open(tmp_path / "h.sqlite")
-    result, _ = asyncio.run(_sync(chain, store, [f"empty-forged@{H}"], strict=True))
+    result, _ = asyncio.run(_sync(chain, store, [f"empty-forged@{H}"], ALONE_STALL_S,
+                                  strict=True))
     assert result.peers[0]["last_reason"] == "signature" and store.tip().height == 0
     store.close()
 

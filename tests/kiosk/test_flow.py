@@ -755,3 +755,35 @@ def test_every_error_has_both_languages() -> None:
     for code, texts in fl.ERRORS.items():
         assert len(texts) == 4 and all(texts), code
     json.dumps(fl.ERRORS, ensure_ascii=False)
+
+
+def test_timers_run_on_the_monotonic_clock_and_expiry_on_the_wall_clock() -> None:
+    """With ``mono_ms`` the timers ignore a step of the wall clock (here back by an hour);
+    the view's deadline is the wall clock plus the time that remains; the matter's expiry
+    is judged on the wall clock."""
+    flow = fl.AuthorizationFlow(fl.FlowConfig(scan_ms=5_000), terminal_id=bytes(32),
+                                new_session=lambda: bytes(16))
+    mono = 1_000
+    flow.handle(fl.Start(), T0, mono)
+    assert flow.next_deadline() == mono + 5_000
+    assert flow.view()["deadline_ms"] == T0 + 5_000
+    flow.handle(fl.Cancel(), T0 + 100, mono + 100)
+    flow.handle(fl.Done(), T0 + 200, mono + 200)
+    stepped = T0 - 3_600_000  # the wall clock stepped back on the attract screen
+    flow.handle(fl.Start(), stepped + 300, mono + 300)
+    assert flow.next_deadline() == mono + 300 + 5_000  # not stretched by the step
+    assert flow.view()["deadline_ms"] == stepped + 300 + 5_000
+    flow.handle(fl.Tick(), stepped + 300 + 4_999, mono + 300 + 4_999)
+    assert flow.screen == "scan"
+    flow.handle(fl.Tick(), stepped, mono + 300 + 5_000)  # the monotonic time decides
+    assert flow.screen == "error" and flow.view()["error"]["code"] == "timeout"
+    # expiry: a matter valid on the wall clock is accepted though the monotonic time is
+    # larger than its not_after, and one expired on the wall clock is refused
+    flow.handle(fl.Done(), T0, T0 * 2)
+    m = matter(not_after=T0 + 1_000)
+    flow.handle(fl.MatterText(encode_qr(m), "camera"), T0, T0 * 2)
+    assert flow.screen == "consent"
+    flow.handle(fl.Cancel(), T0, T0 * 2)
+    flow.handle(fl.Done(), T0, T0 * 2)
+    flow.handle(fl.MatterText(encode_qr(m), "camera"), T0 + 1_001, T0 * 2)
+    assert flow.view()["error"]["code"] == "matter_expired"

@@ -25,28 +25,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 
 from appliance import wire
 from appliance.audit import AuditLog
 from appliance.gm import sm2, sm3
-from appliance.hsm.client import AsyncClient, Client
+from appliance.hsm.client import Client
 from appliance.kiosk import flow as fl
 from appliance.kiosk.capture.config import CaptureConfig
 from appliance.kiosk.capture.sources import Camera, EmulatedCamera
 from appliance.kiosk.identity import IdentityClient, verify_attestation
-from appliance.kiosk.matter import License, Matter, encode_qr, render_qr
-from appliance.kiosk.runner import FlowRunner, ModuleAuthSigner
+from appliance.kiosk.matter import License, Matter, encode_qr
+from appliance.kiosk.runner import FlowRunner
 from appliance.node import sync
 from appliance.node.client import NodeSync
 from appliance.node.model import peer_id
 from appliance.node.store import HeaderStore
+from appliance.node.tx import ModuleSigner
 from hil import chain as hc
 from hil.district_node import DistrictNodeProcess
 from hil.hsm_emulator import HsmEmulator
 from hil.identity_service import IdentityService, load_reference
+from hil.sim_hall import qr_frame
 from hil.synthetic_face import StaticPrint, Subject
 
 pytestmark = pytest.mark.timeout(300)
@@ -148,18 +149,6 @@ def hall(tmp_path_factory: pytest.TempPathFactory):
 
 # -- the scene in front of the camera ---------------------------------------------------------
 
-def qr_frame(text: str) -> np.ndarray:
-    """The matter QR held up to the camera: ~4 px per module in a 640x480 colour frame."""
-    code = cv2.cvtColor(render_qr(text, module_px=4), cv2.COLOR_GRAY2BGR)
-    frame = np.full((480, 640, 3), 110, np.uint8)
-    h, w = code.shape[:2]
-    side = min(440, h)
-    code = cv2.resize(code, (side, side), interpolation=cv2.INTER_NEAREST) if h > 440 else code
-    y, x = (480 - side) // 2, (640 - side) // 2
-    frame[y:y + side, x:x + side] = code
-    return frame
-
-
 class Scene:
     """What the emulated camera sees: the QR code while ``mode`` is ``qr``, then the citizen
     (who answers the challenges the runner's capture session issues)."""
@@ -233,7 +222,8 @@ async def walk(hall: Hall, tmp_path: Path, *, person: Any | None = None,
                identity_url: str | None = None,
                on_screen: dict[str, Callable[[FlowRunner, Any], Any]] | None = None,
                config: fl.FlowConfig | None = None, consent: bool = True,
-               urls: list[str] | None = None, **runner_kw: Any) -> Walk:
+               urls: list[str] | None = None, signer_cls: type = ModuleSigner,
+               **runner_kw: Any) -> Walk:
     """Run the runner from attract until a final screen; return what the UI saw."""
     on_screen = dict(on_screen or {})
     matter = matter or sample_matter()
@@ -251,14 +241,14 @@ async def walk(hall: Hall, tmp_path: Path, *, person: Any | None = None,
                          service_name=identity.service)
     audit = AuditLog(tmp_path / "audit")
     try:
-        signer = await ModuleAuthSigner.open(AsyncClient(client), SLOT)
+        signer = await asyncio.to_thread(signer_cls, client, SLOT)  # as the daemon does
         flow = fl.AuthorizationFlow(config or fl.FlowConfig(),
                                     terminal_id=peer_id(signer.public_key),
                                     new_session=lambda: os.urandom(16))
         camera = Camera(EmulatedCamera(scene.frame, fps=FPS))
         runner = FlowRunner(flow, frames=camera, capture_config=CaptureConfig(),
                             identity=idc, signer=signer, node=ns, audit=audit,
-                            alarm_poll_s=0.1, capture_listener=scene.on_events,
+                            capture_listener=scene.on_events,
                             **runner_kw)
         run_task = asyncio.create_task(runner.run())
         views: list[dict[str, Any]] = []
@@ -425,6 +415,9 @@ def test_equivocation_alarm_blocks(hall: Hall, tmp_path: Path) -> None:
     def raise_alarm(runner: FlowRunner, ns: NodeSync) -> None:
         ns.store.raise_alarm("equivocation", "test: two valid commits at one height",
                              at_ms=int(time.time() * 1000))
+        # what the daemon's node watcher does when it reads the store's alarms
+        alarms = ns.store.alarms()
+        runner.alarm_changed(bool(alarms), "; ".join(a.detail for a in alarms))
 
     w = failed_walk(hall, tmp_path, "blocked_alarm", screen="blocked",
                     on_screen={"capture": raise_alarm})
@@ -486,3 +479,48 @@ def test_a_bad_proof_gives_no_receipt(hall: Hall, tmp_path: Path) -> None:
 
 def test_a_tx_never_included_times_out(hall: Hall, tmp_path: Path) -> None:
     after_signing_walk(hall, tmp_path, "inclusion_timeout", block_interval_ms=0)
+
+
+# -- a signature under way when the session ends ------------------------------------------------
+
+class HeldSigner(ModuleSigner):
+    """The daemon's module signer, whose request to the module waits until the test lets it
+    go: the citizen cancels while the module is signing."""
+
+    asked: Any = None
+    go: Any = None
+
+    def sign(self, message: bytes) -> bytes:
+        type(self).asked.set()
+        assert type(self).go.wait(60)
+        return super().sign(message)
+
+
+def test_a_signature_made_after_a_cancel_is_audited_and_never_sent(hall: Hall,
+                                                                   tmp_path: Path) -> None:
+    import threading
+
+    before = hall.counter()
+    HeldSigner.asked, HeldSigner.go = threading.Event(), threading.Event()
+
+    async def cancel_while_signing(runner: FlowRunner, ns: NodeSync) -> None:
+        assert await asyncio.to_thread(HeldSigner.asked.wait, 60)
+        runner.post({"type": "cancel"})  # a Wipe: the signing step is cancelled
+        HeldSigner.go.set()  # ...and the module signs all the same
+
+    async def scenario() -> Walk:
+        w = await walk(hall, tmp_path, signer_cls=HeldSigner,
+                       on_screen={"signing": cancel_while_signing})
+        w.store.close()
+        return w
+
+    w = run(scenario())
+    assert w.last["screen"] == "error" and w.last["error"]["code"] == "cancelled"
+    assert "submitting" not in w.screens() and w.last["error"]["tx_id"] is None
+    signs = [e for e in w.audit.tail(50) if e.kind == "sign"]
+    assert len(signs) == 1 and len(signs[0].fields["tx_id"]) == 64
+    assert signs[0].fields["counter"] == before + 2  # the module's count: after the probe
+    assert not [e for e in w.audit.tail(50) if e.kind == "authorization"]
+    assert w.runner.signatures == 1 and not w.runner._txs
+    assert hall.counter() == before + 2  # the probe and the signature the audit shows
+    assert w.audit.verify().ok

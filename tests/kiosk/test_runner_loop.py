@@ -15,6 +15,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,11 @@ import pytest
 
 from appliance.gm import sm2, sm3
 from appliance.kiosk import flow as fl
-from appliance.kiosk.matter import License, Matter, encode_qr, render_qr
+from appliance.kiosk.capture.config import CaptureConfig
+from appliance.kiosk.capture.session import CaptureSession
+from appliance.kiosk.matter import License, Matter, encode_qr
 from appliance.kiosk.runner import FlowRunner
+from hil.sim_hall import qr_frame
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -60,11 +65,7 @@ class Frames:
     def __init__(self, text: str | None = None, *, end_after: int | None = None) -> None:
         self.qr = None
         if text is not None:
-            code = cv2.cvtColor(render_qr(text, module_px=4), cv2.COLOR_GRAY2BGR)
-            frame = np.full((480, 640, 3), 120, np.uint8)
-            h, w = code.shape[:2]
-            frame[(480 - h) // 2:(480 - h) // 2 + h, (640 - w) // 2:(640 - w) // 2 + w] = code
-            self.qr = frame
+            self.qr = qr_frame(text)
         self.show = False
         self.end_after = end_after
         self.n = 0
@@ -85,8 +86,7 @@ class Frames:
 def make(frames: Any, config: fl.FlowConfig | None = None, **kw: Any) -> FlowRunner:
     flow = fl.AuthorizationFlow(config or fl.FlowConfig(), terminal_id=bytes(32),
                                 new_session=lambda: os.urandom(16))
-    return FlowRunner(flow, frames=frames, identity=KeyOnly(), signer=None, node=None,
-                      alarm_poll_s=None, **kw)
+    return FlowRunner(flow, frames=frames, identity=KeyOnly(), signer=None, node=None, **kw)
 
 
 async def screens_until(runner: FlowRunner, final: str, actions: dict[str, Any] | None = None,
@@ -271,6 +271,129 @@ def test_no_preview_outside_scan_and_capture() -> None:
     assert frames.n == 0  # on the attract screen the camera is not even read
 
 
+# -- a frame in flight when the capture is stopped ---------------------------------------------
+
+class SlowSession(CaptureSession):
+    """A real capture session whose feed, about to keep the best frame so far, waits until
+    the test releases it: a frame still being processed in the worker thread when the loop
+    stops the capture."""
+
+    def __init__(self, config: CaptureConfig) -> None:
+        super().__init__(config)
+        self.inside = threading.Event()
+        self.release = threading.Event()
+        self.fed = threading.Event()
+
+    def _keep_best(self, frame: np.ndarray, score: float, t: float) -> None:
+        self.inside.set()
+        assert self.release.wait(60)
+        super()._keep_best(frame, score, t)
+
+    def feed(self, frame: np.ndarray, timestamp: float) -> list[Any]:
+        try:
+            return super().feed(frame, timestamp)
+        finally:
+            self.fed.set()
+
+
+class FaceFrames:
+    """The synthetic citizen in front of the camera."""
+
+    def __init__(self) -> None:
+        from hil.synthetic_face import Subject
+
+        self.person = Subject(5)
+        self.n = 0
+
+    def __aiter__(self) -> AsyncIterator[tuple[np.ndarray, float]]:
+        return self
+
+    async def __anext__(self) -> tuple[np.ndarray, float]:
+        await asyncio.sleep(0.01)
+        self.n += 1
+        return self.person.frame(self.n / 15), self.n / 15
+
+
+@pytest.mark.parametrize("how", ["cancel", "shutdown"])
+def test_a_frame_in_flight_cannot_keep_pixels_after_the_wipe(how: str) -> None:
+    """The capture is stopped (the citizen cancels; the runner shuts down) while a frame is
+    inside the session's feed: once that feed returns, every buffer of the session is
+    overwritten, and run() returns only then."""
+    sessions: list[SlowSession] = []
+
+    def new_session(config: CaptureConfig) -> CaptureSession:
+        sessions.append(SlowSession(config))
+        return sessions[-1]
+
+    runner = make(FaceFrames(), capture_session=new_session)
+    text = matter_text()
+
+    async def main() -> None:
+        task = asyncio.create_task(runner.run())
+        await asyncio.sleep(0)
+        runner.post({"type": "matter_text", "text": text})
+        runner.post({"type": "consent"})
+        assert runner.flow.screen == "capture" and len(sessions) == 1
+        s = sessions[0]
+        assert await asyncio.to_thread(s.inside.wait, 60)
+        if how == "cancel":
+            runner.post({"type": "cancel"})
+            assert runner.flow.screen == "error"
+            s.release.set()
+            assert await asyncio.to_thread(s.fed.wait, 60)
+            await asyncio.sleep(0.05)  # the pump's await of the feed ends on the loop
+            runner.stop()
+            await asyncio.wait_for(task, 30)
+        else:
+            asyncio.get_running_loop().call_later(0.3, s.release.set)
+            runner.stop()
+            await asyncio.wait_for(task, 30)
+        assert await asyncio.to_thread(s.fed.wait, 60)
+
+    asyncio.run(main())
+    s = sessions[0]
+    held = s.held_buffers()
+    assert held and not any(b.any() for b in held)
+
+
+# -- time: the timers run on the monotonic clock ---------------------------------------------
+
+def test_a_backward_wall_clock_step_does_not_stretch_a_screen() -> None:
+    """The wall clock is stepped back an hour on the attract screen (NTP, an operator): the
+    scan screen still times out after its own time, and its deadline in the view is the
+    stepped wall clock plus that time."""
+    step = {"ms": 0}
+
+    def wall() -> int:
+        return time.time_ns() // 1_000_000 - step["ms"]
+
+    runner = make(Frames(), fl.FlowConfig(scan_ms=400, error_ms=60_000), clock=wall)
+
+    async def body() -> list[str]:
+        runner.post({"type": "start"})
+        assert runner.flow.screen == "scan"
+        runner.post({"type": "cancel"})
+        runner.post({"type": "done"})
+        assert runner.flow.screen == "attract"
+        step["ms"] = 3_600_000
+        before = wall()
+        runner.post({"type": "start"})
+        deadline = runner.view()["deadline_ms"]
+        assert before + 400 <= deadline <= wall() + 400
+        return await screens_until(runner, "error", timeout=20)
+
+    assert run_with(runner, body) == ["scan", "error"]
+    assert runner.flow.view()["error"]["code"] == "timeout"
+
+
+@pytest.mark.parametrize("signing_ms", [20_000, 12_000])
+def test_the_signing_steps_fit_in_the_signing_screen(signing_ms: int) -> None:
+    """The "signing" screen's timer starts at the node probe and covers the signature too:
+    both step limits end before it, so the step's own error comes first."""
+    runner = make(Frames(), fl.FlowConfig(signing_ms=signing_ms))
+    assert runner.node_probe_timeout_s + runner.sign_timeout_s < signing_ms / 1000
+
+
 CHILD = r"""
 import asyncio, json, os, sys
 writes = []
@@ -292,6 +415,7 @@ from appliance.kiosk import flow as fl
 from appliance.kiosk.capture.sources import Camera, EmulatedCamera
 from appliance.kiosk.matter import License, Matter, encode_qr
 from appliance.kiosk.runner import FlowRunner
+from hil.sim_hall import qr_frame
 
 class Identity:
     def __init__(self):
@@ -315,7 +439,7 @@ async def main():
                 f.write(b"\xff\xd8")
 
     runner = FlowRunner(flow, frames=camera, identity=identity, signer=None, node=None,
-                        alarm_poll_s=None, preview_fps=30, capture_listener=listener)
+                        preview_fps=30, capture_listener=listener)
     task = asyncio.create_task(runner.run())
     m = Matter("m", "a", "o", (License(sm3.digest(b"l"), "n"),), sm3.digest(b"s"), 2**62)
     seen, frames = [], 0

@@ -155,6 +155,16 @@ def test_kiosk_walk_through(hall: Hall, browser: Any, tmp_path: Path) -> None:
     assert inc.tx.public_key == device  # signed by the key generated inside the module
     assert body.data["terminal"] == sm3.digest(device) == body.sender
     assert body.data["attestation"]["body"]["result"] == "match"
+    # the daemon audited the signature with the module's own counter, and the authorization
+    from appliance import audit
+
+    state = Path(info["dir"]) / "state"
+    entries = audit.tail(state / "audit", 50)
+    signs = [e.fields for e in entries if e.kind == "sign"
+             and e.fields.get("tx_id") == receipt["tx_id"]]
+    assert len(signs) == 1 and isinstance(signs[0].get("counter"), int), signs
+    assert any(e.kind == "authorization" and e.fields.get("tx_id") == receipt["tx_id"]
+               for e in entries)
 
 
 def test_pad_license_verification(hall: Hall, browser: Any, tmp_path: Path) -> None:

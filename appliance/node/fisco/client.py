@@ -1,9 +1,11 @@
 """``FiscoNodeSync``: the aiohttp adapter of :class:`FiscoSync`, and verified inclusions.
 
-It POSTs the machine's JSON-RPC bodies, reads answers with limits (a declared length over the
-limit is refused before the body; otherwise reading stops the moment it passes), with a
-connect timeout, a gap timeout, a minimum body rate after a grace period and a whole-request
-timeout, and writes verified blocks to the :class:`HeaderStore` (one transaction per segment,
+It POSTs the machine's JSON-RPC bodies and reads the answers with the native light node's
+transport (:class:`~appliance.node.client.Limits` and its body reader: a declared length over
+the limit refused before the body, reading stopped the moment it passes, connect, headers, gap
+and whole-request timeouts, a minimum body rate counted from the headers on after a grace
+period, a short body against its declared length refused, a failed answer's connection
+closed), and writes verified blocks to the :class:`HeaderStore` (one transaction per segment,
 in a worker thread). The FISCO chain lives in the same store as the native one would: chain id
 ``fisco-bcos-3/CHAIN/GROUP``, the anchor file's canonical JSON as the anchor, each block's
 hash preimage as its header (its SM3 is the stored block id), the sealer set's encoding as
@@ -21,6 +23,7 @@ from typing import Any
 
 import aiohttp
 
+from ..client import FetchError, Limits, new_session, read_body
 from ..errors import LedgerError, MalformedError, VerificationError
 from ..store import HeaderStore, StoreError
 from . import jsonrpc
@@ -29,22 +32,15 @@ from .block import decode_header, decode_receipt, decode_tx_proof
 from .sync import AppendSegment, BanPeer, FiscoSync, FiscoSyncConfig, Initialize, TipReached
 from .verify import Inclusion, Trusted, verify_inclusion, verify_link_range
 
-__all__ = ["FiscoNodeSync", "StoreMismatch", "SyncResult", "Transport", "fetch_inclusion"]
+__all__ = ["FiscoNodeSync", "Limits", "StoreMismatch", "SyncResult", "fetch_inclusion", "post"]
 
 log = logging.getLogger("appliance.node.fisco")
+
+_JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
 
 class StoreMismatch(Exception):
     """The store holds another chain, group or anchor."""
-
-
-@dataclass
-class Transport:
-    connect_s: float = 3.0
-    gap_s: float = 5.0
-    total_s: float = 60.0
-    grace_s: float = 2.0
-    min_rate: int = 64 * 1024
 
 
 class _Fail(Exception):
@@ -54,37 +50,43 @@ class _Fail(Exception):
 
 
 async def post(session: aiohttp.ClientSession, url: str, body: bytes, max_bytes: int,
-               t: Transport) -> bytes:
-    """POST a JSON-RPC body; the answer's bytes, or _Fail(reason)."""
-    started = time.monotonic()
+               limits: Limits) -> bytes:
+    """POST a JSON-RPC body; the answer's bytes, or _Fail(reason).
+
+    The native light node's transport rules (:class:`~appliance.node.client.Limits`): the
+    headers within ``headers_timeout_s`` of sending (the node's think time), then the body read
+    by the native reader: a declared length over the limit refused before the body, the rate
+    clock started when the headers arrive, ``idle_timeout_s`` between pieces,
+    ``total_timeout_s`` for all, a body shorter than its declared length is ``disconnected``.
+    A failed answer's connection is closed, never drained or reused."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     try:
-        async with asyncio.timeout(t.total_s):
-            async with session.post(url, data=body, allow_redirects=False,
-                                    headers={"Content-Type": "application/json"}) as resp:
-                if resp.status != 200:
-                    raise _Fail(f"http_{resp.status}")
-                if resp.content_length is not None and resp.content_length > max_bytes:
-                    raise _Fail("oversize")
-                buf = bytearray()
-                while True:
-                    chunk = await asyncio.wait_for(resp.content.readany(), t.gap_s)
-                    if not chunk:
-                        break
-                    buf += chunk
-                    if len(buf) > max_bytes:
-                        raise _Fail("oversize")
-                    elapsed = time.monotonic() - started
-                    if elapsed > t.grace_s and len(buf) / elapsed < t.min_rate:
-                        raise _Fail("slow")
-                return bytes(buf)
-    except _Fail:
-        raise
+        async with asyncio.timeout(limits.headers_timeout_s):
+            resp = await session.post(url, data=body, allow_redirects=False,
+                                      headers=_JSON_HEADERS)
     except TimeoutError:
         raise _Fail("timeout") from None
     except aiohttp.ClientConnectorError:
         raise _Fail("unreachable") from None
-    except (aiohttp.ClientError, OSError):
+    except aiohttp.ClientError:
         raise _Fail("disconnected") from None
+    except (OSError, ValueError):
+        raise _Fail("unreachable") from None
+    ok = False
+    try:
+        if resp.status != 200:
+            raise _Fail(f"http_{resp.status}")
+        data = await read_body(resp, max_bytes, limits, started)
+        ok = True
+        return data
+    except FetchError as exc:
+        raise _Fail(exc.reason) from None
+    finally:
+        if ok:
+            resp.release()
+        else:
+            resp.close()
 
 
 @dataclass
@@ -116,10 +118,10 @@ class FiscoNodeSync:
 
     def __init__(self, store: HeaderStore, anchor: FiscoAnchor,
                  config: FiscoSyncConfig | None = None,
-                 transport: Transport | None = None) -> None:
+                 limits: Limits | None = None) -> None:
         self.store = store
         self.anchor = anchor
-        self.transport = transport or Transport()
+        self.limits = limits or Limits()
         tip = None
         if store.initialized:
             if store.chain_id != anchor.store_chain_id or store.anchor != anchor.encode():
@@ -170,14 +172,11 @@ class FiscoNodeSync:
         tasks: set[asyncio.Task[Any]] = set()
         wake = asyncio.Event()
         reached = False
-        conn = aiohttp.TCPConnector(limit_per_host=4)
-        timeout = aiohttp.ClientTimeout(sock_connect=self.transport.connect_s)
-        async with aiohttp.ClientSession(connector=conn, timeout=timeout,
-                                         auto_decompress=False) as session:
+        async with new_session(self.limits) as session:
 
             async def one(q: Any) -> None:
                 try:
-                    body = await post(session, q.peer, q.body, q.max_bytes, self.transport)
+                    body = await post(session, q.peer, q.body, q.max_bytes, self.limits)
                 except _Fail as exc:
                     events = m.fail(q.id, exc.reason, _now_ms())
                 else:
@@ -246,17 +245,16 @@ class FiscoNodeSync:
 
 
 async def fetch_inclusion(store: HeaderStore, anchor: FiscoAnchor, peers: Sequence[str],
-                          tx_hash: bytes, transport: Transport | None = None
+                          tx_hash: bytes, limits: Limits | None = None
                           ) -> tuple[Inclusion | None, dict[str, str]]:
     """Ask each peer in turn for the transaction, its receipt and its block (with the
     transaction hashes) and verify the inclusion against the **stored** block hash at that
     height. (inclusion or None, {peer: why its answer was not used})."""
-    t = transport or Transport()
+    t = limits or Limits()
     g = anchor.group
     hx = "0x" + tx_hash.hex()
     why: dict[str, str] = {}
-    timeout = aiohttp.ClientTimeout(sock_connect=t.connect_s)
-    async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
+    async with new_session(t) as session:
         for peer in peers:
             try:
                 calls = [jsonrpc.request("getTransaction", [g, "", hx, True], 1),
@@ -300,7 +298,7 @@ _RANGE_CHUNK = 500
 
 
 async def _old_block_hash(session: aiohttp.ClientSession, peer: str, store: HeaderStore,
-                          group: str, number: int, t: Transport) -> bytes:
+                          group: str, number: int, t: Limits) -> bytes:
     """The verified hash of a block below the store's window: the blocks between the two
     stored hashes around it, fetched from ``peer``, must hash-link from one to the other."""
     lower, upper = await asyncio.to_thread(store.checkpoints_around, number)

@@ -7,19 +7,25 @@ bytes and writes the store. No clock: ``now_ms`` comes with every call.
   (untrusted; it only says how far to ask).
 - the anchor block (``getBlockByNumber(anchor, onlyHeader=true, onlyTxHash=true)``) when the
   store is new: it must hash to the provisioned hash (``Initialize``).
-- ranges of ``batch`` blocks as **one JSON-RPC batch** of ``getBlockByNumber(n, true, true)``
-  calls, up to ``per_peer`` in flight per peer and ``lookahead`` ranges past the tip, spread
-  over the usable peers. Ranges may come back in any order; each is verified as a segment
-  (:func:`verify.verify_segment`: links, sealer list, the last block's quorum, or every
-  block's with ``strict``) once the range below it is verified, and handed out as
-  ``AppendSegment``. A range whose peer fails is asked again of another peer.
+- ranges of up to ``batch`` blocks as **one JSON-RPC batch** of ``getBlockByNumber(n, true,
+  true)`` calls, up to ``per_peer`` in flight per peer and ``lookahead * batch`` blocks past
+  the tip, spread over the usable peers. A range is cut when it is handed out, from the lowest
+  block nobody is asked for, and ends at the height its peer claims (a peer that claims a
+  whole batch is preferred): a lower peer is asked for what it has, so the sync goes on when
+  the highest claim goes away (a liar banned, a node gone). Ranges may come back in any
+  order; each is verified as a segment (:func:`verify.verify_segment`: links, sealer list,
+  the last block's quorum, or every block's with ``strict``) once the range below it is
+  verified, and handed out as ``AppendSegment``. A range whose peer fails is dropped and cut
+  again for the peers left.
 
 Anything invalid bans its peer (:class:`PeerTable`, the native sync's backoff) with the rule
 or failure as the reason: a verification rule, ``malformed_<reason>``, ``withhold`` (a block
 it claims and does not serve), ``rpc_error``, and the adapter's ``timeout``, ``slow``,
-``oversize``, ``unreachable``, ``http_<status>``. A block naming other sealers than the
-trusted ones bans its peer for ``sealer_change`` and is remembered (:attr:`sealer_change`):
-if no peer carries the chain on past it, the adapter stops with an alarm naming both lists.
+``oversize``, ``unreachable``, ``disconnected``, ``http_<status>``. A peer's strikes (the
+length of its next ban) are forgiven when blocks it served verify, unless it was banned since
+it served them. A block naming other sealers than the trusted ones bans its peer for
+``sealer_change`` and is remembered (:attr:`sealer_change`): if no peer carries the chain on
+past it, the adapter stops with an alarm naming both lists.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from ..errors import LedgerError, MalformedError, VerificationError
-from ..peers import OK, PeerTable
+from ..peers import BANNED, OK, PeerTable
 from . import jsonrpc
 from .anchor import FiscoAnchor
 from .block import FiscoHeader, decode_header
@@ -106,6 +112,7 @@ class _Range:
     peer: str | None = None
     req: int | None = None
     headers: list[FiscoHeader] = field(default_factory=list)
+    bans: int = 0  # its peer's ban count when it served the headers
 
 
 class FiscoSync:
@@ -120,8 +127,7 @@ class FiscoSync:
         self.done = False
         self._ids = itertools.count(1)
         self._inflight: dict[int, Request] = {}
-        self._ranges: dict[int, _Range] = {}  # by start, above the tip
-        self._next_start = (tip.number + 1) if tip is not None else anchor.height + 1
+        self._ranges: dict[int, _Range] = {}  # by start, above the tip: asked or buffered
         self._anchor_req: int | None = None
 
     # -- peers -------------------------------------------------------------------------------
@@ -139,9 +145,9 @@ class FiscoSync:
 
     def _ban(self, peer: str, reason: str, now_ms: int, detail: str = "") -> list:
         p = self.peers.ban(peer, reason, now_ms)
-        for r in self._ranges.values():  # its open ranges go back to the pool
+        for r in list(self._ranges.values()):  # its open ranges are cut again for others
             if r.peer == p.url and not r.headers:
-                r.peer = r.req = None
+                del self._ranges[r.start]
         for rid in [i for i, q in self._inflight.items() if q.peer == p.url]:
             q = self._inflight.pop(rid)
             if q.kind == "anchor":
@@ -189,30 +195,43 @@ class FiscoSync:
         target = self.target
         if target is None:
             return self._track(out)
-        window_end = self.tip.number + self.config.lookahead * self.config.batch
-        while self._next_start <= min(target, window_end):
-            count = min(self.config.batch, target - self._next_start + 1)
-            self._ranges[self._next_start] = _Range(self._next_start, count)
-            self._next_start += count
+        limit = min(target, self.tip.number + self.config.lookahead * self.config.batch)
         rot = 0
-        for r in sorted(self._ranges.values(), key=lambda r: r.start):
-            if r.peer is not None or r.headers:
-                continue
-            last = r.start + r.count - 1
-            cands = [p for p in usable if p.height >= last and load[p.url] < self.config.per_peer]
-            if not cands:
-                continue
-            p = cands[rot % len(cands)]
-            rot += 1
-            rid = next(self._ids)
-            calls = [jsonrpc.request("getBlockByNumber", [group, "", n, True, True], n)
-                     for n in range(r.start, last + 1)]
-            body = jsonrpc.batch(calls)
-            out.append(Request(rid, p.url, "blocks", body, self.config.max_body, r.start,
-                               r.count))
-            r.peer, r.req = p.url, rid
-            load[p.url] += 1
+        for start, end in self._holes(limit):
+            while start <= end:
+                free = [p for p in usable if p.height >= start
+                        and load[p.url] < self.config.per_peer]
+                if not free:
+                    return self._track(out)  # holes above are no easier to serve
+                # A range is cut when it is handed out, at what its peer claims to have:
+                # a peer with a whole batch if there is one (in turn), else the highest.
+                want = min(start + self.config.batch - 1, end)
+                full = [p for p in free if p.height >= want]
+                p = full[rot % len(full)] if full else max(free, key=lambda p: p.height)
+                rot += 1
+                last = min(want, p.height)
+                rid = next(self._ids)
+                calls = [jsonrpc.request("getBlockByNumber", [group, "", n, True, True], n)
+                         for n in range(start, last + 1)]
+                count = last - start + 1
+                out.append(Request(rid, p.url, "blocks", jsonrpc.batch(calls),
+                                   self.config.max_body, start, count))
+                self._ranges[start] = _Range(start, count, p.url, rid)
+                load[p.url] += 1
+                start = last + 1
         return self._track(out)
+
+    def _holes(self, limit: int) -> list[tuple[int, int]]:
+        """The block ranges above the tip, up to ``limit``, that no range covers."""
+        assert self.tip is not None
+        holes = []
+        pos = self.tip.number + 1
+        for r in sorted(self._ranges.values(), key=lambda r: r.start):
+            if r.start > pos:
+                holes.append((pos, min(r.start - 1, limit)))
+            pos = max(pos, r.start + r.count)
+        holes.append((pos, limit))
+        return [(a, b) for a, b in holes if a <= b]
 
     def _track(self, out: list[Request]) -> list[Request]:
         for q in out:
@@ -301,7 +320,22 @@ class FiscoSync:
             headers.append(h)
         r.headers = headers
         r.peer = q.peer
+        p = self.peers.get(q.peer)
+        assert p is not None  # receive() answers only the peers it knows
+        r.bans = p.bans
         return self._advance(now_ms)
+
+    def _credit(self, url: str, bans: int, blocks: int) -> None:
+        """Count verified blocks to the peer that served them; forgive its strikes only if
+        it has not been banned since it served them: a peer that mixes valid ranges with
+        garbage must see its bans grow."""
+        p = self.peers.get(url)
+        if p is None:
+            return
+        if p.bans == bans and p.state != BANNED:
+            self.peers.good(url, blocks)
+        else:
+            p.verified_headers += blocks
 
     def _advance(self, now_ms: int) -> list:
         events: list = []
@@ -314,11 +348,11 @@ class FiscoSync:
                                      strict=self.config.strict)
             except SealerChange as exc:
                 self.sealer_change = (exc, peer)
-                r.headers, r.peer, r.req = [], None, None
+                del self._ranges[r.start]
                 events += self._ban(peer, "sealer_change", now_ms, exc.describe())
                 break
             except VerificationError as exc:
-                r.headers, r.peer, r.req = [], None, None
+                del self._ranges[r.start]
                 events += self._ban(peer, exc.rule, now_ms, str(exc))
                 break
             del self._ranges[r.start]
@@ -326,7 +360,7 @@ class FiscoSync:
             self.tip = Trusted(n, h, self.tip.sealers)
             self.sealer_change = None if self.sealer_change is None or \
                 self.sealer_change[0].height > n else self.sealer_change
-            self.peers.good(peer, len(seg.blocks))
+            self._credit(peer, r.bans, len(seg.blocks))
             events.append(AppendSegment(seg.blocks, peer))
         return events + self._maybe_done()
 
