@@ -43,7 +43,8 @@ __all__ = [
     "MAX_RESPONSE_BYTES", "MAX_SIGNED_TX_BYTES", "MAX_TEXT", "MAX_TRUST_ANCHOR_BYTES",
     "MAX_UINT", "MAX_VALIDATORS", "MAX_VALIDATOR_SET_BYTES", "PROTOCOL_VERSION", "Proof",
     "SignedTx", "TrustAnchor", "TxBody", "Validator", "ValidatorSet", "ZERO_HASH",
-    "decode_block", "decode_commit", "decode_header", "decode_proof", "decode_signed_tx",
+    "decode_block", "decode_commit", "decode_header", "decode_limited", "decode_proof",
+    "decode_signed_tx",
     "decode_trust_anchor", "decode_tx_body", "decode_validator_set", "enc", "encode_header",
     "parse_header_at", "parse_headers_at", "peer_id", "vote_bytes",
 ]
@@ -934,8 +935,9 @@ MAX_PROOF_BYTES = len(wire.encode({
 MAX_BLOCK_BYTES = MAX_RESPONSE_BYTES  # a block travels at most as one HTTP response
 
 
-def _decode(data: object, max_size: int, what: str) -> Any:
-    """Size check first, then canonical CBOR decoding, with WireError mapped to MalformedError."""
+def decode_limited(data: object, max_size: int, what: str) -> Any:
+    """Size check first, then canonical CBOR decoding, with WireError mapped to MalformedError
+    (every ledger object here and every district-node response in sync.py)."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MalformedError("type", f"{what}: expected bytes, got {type(data).__name__}")
     size = data.nbytes if isinstance(data, memoryview) else len(data)
@@ -948,32 +950,32 @@ def _decode(data: object, max_size: int, what: str) -> Any:
 
 
 def decode_header(data: bytes) -> Header:
-    return Header.from_obj(_decode(data, MAX_HEADER_BYTES, "header"))
+    return Header.from_obj(decode_limited(data, MAX_HEADER_BYTES, "header"))
 
 
 def decode_validator_set(data: bytes) -> ValidatorSet:
-    return ValidatorSet.from_obj(_decode(data, MAX_VALIDATOR_SET_BYTES, "validator set"))
+    return ValidatorSet.from_obj(decode_limited(data, MAX_VALIDATOR_SET_BYTES, "validator set"))
 
 
 def decode_commit(data: bytes) -> Commit:
-    return Commit.from_obj(_decode(data, MAX_COMMIT_BYTES, "commit"))
+    return Commit.from_obj(decode_limited(data, MAX_COMMIT_BYTES, "commit"))
 
 
 def decode_tx_body(data: bytes) -> TxBody:
-    return TxBody.from_obj(_decode(data, MAX_SIGNED_TX_BYTES, "tx_body"))
+    return TxBody.from_obj(decode_limited(data, MAX_SIGNED_TX_BYTES, "tx_body"))
 
 
 def decode_signed_tx(data: bytes) -> SignedTx:
-    return SignedTx.from_obj(_decode(data, MAX_SIGNED_TX_BYTES, "signed_tx"))
+    return SignedTx.from_obj(decode_limited(data, MAX_SIGNED_TX_BYTES, "signed_tx"))
 
 
 def decode_block(data: bytes) -> Block:
-    return Block.from_obj(_decode(data, MAX_BLOCK_BYTES, "block"))
+    return Block.from_obj(decode_limited(data, MAX_BLOCK_BYTES, "block"))
 
 
 def decode_trust_anchor(data: bytes) -> TrustAnchor:
-    return TrustAnchor.from_obj(_decode(data, MAX_TRUST_ANCHOR_BYTES, "trust_anchor"))
+    return TrustAnchor.from_obj(decode_limited(data, MAX_TRUST_ANCHOR_BYTES, "trust_anchor"))
 
 
 def decode_proof(data: bytes) -> Proof:
-    return Proof.from_obj(_decode(data, MAX_PROOF_BYTES, "proof"))
+    return Proof.from_obj(decode_limited(data, MAX_PROOF_BYTES, "proof"))

@@ -102,6 +102,7 @@ from .model import (
     TrustAnchor,
     ValidatorSet,
     decode_commit,
+    decode_limited,
     parse_headers_at,
 )
 from .peers import BANNED, CONFLICT, NEW, OK, PeerTable
@@ -362,18 +363,6 @@ _LOOKUP_KEYS = frozenset({"tx_ids"})
 _MAX_UINT = 2**64 - 1
 
 
-def _body(data: object, limit: int, what: str) -> Any:
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise MalformedError("type", f"{what}: expected bytes")
-    size = data.nbytes if isinstance(data, memoryview) else len(data)
-    if size > limit:
-        raise MalformedError("oversize", f"{what}: {size} bytes > {limit}")
-    try:
-        return wire.decode(data, limit)
-    except wire.WireError as exc:
-        raise MalformedError(exc.reason, f"{what}: {exc.detail}") from exc
-
-
 def _exact(obj: object, keys: frozenset[str], what: str) -> dict:
     if type(obj) is not dict:
         raise MalformedError("type", f"{what}: expected a map")
@@ -406,7 +395,7 @@ def _text(value: object, what: str, low: int = 0, high: int = MAX_TEXT) -> str:
 
 def decode_info(data: bytes) -> Info:
     """``{chain_id, protocol, height, tip_id, genesis_id, peer_id, district, software}``."""
-    m = _exact(_body(data, MAX_INFO_BYTES, "info"), _INFO_KEYS, "info")
+    m = _exact(decode_limited(data, MAX_INFO_BYTES, "info"), _INFO_KEYS, "info")
     return Info(
         chain_id=_text(m["chain_id"], "info.chain_id", 1, 64),
         protocol=_uint(m["protocol"], "info.protocol"),
@@ -488,7 +477,8 @@ def decode_headers(data: bytes, limit: int = MAX_RESPONSE_BYTES) -> HeadersRespo
     if fast is not None:
         headers, raw_commits, raw_sets = fast
     else:
-        m = _exact(_body(data, limit, "headers response"), _HEADERS_KEYS, "headers response")
+        m = _exact(decode_limited(data, limit, "headers response"), _HEADERS_KEYS,
+                   "headers response")
         raw_headers, raw_commits, raw_sets = m["headers"], m["commits"], m["validator_sets"]
         for value, name in ((raw_headers, "headers"), (raw_commits, "commits"),
                             (raw_sets, "validator_sets")):
@@ -523,40 +513,41 @@ def decode_headers(data: bytes, limit: int = MAX_RESPONSE_BYTES) -> HeadersRespo
 
 def decode_validators(data: bytes) -> tuple[int, ValidatorSet]:
     """``{height, validators}``."""
-    m = _exact(_body(data, MAX_VALIDATORS_BYTES, "validators"), _SET_ENTRY_KEYS, "validators")
+    m = _exact(decode_limited(data, MAX_VALIDATORS_BYTES, "validators"), _SET_ENTRY_KEYS,
+               "validators")
     return _uint(m["height"], "validators.height"), ValidatorSet.from_obj(m["validators"])
 
 
 def decode_tx_response(data: bytes) -> tuple[SignedTx, int, Proof]:
     """``{tx: signed_tx, height, proof}``."""
-    m = _exact(_body(data, MAX_TX_BYTES, "tx response"), _TX_KEYS, "tx response")
+    m = _exact(decode_limited(data, MAX_TX_BYTES, "tx response"), _TX_KEYS, "tx response")
     return (SignedTx.from_obj(m["tx"]), _uint(m["height"], "tx response.height"),
             Proof.from_obj(m["proof"]))
 
 
 def decode_error(data: bytes) -> tuple[str, str]:
     """``{error, message}`` of a 4xx/5xx answer (for logs only; never trusted)."""
-    m = _exact(_body(data, MAX_ERROR_BYTES, "error"), _ERROR_KEYS, "error")
+    m = _exact(decode_limited(data, MAX_ERROR_BYTES, "error"), _ERROR_KEYS, "error")
     return _text(m["error"], "error.error"), _text(m["message"], "error.message")
 
 
 def decode_submit_response(data: bytes) -> bytes:
     """``{tx_id}``, the 202 answer to ``POST /v1/tx``."""
-    m = _exact(_body(data, MAX_SUBMIT_BYTES, "submit response"), _SUBMIT_KEYS,
+    m = _exact(decode_limited(data, MAX_SUBMIT_BYTES, "submit response"), _SUBMIT_KEYS,
                "submit response")
     return _hash(m["tx_id"], "submit response.tx_id")
 
 
 def decode_wait_response(data: bytes) -> int:
     """``{height}``, the answer to ``GET /v1/wait`` (the node's claim: untrusted)."""
-    m = _exact(_body(data, MAX_WAIT_BYTES, "wait response"), _WAIT_KEYS, "wait response")
+    m = _exact(decode_limited(data, MAX_WAIT_BYTES, "wait response"), _WAIT_KEYS, "wait response")
     return _uint(m["height"], "wait response.height")
 
 
 def decode_lookup_response(data: bytes) -> tuple[bytes, ...]:
     """``{tx_ids: [bytes(32)]}``, the answer to ``GET /v1/lookup/{digest}``: at most
     :data:`MAX_LOOKUP_IDS`, no id twice (claims of the node: each is fetched and verified)."""
-    m = _exact(_body(data, MAX_LOOKUP_BYTES, "lookup response"), _LOOKUP_KEYS,
+    m = _exact(decode_limited(data, MAX_LOOKUP_BYTES, "lookup response"), _LOOKUP_KEYS,
                "lookup response")
     raw = m["tx_ids"]
     if type(raw) is not list:
