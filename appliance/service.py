@@ -577,17 +577,10 @@ class Appliance:
             watcher = asyncio.create_task(self._watch_node(node, store, stop))
             await node.run(stop_at_tip=False, stall_timeout_s=None, stop=self.stop)
         finally:
-            stop.set()
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
             if discovery is not None:
                 with contextlib.suppress(Exception):
                     await discovery.stop()
-            self.node = None
-            self.readiness.set("node", "starting")
-            await asyncio.to_thread(store.close)
+            await self._end_node_task(stop, watcher, store)
 
     async def _open_store(self) -> Any:
         from .node.store import HeaderStore, StoreCorrupt
@@ -665,14 +658,20 @@ class Appliance:
                         log.warning("FISCO BCOS sync: %s", _one_line(say))
                     said = say
         finally:
-            stop.set()
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-            self.node = None
-            self.readiness.set("node", "starting")
-            await asyncio.to_thread(store.close)
+            await self._end_node_task(stop, watcher, store)
+
+    async def _end_node_task(self, stop: asyncio.Event, watcher: asyncio.Task[Any] | None,
+                             store: Any) -> None:
+        """What every node task does last (native or FISCO): stop its store watcher, forget
+        the node, close the store."""
+        stop.set()
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        self.node = None
+        self.readiness.set("node", "starting")
+        await asyncio.to_thread(store.close)
 
     async def _watch_node(self, node: Any, store: Any, stop: asyncio.Event) -> None:
         """Readiness (a verified tip), and the equivocation alarm to the flow and the log."""

@@ -497,14 +497,7 @@ class NodeSync:
         offered = loop.time()
         while True:
             started = loop.time()
-            left = deadline - started
-            if left <= 0:
-                raise self._timeout_error(tx_id, last, timeout_s)
-            try:
-                async with asyncio.timeout(left):
-                    res = await self.fetch_tx(tx_id)
-            except TimeoutError:
-                raise self._timeout_error(tx_id, last, timeout_s) from None
+            res = await self._fetch_before(tx_id, deadline, last, timeout_s)
             if isinstance(res, sync.TxVerified):
                 self._submitted.pop(tx_id, None)
                 return res.inclusion
@@ -521,6 +514,19 @@ class NodeSync:
             if pause > 0:
                 await asyncio.sleep(pause)
 
+    async def _fetch_before(self, tx_id: bytes, deadline: float,
+                            last: sync.TxNotFound | None, timeout_s: float
+                            ) -> sync.TxVerified | sync.TxNotFound:
+        """:meth:`fetch_tx` cut at ``deadline`` (loop time); the timeout error otherwise."""
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise self._timeout_error(tx_id, last, timeout_s)
+        try:
+            async with asyncio.timeout(left):
+                return await self.fetch_tx(tx_id)
+        except TimeoutError:
+            raise self._timeout_error(tx_id, last, timeout_s) from None
+
     async def get_inclusion(self, tx_id: bytes, *, timeout_s: float = 30.0
                             ) -> VerifiedInclusion:
         """``tx_id`` as it is now: verified inclusion, or :class:`NotFound` (every peer that
@@ -530,14 +536,7 @@ class NodeSync:
         deadline = loop.time() + timeout_s
         last: sync.TxNotFound | None = None
         while True:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise self._timeout_error(tx_id, last, timeout_s)
-            try:
-                async with asyncio.timeout(left):
-                    res = await self.fetch_tx(tx_id)
-            except TimeoutError:
-                raise self._timeout_error(tx_id, last, timeout_s) from None
+            res = await self._fetch_before(tx_id, deadline, last, timeout_s)
             if isinstance(res, sync.TxVerified):
                 return res.inclusion
             if res.served_by:
