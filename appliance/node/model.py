@@ -38,7 +38,7 @@ from .errors import MalformedError
 from .merkle import MAX_PATH, digest
 
 __all__ = [
-    "Block", "Commit", "Header", "MAX_BLOCK_BYTES", "MAX_CHAIN_ID", "MAX_COMMIT_BYTES",
+    "Admin", "Block", "Commit", "Header", "MAX_BLOCK_BYTES", "MAX_CHAIN_ID", "MAX_COMMIT_BYTES",
     "MAX_HEADER_BYTES", "MAX_HEADERS_PER_RESPONSE", "MAX_PATH", "MAX_PROOF_BYTES",
     "MAX_RESPONSE_BYTES", "MAX_SIGNED_TX_BYTES", "MAX_TEXT", "MAX_TRUST_ANCHOR_BYTES",
     "MAX_UINT", "MAX_VALIDATORS", "MAX_VALIDATOR_SET_BYTES", "PROTOCOL_VERSION", "Proof",
@@ -826,18 +826,47 @@ class Block:
         return cls(Header.from_obj(m["header"]), tuple(SignedTx.from_obj(t) for t in txs))
 
 
+MAX_ADMINS = 64  # district admin keys in one trust anchor
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    """A district admin key of the trust anchor (§5): ``{ "alg", "public_key", "district" }``.
+    It may enroll keys (§6 ``device.enroll``) for its own district only."""
+
+    alg: str
+    public_key: bytes
+    district: str
+
+    def __post_init__(self) -> None:
+        _text(self.alg, "admin.alg", 1)
+        _bytes(self.public_key, KEY_SIZE, "admin.public_key")
+        _text(self.district, "admin.district", 1)
+
+    def to_obj(self) -> dict[str, Any]:
+        return {"alg": self.alg, "public_key": self.public_key, "district": self.district}
+
+    @classmethod
+    def from_obj(cls, obj: object) -> Admin:
+        m = _map(obj, _ADMIN_KEYS, _NONE, "admin")
+        return cls(m["alg"], m["public_key"], m["district"])
+
+
 @dataclass(frozen=True, slots=True)
 class TrustAnchor:
-    """``{ "chain_id", "height", "block_id", "validators" }`` (§5), provisioned, not fetched.
+    """``{ "chain_id", "height", "block_id", "validators", "admins" }`` (§5), provisioned, not
+    fetched.
 
     ``validators`` is the set that signs the anchor block (it must hash to the anchor header's
-    validators_hash).
+    validators_hash). ``admins`` are the district admin keys that may enroll keys (§6); an
+    anchor used only to sync headers may omit them (then no enrollment verifies).
     """
 
     chain_id: str
     height: int
     block_id: bytes
     validators: ValidatorSet
+    admins: tuple[Admin, ...] = ()
 
     def __post_init__(self) -> None:
         _text(self.chain_id, "trust_anchor.chain_id", 1, MAX_CHAIN_ID)
@@ -845,20 +874,37 @@ class TrustAnchor:
         _bytes(self.block_id, HASH_SIZE, "trust_anchor.block_id")
         if type(self.validators) is not ValidatorSet:
             raise MalformedError("type", "trust_anchor.validators: expected a ValidatorSet")
+        if type(self.admins) is not tuple or len(self.admins) > MAX_ADMINS \
+                or any(type(a) is not Admin for a in self.admins):
+            raise MalformedError("type", f"trust_anchor.admins: up to {MAX_ADMINS} Admin")
+        if len({a.public_key for a in self.admins}) != len(self.admins):
+            raise MalformedError("duplicate", "trust_anchor.admins: a key appears twice")
+
+    def admin(self, public_key: bytes) -> Admin | None:
+        """The admin entry of ``public_key``, or None."""
+        return next((a for a in self.admins if a.public_key == public_key), None)
 
     def to_obj(self) -> dict[str, Any]:
-        return {
+        obj: dict[str, Any] = {
             "chain_id": self.chain_id,
             "height": self.height,
             "block_id": self.block_id,
             "validators": self.validators.to_obj(),
         }
+        if self.admins:
+            obj["admins"] = [a.to_obj() for a in self.admins]
+        return obj
 
     @classmethod
     def from_obj(cls, obj: object) -> TrustAnchor:
-        m = _map(obj, _ANCHOR_KEYS, _NONE, "trust_anchor")
+        m = _map(obj, _ANCHOR_KEYS, _ANCHOR_OPTIONAL, "trust_anchor")
+        admins = ()
+        if "admins" in m:
+            items = _array(m["admins"], "trust_anchor.admins", MAX_ADMINS)
+            admins = tuple(Admin.from_obj(a) for a in items)
         return cls(
-            m["chain_id"], m["height"], m["block_id"], ValidatorSet.from_obj(m["validators"])
+            m["chain_id"], m["height"], m["block_id"], ValidatorSet.from_obj(m["validators"]),
+            admins,
         )
 
 
@@ -907,6 +953,8 @@ _TX_BODY_OPTIONAL = frozenset({"recipient", "memo"})
 _SIGNED_TX_KEYS = frozenset({"body", "alg", "public_key", "signature"})
 _BLOCK_KEYS = frozenset({"header", "txs"})
 _ANCHOR_KEYS = frozenset({"chain_id", "height", "block_id", "validators"})
+_ANCHOR_OPTIONAL = frozenset({"admins"})
+_ADMIN_KEYS = frozenset({"alg", "public_key", "district"})
 _PROOF_KEYS = frozenset({"leaf_index", "tree_size", "path"})
 
 
@@ -928,6 +976,8 @@ MAX_COMMIT_BYTES = len(wire.encode({
 MAX_TRUST_ANCHOR_BYTES = len(wire.encode({
     "chain_id": "c" * MAX_CHAIN_ID, "height": MAX_UINT, "block_id": ZERO_HASH,
     "validators": [_MAX_VALIDATOR] * MAX_VALIDATORS,
+    "admins": [{"alg": "a" * MAX_TEXT, "public_key": bytes(KEY_SIZE),
+                "district": "d" * MAX_TEXT}] * MAX_ADMINS,
 }))  # fmt: skip
 MAX_PROOF_BYTES = len(wire.encode({
     "leaf_index": MAX_UINT, "tree_size": MAX_UINT, "path": [ZERO_HASH] * MAX_PATH,

@@ -260,20 +260,26 @@ class TipReached(Event):
 class VerifiedInclusion:
     """A transaction proven (§4, §5) to be in block ``height`` of the verified chain:
     ``block_id`` is that header's, verified (in the store, or linked to a stored checkpoint), and
-    the proof of leaf ``leaf_index`` leads to its tx_root."""
+    the proof of leaf ``leaf_index`` leads to its tx_root. ``time_ms`` is that header's
+    timestamp (§6 judges what the transaction refers to at that time).
+
+    The proof establishes membership only: ``leaf_index`` is not bound by the header (no
+    transaction count is hashed), so nothing may depend on it but display."""
 
     tx: SignedTx
     tx_id: bytes
     height: int
     block_id: bytes
     leaf_index: int
+    time_ms: int
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able: bytes as hex, ``data`` converted recursively."""
         body = self.tx.body
         doc: dict[str, Any] = {
             "tx_id": self.tx_id.hex(), "height": self.height, "block_id": self.block_id.hex(),
-            "leaf_index": self.leaf_index, "chain_id": body.chain_id, "type": body.type,
+            "leaf_index": self.leaf_index, "time_ms": self.time_ms, "chain_id": body.chain_id,
+            "type": body.type,
             "timestamp": body.timestamp, "sender": body.sender.hex(), "data": _json(body.data),
             "nonce": body.nonce.hex(), "alg": self.tx.alg, "public_key": self.tx.public_key.hex(),
         }
@@ -304,10 +310,12 @@ class TxVerified(Event):
     peer: str
     block_id: bytes
     leaf_index: int
+    time_ms: int
 
     @property
     def inclusion(self) -> VerifiedInclusion:
-        return VerifiedInclusion(self.tx, self.tx_id, self.height, self.block_id, self.leaf_index)
+        return VerifiedInclusion(self.tx, self.tx_id, self.height, self.block_id, self.leaf_index,
+                                 self.time_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1372,7 +1380,7 @@ class SyncMachine:
         del self._txs[q.tx_id]
         self.peers.good(peer)
         self._events.append(TxVerified(q.tx_id, tx, height, peer, header.block_id,
-                                       proof.leaf_index))
+                                       proof.leaf_index, header.timestamp))
 
     def _on_range(self, req: Request, body: bytes, now_ms: int) -> None:
         q = self._txs.get(req.tx_id)

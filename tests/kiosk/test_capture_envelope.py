@@ -67,7 +67,7 @@ def test_envelope_is_exactly_protocol_6(frame):
     e = sealed.envelope
     secret = sm2.decrypt(SERVICE_SK, e["key"])
     assert len(secret) == 48
-    assert hmac_sm3(secret[16:], e["iv"] + e["ciphertext"]) == e["mac"]
+    assert hmac_sm3(secret[16:], e["session"] + e["iv"] + e["ciphertext"]) == e["mac"]
     jpeg = sm4.decrypt_cbc(secret[:16], e["iv"], e["ciphertext"])
     assert sm3.digest(jpeg) == sealed.capture_digest
     assert wire.decode(sealed.encode()) == e
@@ -113,12 +113,17 @@ def test_tampered_field_of_full_frame(frame, field):
             open_envelope(SERVICE_SK, e)
 
 
-def test_session_swap_is_caught_by_comparison(small_sealed):
+def test_session_swap_breaks_the_mac(small_sealed):
+    """Revision 2: the MAC covers the session, so a relabelled envelope fails even when the
+    opener does not say which session it expects; told, it refuses before opening the key."""
+    assert open_envelope(SERVICE_SK, small_sealed.envelope)
     e = dict(small_sealed.envelope)
     e["session"] = bytes(16)
-    assert open_envelope(SERVICE_SK, e)  # §6's MAC does not cover the session field...
-    with pytest.raises(EnvelopeSessionError):  # ...so the opener compares it
+    with pytest.raises(EnvelopeMacError):
+        open_envelope(SERVICE_SK, e)
+    with pytest.raises(EnvelopeSessionError):
         open_envelope(SERVICE_SK, e, session=SESSION)
+
 
 
 def test_wrong_private_key(small_sealed):
@@ -140,7 +145,7 @@ def test_bad_padding_under_a_valid_mac():
     iv = os.urandom(16)
     ciphertext = sm4.encrypt_cbc_raw(secret[:16], iv, b"jpeg" + bytes(11) + b"\x05")
     e = {"session": SESSION, "key": sm2.encrypt(SERVICE_PK, secret), "iv": iv,
-         "ciphertext": ciphertext, "mac": hmac_sm3(secret[16:], iv + ciphertext)}
+         "ciphertext": ciphertext, "mac": hmac_sm3(secret[16:], SESSION + iv + ciphertext)}
     with pytest.raises(EnvelopePaddingError):
         open_envelope(SERVICE_SK, e)
 

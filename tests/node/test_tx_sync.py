@@ -159,7 +159,9 @@ def test_old_tx_is_verified_through_checkpoints(chain: SimChain, height: int) ->
     [ok] = run.of(sync.TxVerified)
     assert (ok.tx, ok.height, ok.peer) == (tx, height, A)
     assert ok.block_id == chain.headers[height].block_id and ok.leaf_index == 1
-    assert ok.inclusion == sync.VerifiedInclusion(tx, tx.tx_id, height, ok.block_id, 1)
+    assert ok.time_ms == chain.headers[height].timestamp
+    assert ok.inclusion == sync.VerifiedInclusion(tx, tx.tx_id, height, ok.block_id, 1,
+                                                  ok.time_ms)
     [r] = ranges(run)
     if height % EVERY == 0:  # its own block_id is a checkpoint: that one header
         assert (r.height, r.count) == (height, 1)
@@ -461,7 +463,7 @@ def test_check_old_header(chain: SimChain) -> None:
 
 def test_verified_inclusion_to_json() -> None:
     tx = _with(make_txs(3)[0], memo="a note", recipient="office-9")
-    inc = sync.VerifiedInclusion(tx, tx.tx_id, 3, b"\xab" * 32, 1)
+    inc = sync.VerifiedInclusion(tx, tx.tx_id, 3, b"\xab" * 32, 1, 1_700_000_003_000)
     doc = inc.to_json()
     assert doc["tx_id"] == tx.tx_id.hex() and doc["block_id"] == "ab" * 32
     assert (doc["height"], doc["leaf_index"], doc["type"]) == (3, 1, "evidence.deposit")

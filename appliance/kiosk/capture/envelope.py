@@ -6,7 +6,8 @@ Sealing (the terminal)::
     key        = SM2-encrypt(identity service public key, secret)     GM/T 0009 DER
     iv         = 16 fresh random bytes
     ciphertext = SM4-CBC(SM4 key, iv, PKCS#7(jpeg))
-    mac        = HMAC-SM3(HMAC key, iv || ciphertext)
+    mac        = HMAC-SM3(HMAC key, session || iv || ciphertext)   (revision 2: the session
+                 is bound, so an envelope cannot be replayed under another session)
     envelope   = {"session": bytes(16), "key", "iv", "ciphertext", "mac"}
     capture_digest = SM3(jpeg)
 
@@ -69,7 +70,8 @@ class EnvelopeKeyError(EnvelopeError):
 
 
 class EnvelopeMacError(EnvelopeError):
-    """HMAC-SM3 over iv || ciphertext does not match: tampered or not ours."""
+    """HMAC-SM3 over session || iv || ciphertext does not match: tampered, relabelled with
+    another session, or not ours."""
 
 
 class EnvelopePaddingError(EnvelopeError):
@@ -77,8 +79,8 @@ class EnvelopePaddingError(EnvelopeError):
 
 
 class EnvelopeSessionError(EnvelopeError):
-    """The envelope names another session than the one the opener expects. (The §6 MAC
-    covers iv || ciphertext only, so the session field is checked by comparison.)"""
+    """The envelope names another session than the one the opener expects (checked before
+    the key is opened; a relabelled session also breaks the MAC)."""
 
 
 class DigestMismatchError(EnvelopeError):
@@ -119,7 +121,7 @@ def seal(image: bytes | bytearray | memoryview | np.ndarray, service_public_key:
         padded[:n] = view
         padded[n:] = bytes([pad]) * pad
         ciphertext = sm4.encrypt_cbc_raw(enc_key, iv, padded)
-        mac = hmac_sm3(mac_key, iv + ciphertext)
+        mac = hmac_sm3(mac_key, session + iv + ciphertext)
     finally:
         for buf in (secret, enc_key, mac_key, padded):
             buf[:] = bytes(len(buf))
@@ -194,9 +196,9 @@ def open_envelope(private_key: bytes, envelope: Mapping[str, Any] | bytes, *,
     try:
         if len(secret) != SECRET_SIZE:
             raise EnvelopeKeyError("the enveloped secret is not 48 bytes")
-        mac = hmac_sm3(bytes(secret[16:]), env["iv"] + env["ciphertext"])
+        mac = hmac_sm3(bytes(secret[16:]), env["session"] + env["iv"] + env["ciphertext"])
         if not hmac.compare_digest(mac, env["mac"]):
-            raise EnvelopeMacError("HMAC-SM3 over iv || ciphertext does not match")
+            raise EnvelopeMacError("HMAC-SM3 over session || iv || ciphertext does not match")
         try:
             return sm4.decrypt_cbc(bytes(secret[:16]), env["iv"], env["ciphertext"])
         except gm_errors.PaddingError:
