@@ -85,14 +85,31 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TerminalConfig:
+    """What this terminal is: its ``role`` decides which pages and API routes the daemon
+    serves (the citizen's kiosk, or the clerk's PAD), and ``enrollment`` is the tx_id of its
+    ``device.enroll`` (written at enrollment; until then nothing is signed)."""
+
+    role: str = "kiosk"  # kiosk (citizen) or pad (clerk)
+    enrollment: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClerkConfig:
+    """PAD only: the clerks' key is on a staff card (a crypto module of its own, never the
+    PAD's device key), unlocked by the clerk's PIN at each confirmation."""
+
+    device: str | None = None  # the staff card's tty or pyserial URL; None: no clerk way
+    slot: int = 0
+    enrollment: bytes | None = None  # tx_id of the clerk key's device.enroll (role clerk)
+
+
+@dataclass(frozen=True, slots=True)
 class KioskConfig:
-    mode: str = "kiosk"  # kiosk (citizen) or pad (clerk)
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
     elder_mode: bool = False  # start in elder mode (larger type, higher contrast)
     camera: str = "0"  # a device index, /dev/v4l/by-id/... path, file or URL
-    district: str = "hil-district"
-    hall: str = "hall-1"
 
     @property
     def listen(self) -> str:
@@ -118,6 +135,8 @@ class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     hsm: HsmConfig = field(default_factory=HsmConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
+    terminal: TerminalConfig = field(default_factory=TerminalConfig)
+    clerk: ClerkConfig = field(default_factory=ClerkConfig)
     kiosk: KioskConfig = field(default_factory=KioskConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -210,7 +229,7 @@ def parse_text(data: bytes | str, *, env: Mapping[str, str] | None = None,
     return parse(doc, env=env)
 
 
-_SECTIONS = ("chain", "node", "hsm", "identity", "kiosk", "audit", "log")
+_SECTIONS = ("chain", "node", "hsm", "identity", "terminal", "clerk", "kiosk", "audit", "log")
 
 
 def parse(doc: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> Config:
@@ -259,17 +278,24 @@ def parse(doc: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> Co
         timeout_s=_positive(r.get("identity", "timeout_s", (int, float), 15.0),
                             "identity.timeout_s"),
     )
-    mode = r.get("kiosk", "mode", str, "kiosk")
-    if mode not in ("kiosk", "pad"):
-        raise ConfigError("must be 'kiosk' or 'pad'", "kiosk.mode")
+    role = r.get("terminal", "role", str, "kiosk")
+    if role not in ("kiosk", "pad"):
+        raise ConfigError("must be 'kiosk' or 'pad'", "terminal.role")
+    terminal = TerminalConfig(role=role, enrollment=_tx_id(
+        r.get("terminal", "enrollment", str, None), "terminal.enrollment"))
+    clerk_slot = r.get("clerk", "slot", int, 0)
+    if not 0 <= clerk_slot <= 15:
+        raise ConfigError("must be 0..15", "clerk.slot")
+    clerk_device = r.get("clerk", "device", str, None)
+    clerk = ClerkConfig(
+        device=None if clerk_device is None else _nonempty(clerk_device, "clerk.device"),
+        slot=clerk_slot,
+        enrollment=_tx_id(r.get("clerk", "enrollment", str, None), "clerk.enrollment"))
     host, port = parse_listen(r.get("kiosk", "listen", str, "127.0.0.1:8080"), "kiosk.listen")
     kiosk = KioskConfig(
-        mode=mode, listen_host=host, listen_port=port,
+        listen_host=host, listen_port=port,
         elder_mode=r.get("kiosk", "elder_mode", bool, False),
         camera=_nonempty(r.get("kiosk", "camera", str, "0"), "kiosk.camera"),
-        district=_nonempty(r.get("kiosk", "district", str, "hil-district"),
-                           "kiosk.district"),
-        hall=_nonempty(r.get("kiosk", "hall", str, "hall-1"), "kiosk.hall"),
     )
     days = r.get("audit", "retention_days", int, 190)
     if not 1 <= days <= 36500:
@@ -279,7 +305,8 @@ def parse(doc: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> Co
     if level not in LOG_LEVELS:
         raise ConfigError("must be one of " + ", ".join(LOG_LEVELS), "log.level")
     return Config(state_dir=state, chain=chain, node=node, hsm=hsm, identity=identity,
-                  kiosk=kiosk, audit=audit, log=LogConfig(level))
+                  terminal=terminal, clerk=clerk, kiosk=kiosk, audit=audit,
+                  log=LogConfig(level))
 
 
 def _chain(r: _Reader) -> ChainConfig:
@@ -410,6 +437,14 @@ def _peer(value: Any, key: str) -> str:
     return _http_url(_text(value, key), key)
 
 
+def _tx_id(text: str | None, key: str) -> bytes | None:
+    if text is None:
+        return None
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        raise ConfigError("must be a tx_id: 64 hex digits", key)
+    return bytes.fromhex(text)
+
+
 def _sm2_key(text: str, key: str) -> bytes:
     try:
         raw = bytes.fromhex(text)
@@ -482,13 +517,19 @@ url = "http://127.0.0.1:8090"
 service = "identity-service"
 timeout_s = 15.0
 
+[terminal]
+role = "kiosk"                          # kiosk (citizen) | pad (clerk): pages and routes served
+# enrollment = "..."                    # tx_id (hex) of this terminal's device.enroll
+
+[clerk]                                 # pad only: the clerk way's staff card
+# device = "/dev/gmclerk0"              # a crypto module of the clerk's own
+slot = 0
+# enrollment = "..."                    # tx_id (hex) of the clerk key's device.enroll
+
 [kiosk]
-mode = "kiosk"                          # kiosk | pad
 listen = "127.0.0.1:8080"               # loopback only
 elder_mode = false
 camera = "0"
-district = "hil-district"
-hall = "hall-1"
 
 [audit]
 retention_days = 190

@@ -1,23 +1,30 @@
 """The authorization flow of the kiosk: a sans-I/O state machine (docs/authorization-flow.md).
 
-:class:`AuthorizationFlow` takes events (what the citizen or the clerk touched, what the
-runner's I/O produced) and the time, and returns effects (dataclasses the runner executes)::
+:class:`AuthorizationFlow` takes events (what the citizen touched, what the camera read, what
+the runner's I/O produced) and the time, and returns effects (dataclasses the runner
+executes)::
 
     effects = flow.handle(MatterText(text, "camera"), now_ms)
     view = flow.view()          # JSON-safe; what the UI renders
 
 It reads no clock, does no I/O, holds no image data and no key. Screens::
 
-    attract -> scan -> consent -> capture -> verifying -> signing -> submitting -> waiting
-            -> receipt -> attract
-    consent -> alternative (the clerk checks the ID card; nothing is signed) -> attract
+    attract -> scan -> checking -> consent -> capture -> verifying -> signing -> submitting
+            -> waiting -> receipt -> attract                                   (face way)
+    consent -> clerk (session code and QR; the PAD's GOVCONF1 QR read back) -> signing -> ...
+                                                                             (clerk way)
     any step -> error -> attract;   alarm -> blocked -> (cleared) -> attract
 
-The one rule everything else serves: :class:`SignAuthorization` is emitted only in the
-session whose capture was sealed with digest D, after an :class:`AttestationVerified` for
-that session, that subject and that D with result ``match``, with no equivocation alarm
-active and the matter not expired. Every failure ends on ``error`` (or ``blocked``) with a
-:class:`Wipe`; every return to ``attract`` emits :class:`Wipe` too.
+The kiosk shows only what it verified and signs what it showed: the consent screen appears
+only after the runner verified the matter (its signature, the PAD's enrollment, every license
+deposit and its issuer, ledger-protocol §6) and its view is the verified one
+(:class:`MatterVerified`). :class:`SignAuthorization` carries ``license.authorize`` data that
+embeds that very signed matter, and is emitted only in the session that verified the one way
+of identity: a ``match`` attestation for this session, subject, capture digest, kiosk, action
+and target (face), or a clerk's confirmation for this session, kiosk, action and target that
+the runner verified (clerk); with no blocking alarm and the matter not expired. Every failure
+ends on ``error`` (or ``blocked``) with a :class:`Wipe`; every return to ``attract`` emits
+:class:`Wipe` too.
 
 Results from the runner carry the session they belong to and are ignored unless the flow is
 in that session, on that step, waiting for exactly that result: a late answer (after a
@@ -26,26 +33,28 @@ timeout, a cancel, an alarm) changes nothing.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.node import objects as ob
+from appliance.node.errors import MalformedError
+
 from .capture.events import ChallengeIssued, Failed, Hint, Passed, Progress
 from .capture.quality import HINTS
-from .matter import Matter, MatterError, decode_qr
 
 __all__ = [
-    "ACTIONS_TEXT", "ERRORS", "SCREENS", "Activity", "AlarmChanged", "Alternative",
+    "ACTIONS_TEXT", "ERRORS", "REFUSALS", "SCREENS", "Activity", "AlarmChanged", "Alternative",
     "AttestationVerified", "Audit", "AuthorizationFlow", "AuthorizationSigned", "AwaitInclusion",
-    "Cancel", "CaptureSealed", "CaptureUpdate", "CheckNodes", "ClerkConfirmedId", "Consent",
-    "Decline", "Done", "Effect", "Event", "Extend", "FlowConfig", "Included", "MatterText",
-    "NodesChecked", "RECEIPT_PREFIX", "RequestAttestation", "SealCapture", "SignAuthorization",
-    "Start", "StartCapture", "StartScan", "StepFailed", "StopCapture", "StopScan", "SubmitTx",
-    "Submitted", "Tick", "Wipe", "ui_event",
+    "Cancel", "CaptureSealed", "CaptureUpdate", "CheckNodes", "Consent", "ConfirmationText",
+    "ConfirmationVerified", "Decline", "Done", "Effect", "Event", "Extend", "FlowConfig",
+    "Included", "MatterText", "MatterVerified", "NodesChecked", "RECEIPT_PREFIX",
+    "RequestAttestation", "SealCapture", "SignAuthorization", "Start", "StartCapture",
+    "StartScan", "StepFailed", "StopCapture", "StopScan", "SubmitTx", "Submitted", "Tick",
+    "VerifyConfirmation", "VerifyMatter", "Wipe", "refusal", "ui_event",
 ]
 
-SCREENS = ("attract", "scan", "consent", "alternative", "capture", "verifying", "signing",
+SCREENS = ("attract", "scan", "checking", "consent", "clerk", "capture", "verifying", "signing",
            "submitting", "waiting", "receipt", "error", "blocked")
 RECEIPT_PREFIX = "GOVTX1:"  # the receipt QR: GOVTX1:<tx_id hex>
 
@@ -58,8 +67,9 @@ class FlowConfig:
     the processing screens cannot (their limit is the step's, not the citizen's)."""
 
     scan_ms: int = 60_000
+    checking_ms: int = 20_000
     consent_ms: int = 60_000
-    alternative_ms: int = 120_000
+    clerk_ms: int = 180_000
     capture_ms: int = 45_000
     verifying_ms: int = 20_000
     signing_ms: int = 20_000
@@ -77,8 +87,9 @@ class FlowConfig:
     """Liveness attempts before ``liveness_failed`` (a citizen who stepped aside retries)."""
 
     def __post_init__(self) -> None:
-        for name in ("scan_ms", "consent_ms", "alternative_ms", "capture_ms", "verifying_ms",
-                     "signing_ms", "submitting_ms", "waiting_ms", "receipt_ms", "error_ms"):
+        for name in ("scan_ms", "checking_ms", "consent_ms", "clerk_ms", "capture_ms",
+                     "verifying_ms", "signing_ms", "submitting_ms", "waiting_ms", "receipt_ms",
+                     "error_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if not 0 < self.warn_fraction < 1:
@@ -90,10 +101,11 @@ class FlowConfig:
         return getattr(self, f"{screen}_ms", None)
 
 
-EXTENDABLE = frozenset({"scan", "consent", "alternative", "capture", "receipt", "error"})
-CANCELLABLE = frozenset({"scan", "consent", "alternative", "capture", "verifying", "signing"})
-ACTIVE = frozenset({"scan", "consent", "alternative", "receipt", "error"})  # activity resets
-BEFORE_SUBMIT = frozenset({"scan", "consent", "alternative", "capture", "verifying",
+EXTENDABLE = frozenset({"scan", "consent", "clerk", "capture", "receipt", "error"})
+CANCELLABLE = frozenset({"scan", "checking", "consent", "clerk", "capture", "verifying",
+                         "signing"})
+ACTIVE = frozenset({"scan", "consent", "clerk", "receipt", "error"})  # activity resets
+BEFORE_SUBMIT = frozenset({"scan", "checking", "consent", "clerk", "capture", "verifying",
                            "signing"})
 
 
@@ -108,8 +120,64 @@ ERRORS: dict[str, tuple[str, str, str, str]] = {
         "help."),
     "matter_invalid": (
         "事项码无法识别", "Matter code not recognised",
-        "这个二维码不是有效的授权事项码。请向窗口工作人员重新获取。",
-        "This QR code is not a valid matter code. Please ask the window clerk for a new one."),
+        "这个二维码不是有效的授权事项码，未记录任何信息。请向窗口工作人员重新获取。",
+        "This QR code is not a valid matter code. Nothing was recorded. Please ask the window "
+        "clerk for a new one."),
+    "matter_forged": (
+        "事项码签名无效", "Matter code not authentic",
+        "这个事项码的签名未通过校验，可能被篡改或伪造，未记录任何信息。请向窗口工作人员重新获取。",
+        "The signature of this matter code does not verify: it may have been altered or forged. "
+        "Nothing was recorded. Please ask the window clerk for a new code."),
+    "matter_terms": (
+        "事项期限不符合规定", "Matter terms not allowed",
+        "这个事项码的有效期或授权使用期限不符合规定，未记录任何信息。请向窗口工作人员重新获取。",
+        "This matter's validity or the period the offices may use your licenses is not "
+        "allowed. Nothing was recorded. Please ask the window clerk for a new code."),
+    "pad_not_enrolled": (
+        "出具事项的终端未登记", "Matter from an unregistered terminal",
+        "出具这个事项码的窗口终端未在区块链上登记，未记录任何信息。请到窗口咨询。",
+        "The window terminal that issued this matter is not registered on the chain. Nothing "
+        "was recorded. Please ask at the window."),
+    "pad_expired": (
+        "出具事项的终端登记已过期", "Issuing terminal's registration expired",
+        "出具这个事项码的窗口终端登记已过期，未记录任何信息。请到窗口咨询。",
+        "The registration of the window terminal that issued this matter has expired. Nothing "
+        "was recorded. Please ask at the window."),
+    "pad_wrong_office": (
+        "事项与办理窗口不符", "Matter and office do not match",
+        "出具这个事项码的终端不属于事项所写的办理单位，未记录任何信息。请到窗口咨询。",
+        "The terminal that issued this matter does not belong to the office the matter names. "
+        "Nothing was recorded. Please ask at the window."),
+    "license_not_found": (
+        "证照未在链上找到", "License not found on the chain",
+        "事项所列的证照未在区块链上找到，未记录任何信息。请到窗口咨询。",
+        "A license the matter lists is not on the chain. Nothing was recorded. Please ask at "
+        "the window."),
+    "license_unverifiable": (
+        "证照无法核验", "License cannot be verified",
+        "事项所列的证照无法核验（出具机构的登记无效），未记录任何信息。请到窗口咨询。",
+        "A license the matter lists cannot be verified (its issuer's registration is not "
+        "valid). Nothing was recorded. Please ask at the window."),
+    "license_wrong_holder": (
+        "证照不属于您", "License belongs to someone else",
+        "事项所列的证照不属于事项所写的办理人，未记录任何信息。请到窗口咨询。",
+        "A license the matter lists does not belong to the person the matter is for. Nothing "
+        "was recorded. Please ask at the window."),
+    "matter_already_authorized": (
+        "该事项已授权", "Already authorized",
+        "这个事项已经在本终端授权过，不会重复授权。如需再次办理，请向窗口工作人员获取新的事项码。",
+        "This matter was already authorized on this terminal and is not authorized twice. "
+        "Please ask the window clerk for a new code if you need to do it again."),
+    "confirmation_invalid": (
+        "工作人员确认无效", "Clerk confirmation not valid",
+        "窗口终端出示的确认码未通过校验（不是本次办理、本终端或本事项的确认），未进行授权。请重新办理。",
+        "The confirmation shown by the window terminal failed its checks (not for this "
+        "session, this terminal or this matter). Nothing was authorized. Please start again."),
+    "clerk_not_enrolled": (
+        "工作人员未登记", "Clerk not registered",
+        "签署确认的工作人员未在区块链上登记为本单位的核验人员，未进行授权。请到窗口咨询。",
+        "The clerk who signed the confirmation is not registered on the chain for this office. "
+        "Nothing was authorized. Please ask at the window."),
     "matter_expired": (
         "事项码已过期", "Matter code expired",
         "该授权事项已过有效期，未记录任何信息。请向窗口工作人员重新获取。",
@@ -169,6 +237,11 @@ ERRORS: dict[str, tuple[str, str, str, str]] = {
         "本终端的安全审计日志未通过校验，已暂停新的授权，等待管理员处理。请到窗口办理。",
         "This terminal's security audit log failed its check, so authorizations are paused "
         "until an administrator fixes it. Please go to the window."),
+    "blocked_not_enrolled": (
+        "本终端暂不能办理授权", "Authorizations are not available here",
+        "本终端尚未在区块链上登记或登记已过期，暂不能办理授权。请到窗口办理。",
+        "This terminal is not registered on the chain, or its registration has expired, so "
+        "it cannot take authorizations. Please go to the window."),
     "blocked_unavailable": (
         "本终端暂不能办理授权", "Authorizations are not available here",
         "本终端暂不能办理授权。请到窗口办理。",
@@ -202,20 +275,60 @@ ACTIONS_TEXT: dict[str, tuple[str, str]] = {
     "turn_right": ("请向右转头，再转回来", "Turn your head to your right, then back"),
 }
 
+#: The screen of each §6 rule (appliance.node.rules) that refuses a matter, an attestation or
+#: a confirmation, by the step that checked it; a rule not listed gets the step's default.
+REFUSALS: dict[str, dict[str, str]] = {
+    "matter": {
+        "matter_signature": "matter_forged", "matter_pad": "matter_forged",
+        "enrollment_key": "matter_forged", "matter_times": "matter_terms",
+        "matter_future": "matter_terms", "use_until": "matter_terms",
+        "matter_expired": "matter_expired", "enrollment_missing": "pad_not_enrolled",
+        "enrollment_invalid": "pad_not_enrolled", "enrollment_role": "pad_not_enrolled",
+        "enrollment_expired": "pad_expired", "enrollment_office": "pad_wrong_office",
+        "deposit_missing": "license_not_found", "deposit_invalid": "license_unverifiable",
+        "deposit_holder": "license_wrong_holder",
+        "already_authorized": "matter_already_authorized",
+        "node_unavailable": "node_unavailable",
+    },
+    "attest": {
+        "attestation_result": "identity_no_match", "node_unavailable": "node_unavailable",
+        "identity_unavailable": "identity_unavailable",
+    },
+    "confirm": {
+        "enrollment_missing": "clerk_not_enrolled", "enrollment_invalid": "clerk_not_enrolled",
+        "enrollment_key": "clerk_not_enrolled", "enrollment_role": "clerk_not_enrolled",
+        "enrollment_office": "clerk_not_enrolled", "enrollment_expired": "clerk_not_enrolled",
+        "node_unavailable": "node_unavailable",
+    },
+    "sign": {"already_authorized": "matter_already_authorized"},
+}
+
 # which failure codes each waiting step accepts from the runner (anything else: the default)
 _STEP_CODES: dict[str, tuple[str, frozenset[str]]] = {
+    "matter": ("matter_invalid", frozenset(REFUSALS["matter"].values())),
     "capture": ("camera_unavailable", frozenset({"camera_unavailable"})),
     "seal": ("camera_unavailable", frozenset({"camera_unavailable"})),
-    "attest": ("identity_unavailable", frozenset({"identity_unavailable",
-                                                  "attestation_invalid"})),
+    "attest": ("attestation_invalid", frozenset({"identity_unavailable", "attestation_invalid",
+                                                  "identity_no_match", "node_unavailable"})),
+    "confirm": ("confirmation_invalid", frozenset({"confirmation_invalid",
+                                                   "clerk_not_enrolled", "node_unavailable"})),
     "nodes": ("node_unavailable", frozenset({"node_unavailable"})),
-    "sign": ("module_unavailable", frozenset({"module_unavailable"})),
+    "sign": ("module_unavailable", frozenset({"module_unavailable",
+                                              "matter_already_authorized"})),
     "submit": ("node_unavailable", frozenset({"node_unavailable"})),
     "include": ("inclusion_timeout", frozenset({"inclusion_timeout", "proof_invalid",
                                                 "node_unavailable"})),
 }
-_TIMEOUT_CODE = {"verifying": "identity_unavailable", "signing": "module_unavailable",
-                 "submitting": "node_unavailable", "waiting": "inclusion_timeout"}
+_TIMEOUT_CODE = {"checking": "node_unavailable", "verifying": "identity_unavailable",
+                 "signing": "module_unavailable", "submitting": "node_unavailable",
+                 "waiting": "inclusion_timeout"}
+
+
+def refusal(step: str, rule: str) -> str:
+    """The error screen for ``rule`` (a §6 rule, or an error code) refused at ``step``."""
+    code = REFUSALS.get(step, {}).get(rule, rule)
+    default, allowed = _STEP_CODES[step]
+    return code if code in allowed else default
 
 
 # -- events -------------------------------------------------------------------------------------
@@ -227,7 +340,16 @@ class Start:
 
 @dataclass(frozen=True)
 class MatterText:
-    """A matter QR text: read by the camera (``camera``) or typed/scanned by a clerk."""
+    """A matter QR text (``GOVAUTH1:``): read by the camera (``camera``) or typed/scanned at
+    the kiosk (``clerk``)."""
+
+    text: str
+    source: str = "clerk"
+
+
+@dataclass(frozen=True)
+class ConfirmationText:
+    """A clerk's confirmation QR text (``GOVCONF1:``) shown by the PAD to the kiosk."""
 
     text: str
     source: str = "clerk"
@@ -245,12 +367,7 @@ class Decline:
 
 @dataclass(frozen=True)
 class Alternative:
-    """The citizen asks for the non-face path (the clerk checks the ID card)."""
-
-
-@dataclass(frozen=True)
-class ClerkConfirmedId:
-    clerk: str
+    """The citizen asks for the clerk way (the clerk checks the ID card and confirms)."""
 
 
 @dataclass(frozen=True)
@@ -265,7 +382,7 @@ class Cancel:
 
 @dataclass(frozen=True)
 class Done:
-    """Leave the receipt, error or hand-over screen."""
+    """Leave the receipt or error screen."""
 
 
 @dataclass(frozen=True)
@@ -276,6 +393,24 @@ class Activity:
 @dataclass(frozen=True)
 class Tick:
     """Time passes (the runner sends it at the deadlines :meth:`next_deadline` gives)."""
+
+
+@dataclass(frozen=True)
+class MatterVerified:
+    """The runner verified the session's matter (§6): ``display`` is
+    :meth:`appliance.node.rules.VerifiedMatter.display`, what the consent screen shows."""
+
+    session: bytes
+    display: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ConfirmationVerified:
+    """The runner verified the confirmation (a clerk of the matter's office, this session,
+    this kiosk, this action and target, fresh)."""
+
+    session: bytes
+    staff: str = ""
 
 
 @dataclass(frozen=True)
@@ -297,9 +432,10 @@ class CaptureSealed:
 
 @dataclass(frozen=True)
 class AttestationVerified:
-    """A signed attestation that the runner's identity client has verified (signature by
-    the configured service key, fields equal to what was sent, fresh). ``signed`` is the
-    map to embed in license.authorize."""
+    """A signed attestation that the runner verified whole (§6 "Face way": signed by an
+    enrolled identity service, a match above its minimum score, for this subject, capture,
+    session, kiosk, action and target, fresh). ``signed`` is the map to embed in
+    license.authorize."""
 
     session: bytes
     signed: dict[str, Any]
@@ -344,8 +480,9 @@ class Included:
 
 @dataclass(frozen=True)
 class StepFailed:
-    """A runner step failed. ``step``: capture, seal, attest, nodes, sign, submit, include;
-    ``code``: one of :data:`ERRORS` (a code the step cannot give becomes its default)."""
+    """A runner step failed. ``step``: matter, capture, seal, attest, confirm, nodes, sign,
+    submit, include; ``code``: one of :data:`ERRORS` (see :func:`refusal`; a code the step
+    cannot give becomes its default)."""
 
     session: bytes
     step: str
@@ -358,9 +495,9 @@ class AlarmChanged:
     """A reason to refuse new authorizations was raised (``active``) or cleared.
 
     ``kind`` names the reason (see :data:`BLOCK_CODES`): the light node's equivocation
-    alarm, an audit log that can no longer record authorizations, or anything else that
-    makes this terminal unfit to authorize. Several can be active at once; the terminal
-    authorizes again when all are cleared."""
+    alarm, an audit log that can no longer record authorizations, a terminal that is not
+    enrolled, or anything else that makes this terminal unfit to authorize. Several can be
+    active at once; the terminal authorizes again when all are cleared."""
 
     active: bool
     detail: str = ""
@@ -369,13 +506,13 @@ class AlarmChanged:
 
 #: The error screen of each blocking reason, most serious first; other kinds get the last.
 BLOCK_CODES = {"equivocation": "blocked_alarm", "audit": "blocked_audit",
-               "unavailable": "blocked_unavailable"}
+               "not_enrolled": "blocked_not_enrolled", "unavailable": "blocked_unavailable"}
 
 
-Event = (Start | MatterText | Consent | Decline | Alternative | ClerkConfirmedId | Extend
-         | Cancel | Done | Activity | Tick | CaptureUpdate | CaptureSealed
-         | AttestationVerified | NodesChecked | AuthorizationSigned | Submitted | Included
-         | StepFailed | AlarmChanged)
+Event = (Start | MatterText | ConfirmationText | Consent | Decline | Alternative | Extend
+         | Cancel | Done | Activity | Tick | MatterVerified | ConfirmationVerified
+         | CaptureUpdate | CaptureSealed | AttestationVerified | NodesChecked
+         | AuthorizationSigned | Submitted | Included | StepFailed | AlarmChanged)
 
 
 def ui_event(obj: object) -> Event | None:
@@ -391,8 +528,8 @@ def ui_event(obj: object) -> Event | None:
         return simple[kind]()
     if kind == "matter_text" and isinstance(obj.get("text"), str):
         return MatterText(obj["text"], "clerk")
-    if kind == "clerk_confirmed_id" and isinstance(obj.get("clerk"), str):
-        return ClerkConfirmedId(obj["clerk"])
+    if kind == "confirmation_text" and isinstance(obj.get("text"), str):
+        return ConfirmationText(obj["text"], "clerk")
     return None
 
 
@@ -405,14 +542,35 @@ class Effect:
 
 @dataclass(frozen=True)
 class StartScan(Effect):
-    """Read matter QR codes from the camera frames."""
+    """Read QR codes from the camera frames: ``kind`` ``matter`` (GOVAUTH1) or
+    ``confirmation`` (GOVCONF1)."""
 
     session: bytes
+    kind: str = "matter"
 
 
 @dataclass(frozen=True)
 class StopScan(Effect):
     pass
+
+
+@dataclass(frozen=True)
+class VerifyMatter(Effect):
+    """Verify ``matter`` (§6, with proofs from the chain) and that this kiosk has not signed
+    it before; answer MatterVerified or StepFailed(matter, rule)."""
+
+    session: bytes
+    matter: ob.Signed[ob.MatterBody]
+
+
+@dataclass(frozen=True)
+class VerifyConfirmation(Effect):
+    """Verify the clerk's ``confirmation`` for this session, kiosk and target; answer
+    ConfirmationVerified or StepFailed(confirm, rule)."""
+
+    session: bytes
+    confirmation: ob.Signed[ob.ConfirmationBody]
+    matter: ob.Signed[ob.MatterBody]
 
 
 @dataclass(frozen=True)
@@ -439,11 +597,16 @@ class SealCapture(Effect):
 
 @dataclass(frozen=True)
 class RequestAttestation(Effect):
-    """Send the sealed envelope; answer AttestationVerified or StepFailed(attest)."""
+    """Send the sealed envelope; answer AttestationVerified or StepFailed(attest). The
+    attestation must name ``terminal``, ``action`` and ``target`` (the signed matter's
+    digest) and, for an enterprise matter, ``represents``."""
 
     session: bytes
     subject: bytes
     capture_digest: bytes
+    target: bytes
+    represents: bytes | None = None
+    action: str = "authorize"
 
 
 @dataclass(frozen=True)
@@ -455,10 +618,13 @@ class CheckNodes(Effect):
 
 @dataclass(frozen=True)
 class SignAuthorization(Effect):
-    """Build license.authorize with ``data`` and sign it in the crypto module."""
+    """Sign ``license.authorize`` with ``data`` (:class:`appliance.node.objects.AuthorizeData`
+    as its map) in the crypto module, once this kiosk has recorded that it signs ``matter``
+    (a matter is signed at most once)."""
 
     session: bytes
     data: dict[str, Any]
+    matter: ob.Signed[ob.MatterBody]
 
 
 @dataclass(frozen=True)
@@ -490,22 +656,20 @@ class Audit(Effect):
 
 # -- the machine --------------------------------------------------------------------------------
 
-def _clean_text(value: str, limit: int = 64) -> str | None:
-    value = value.strip()
-    if not 1 <= len(value) <= limit:
-        return None
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn") for c in value):
-        return None
-    return value
-
-
 class AuthorizationFlow:
+    """``terminal_id``: this kiosk's peer_id; ``enrollment``: the tx_id of its
+    ``device.enroll`` (None: not enrolled, nothing can be signed); ``new_session``: 16 fresh
+    random bytes per flow (the kiosk's RNG, never the crypto module's login session)."""
+
     def __init__(self, config: FlowConfig | None = None, *, terminal_id: bytes,
-                 new_session: Callable[[], bytes]) -> None:
+                 new_session: Callable[[], bytes], enrollment: bytes | None = None) -> None:
         if type(terminal_id) is not bytes or len(terminal_id) != 32:
             raise ValueError("terminal_id must be 32 bytes (the terminal's peer_id)")
+        if enrollment is not None and (type(enrollment) is not bytes or len(enrollment) != 32):
+            raise ValueError("enrollment must be a 32-byte tx_id")
         self.config = config or FlowConfig()
         self.terminal_id = terminal_id
+        self.enrollment = enrollment
         self._new_session = new_session
         self.screen = "attract"
         self._seq = 0
@@ -513,8 +677,13 @@ class AuthorizationFlow:
         self._mono = 0  # monotonic time (ms): every timer runs on it
         self._wall_offset = 0  # wall - monotonic when the running timer was set
         self._blocks: dict[str, str] = {}  # kind -> detail, while authorizations are refused
+        if enrollment is None:
+            self._blocks["not_enrolled"] = "this terminal's enrollment is not configured"
         self._view: dict[str, Any] | None = None
         self._reset()
+        if self._blocks:
+            self._error = self._error_view(self._block_code())
+            self.screen = "blocked"
         self._view = self._build_view()
         self._view["seq"] = self._seq
 
@@ -522,7 +691,8 @@ class AuthorizationFlow:
 
     def _reset(self) -> None:
         self.session: bytes | None = None
-        self.matter: Matter | None = None
+        self.matter: ob.Signed[ob.MatterBody] | None = None
+        self._display: dict[str, Any] | None = None  # the verified matter, as shown
         self._entered = self._mono
         self._deadline: int | None = None  # monotonic ms
         self._warn_at: int | None = None
@@ -533,12 +703,13 @@ class AuthorizationFlow:
         self._progress = 0
         self._capture_digest: bytes | None = None
         self._attestation: dict[str, Any] | None = None
+        self._confirmation: ob.Signed[ob.ConfirmationBody] | None = None
+        self._clerk: dict[str, Any] | None = None  # the clerk screen's state
         self._awaiting: str | None = None  # the runner result the flow waits for
         self._tx_id: bytes | None = None
         self._sent = False  # SubmitTx emitted
         self._receipt: dict[str, Any] | None = None
         self._error: dict[str, Any] | None = None
-        self._handover: dict[str, Any] | None = None
 
     def next_deadline(self) -> int | None:
         """When the runner should send a Tick (ms, on the clock of ``mono_ms``), or None."""
@@ -552,8 +723,6 @@ class AuthorizationFlow:
 
     def _set_timer(self) -> None:
         limit = self.config.limit(self.screen)
-        if self._handed_over():  # the hand-over notice stays as long as a receipt
-            limit = self.config.receipt_ms
         if limit is None:
             self._deadline = self._warn_at = None
             return
@@ -561,7 +730,7 @@ class AuthorizationFlow:
         # the view gives deadlines in wall time (the browser counts down on its own clock):
         # wall now + what remains, fixed when the timer is set
         self._wall_offset = self._now - self._mono
-        if self.screen in EXTENDABLE and not self._handed_over():
+        if self.screen in EXTENDABLE:
             lead = max(round(limit * (1 - self.config.warn_fraction)),
                        self.config.min_warn_lead_ms)
             self._warn_at = max(self._mono, self._deadline - lead)
@@ -608,13 +777,14 @@ class AuthorizationFlow:
             if s == "attract":
                 self._begin(out)
                 self._enter("scan")
-                out.append(StartScan(self._sid()))
+                out.append(StartScan(self._sid(), "matter"))
         elif isinstance(ev, MatterText):
             self._on_matter(ev, out)
+        elif isinstance(ev, ConfirmationText):
+            self._on_confirmation(ev, out)
         elif isinstance(ev, Consent):
             if s == "consent":
-                assert self.matter is not None
-                if self.matter.expired(self._now):
+                if self._expired():
                     self._fail(out, "matter_expired", "consent")
                 else:
                     self._start_capture(out, 1)
@@ -623,42 +793,34 @@ class AuthorizationFlow:
                 self._fail(out, "consent_declined", "consent")
         elif isinstance(ev, Alternative):
             if s in ("consent", "capture"):
-                if s == "capture":
-                    out.append(StopCapture(self._sid()))
-                self._awaiting = None
-                self._enter("alternative")
-                self._handover = {"confirmed": False, "clerk": None}
-        elif isinstance(ev, ClerkConfirmedId):
-            self._on_clerk(ev, out)
+                self._to_clerk(out)
         elif isinstance(ev, Extend):
             if s in EXTENDABLE and self._extends < self.config.max_extends \
-                    and self._deadline is not None and not self._handed_over():
+                    and self._deadline is not None:
                 self._extends += 1
                 self._set_timer()
         elif isinstance(ev, Activity):
             if s in ACTIVE and self._deadline is not None:
                 self._set_timer()
         elif isinstance(ev, Cancel):
-            if s in ("receipt", "error") or self._handed_over():
+            if s in ("receipt", "error"):
                 self._to_attract(out)
             elif s in CANCELLABLE:
                 self._fail(out, "cancelled", s)
         elif isinstance(ev, Done):
-            if s in ("receipt", "error") or self._handed_over():
+            if s in ("receipt", "error"):
                 self._to_attract(out)
         else:
             self._on_result(ev, out)
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _handed_over(self) -> bool:
-        """On the alternative screen after the clerk confirmed the ID card."""
-        return self.screen == "alternative" and bool(self._handover) \
-            and bool(self._handover and self._handover["confirmed"])
-
     def _sid(self) -> bytes:
         assert self.session is not None
         return self.session
+
+    def _expired(self) -> bool:
+        return self.matter is not None and self._now > self.matter.body.expires_at
 
     def _begin(self, out: list[Effect]) -> None:
         self._reset()
@@ -668,9 +830,12 @@ class AuthorizationFlow:
         self.session = sid
 
     def _audit_failed(self, out: list[Effect], step: str, code: str) -> None:
-        out.append(Audit("authorization_failed", {
-            "session": self.session.hex() if self.session else None, "step": step,
-            "code": code}))
+        fields: dict[str, Any] = {"session": self.session.hex() if self.session else None,
+                                  "step": step, "code": code}
+        if self.matter is not None:
+            fields.update(matter_id=self.matter.body.matter_id.hex(),
+                          pad=self.matter.body.pad.hex())
+        out.append(Audit("authorization_failed", fields))
 
     def _error_view(self, code: str) -> dict[str, Any]:
         title_zh, title_en, msg_zh, msg_en = ERRORS[code]
@@ -684,7 +849,7 @@ class AuthorizationFlow:
         """End the session on the error screen: stop what runs, wipe, audit."""
         if self.screen == "capture":
             out.append(StopCapture(self._sid()))
-        if self.screen == "scan":
+        if self.screen in ("scan", "clerk"):
             out.append(StopScan())
         self._audit_failed(out, step, code)
         error = self._error_view(code)
@@ -699,7 +864,7 @@ class AuthorizationFlow:
 
     def _to_attract(self, out: list[Effect]) -> None:
         sid = self.session
-        if self.screen == "scan":
+        if self.screen in ("scan", "clerk"):
             out.append(StopScan())
         self._reset()
         out.append(Wipe(sid))
@@ -711,23 +876,23 @@ class AuthorizationFlow:
 
     def _timeout(self, out: list[Effect]) -> None:
         s = self.screen
-        if s in ("receipt", "error") or self._handed_over():
+        if s in ("receipt", "error"):
             self._to_attract(out)
         elif s in _TIMEOUT_CODE:
             self._fail(out, _TIMEOUT_CODE[s], s)
-        elif s in ("scan", "consent", "alternative", "capture"):
+        elif s in ("scan", "consent", "clerk", "capture"):
             self._fail(out, "timeout", s)
 
-    # -- scan and consent -----------------------------------------------------------------------
+    # -- scan, check and consent ----------------------------------------------------------------
 
     def _on_matter(self, ev: MatterText, out: list[Effect]) -> None:
-        if self.screen not in ("attract", "scan"):
+        if self.screen not in ("attract", "scan") or self._blocks:
             return
         if not isinstance(ev.text, str):
             return
         try:
-            matter = decode_qr(ev.text)
-        except MatterError as exc:
+            matter = ob.decode_matter_qr(ev.text)
+        except MalformedError as exc:
             if ev.source == "camera" and exc.reason == "prefix":
                 return  # some other QR code in view: keep looking
             if self.screen == "attract":
@@ -736,26 +901,57 @@ class AuthorizationFlow:
             return
         if self.screen == "attract":
             self._begin(out)
-        if matter.expired(self._now):
-            self._fail(out, "matter_expired", "scan")
-            return
-        if self.screen == "scan":
+        else:
             out.append(StopScan())
         self.matter = matter
+        self._awaiting = "matter"
+        self._enter("checking")
+        out.append(VerifyMatter(self._sid(), matter))
+
+    def _on_matter_verified(self, ev: MatterVerified, out: list[Effect]) -> None:
+        if self.screen != "checking" or not isinstance(ev.display, dict):
+            return
+        self._awaiting = None
+        self._display = ev.display
         self._enter("consent")
 
-    def _on_clerk(self, ev: ClerkConfirmedId, out: list[Effect]) -> None:
-        if self.screen != "alternative" or not self._handover or self._handover["confirmed"]:
+    def _to_clerk(self, out: list[Effect]) -> None:
+        """The clerk way: show the session (code and QR), read the PAD's confirmation."""
+        assert self.matter is not None
+        if self.screen == "capture":
+            out.append(StopCapture(self._sid()))
+        self._awaiting = None
+        request = ob.SessionRequest(self._sid(), self.terminal_id, "authorize",
+                                    self.matter.digest)
+        self._clerk = {"code": request.code,
+                       "qr": ob.encode_qr(ob.SESSION_PREFIX, request), "checking": False}
+        self._enter("clerk")
+        out.append(StartScan(self._sid(), "confirmation"))
+
+    def _on_confirmation(self, ev: ConfirmationText, out: list[Effect]) -> None:
+        if self.screen != "clerk" or self._awaiting is not None or not isinstance(ev.text, str):
             return
-        clerk = _clean_text(ev.clerk) if isinstance(ev.clerk, str) else None
-        if clerk is None or self.matter is None:
+        assert self.matter is not None and self._clerk is not None
+        try:
+            conf = ob.decode_confirmation_qr(ev.text)
+        except MalformedError as exc:
+            if ev.source == "camera" and exc.reason == "prefix":
+                return  # the matter's own QR, or another code in view
+            self._fail(out, "confirmation_invalid", "confirm")
             return
-        self._handover = {"confirmed": True, "clerk": clerk}
-        out.append(Audit("authorization_alternative", {
-            "session": self._sid().hex(), "matter": self.matter.matter,
-            "agency": self.matter.agency, "clerk": clerk,
-            "terminal": self.terminal_id.hex()}))
-        self._enter("alternative")  # the hand-over notice, then attract
+        b = conf.body
+        if b.session != self.session or b.terminal != self.terminal_id \
+                or b.action != "authorize" or b.target != self.matter.digest:
+            if ev.source == "camera":
+                return  # an older confirmation still on the PAD's screen: keep looking
+            self._fail(out, "confirmation_invalid", "confirm")
+            return
+        out.append(StopScan())
+        self._awaiting = "confirm"
+        self._clerk["checking"] = True
+        self._set_timer()
+        out.append(VerifyConfirmation(self._sid(), conf, self.matter))
+        self._confirmation = conf
 
     # -- capture and the steps after it -----------------------------------------------------------
 
@@ -776,10 +972,19 @@ class AuthorizationFlow:
         if isinstance(ev, StepFailed):
             if ev.step != self._awaiting:
                 return
-            default, allowed = _STEP_CODES[ev.step]
-            self._fail(out, ev.code if ev.code in allowed else default, ev.step)
+            self._fail(out, refusal(ev.step, ev.code), ev.step)
             return
-        if isinstance(ev, CaptureUpdate):
+        if isinstance(ev, MatterVerified):
+            if self._awaiting == "matter":
+                self._on_matter_verified(ev, out)
+        elif isinstance(ev, ConfirmationVerified):
+            if self._awaiting == "confirm" and self.screen == "clerk":
+                assert self._clerk is not None
+                self._clerk["staff"] = ev.staff if isinstance(ev.staff, str) else ""
+                self._awaiting = "nodes"
+                self._enter("signing")
+                out.append(CheckNodes(self._sid()))
+        elif isinstance(ev, CaptureUpdate):
             self._on_capture(ev, out)
         elif isinstance(ev, CaptureSealed):
             if self._awaiting != "seal" or type(ev.capture_digest) is not bytes \
@@ -788,7 +993,9 @@ class AuthorizationFlow:
             assert self.matter is not None
             self._capture_digest = ev.capture_digest
             self._awaiting = "attest"
-            out.append(RequestAttestation(self._sid(), self.matter.subject, ev.capture_digest))
+            b = self.matter.body
+            out.append(RequestAttestation(self._sid(), b.subject, ev.capture_digest,
+                                          self.matter.digest, b.on_behalf_of))
         elif isinstance(ev, AttestationVerified):
             if self._awaiting == "attest":
                 self._on_attestation(ev, out)
@@ -839,11 +1046,18 @@ class AuthorizationFlow:
                 self._fail(out, "liveness_failed", "capture")
 
     def _on_attestation(self, ev: AttestationVerified, out: list[Effect]) -> None:
+        """The runner verified the attestation whole; the flow checks again what binds it to
+        this session (belt and braces: a runner bug must not sign another's attestation)."""
         assert self.matter is not None and self._capture_digest is not None
         body = ev.signed.get("body") if isinstance(ev.signed, dict) else None
+        b = self.matter.body
         if not isinstance(body, dict) or body.get("session") != self.session \
-                or body.get("subject") != self.matter.subject \
+                or body.get("subject") != b.subject \
                 or body.get("capture_digest") != self._capture_digest \
+                or body.get("terminal") != self.terminal_id \
+                or body.get("action") != "authorize" \
+                or body.get("target") != self.matter.digest \
+                or body.get("represents") != b.on_behalf_of \
                 or body.get("result") != ev.result or ev.result not in ("match", "no_match"):
             self._fail(out, "attestation_invalid", "attest")
             return
@@ -857,32 +1071,41 @@ class AuthorizationFlow:
 
     def _sign(self, out: list[Effect]) -> None:
         m = self.matter
-        assert m is not None and self._attestation is not None
-        assert self._capture_digest is not None
-        if self._blocks:  # belt and braces: the alarm handler already aborted
+        assert m is not None
+        if self._blocks or self.enrollment is None:  # belt and braces: already aborted
             self._fail(out, self._block_code(), "sign")
             return
-        if m.expired(self._now):
+        if self._expired():
             self._fail(out, "matter_expired", "sign")
             return
-        data = {"session": self._sid(), "matter": m.matter, "agency": m.agency,
-                "licenses": [lic.id for lic in m.licenses], "subject": m.subject,
-                "attestation": self._attestation, "capture_digest": self._capture_digest,
-                "terminal": self.terminal_id, "not_after": m.not_after}
+        data: dict[str, Any] = {"matter": m.to_obj(), "session": self._sid(),
+                                "terminal": self.terminal_id, "enrollment": self.enrollment}
+        if self._attestation is not None:
+            assert self._capture_digest is not None
+            data["capture_digest"] = self._capture_digest
+            data["attestation"] = self._attestation
+        else:
+            assert self._confirmation is not None
+            data["confirmation"] = self._confirmation.to_obj()
         self._awaiting = "sign"
-        out.append(SignAuthorization(self._sid(), data))
+        out.append(SignAuthorization(self._sid(), data, m))
 
     def _on_included(self, ev: Included, out: list[Effect]) -> None:
         m = self.matter
-        assert m is not None and self._tx_id is not None
+        assert m is not None and self._tx_id is not None and self._display is not None
+        d = self._display
+        way = "face" if self._attestation is not None else "clerk"
         self._receipt = {"tx_id": self._tx_id.hex(), "height": int(ev.height),
                          "block_id": ev.block_id.hex(), "time_ms": int(ev.time_ms),
-                         "office": m.office, "agency": m.agency, "matter": m.matter,
-                         "qr": RECEIPT_PREFIX + self._tx_id.hex()}
+                         "office": d.get("office"), "agencies": d.get("agencies"),
+                         "title": d.get("title"), "use_until": d.get("use_until"),
+                         "way": way, "qr": RECEIPT_PREFIX + self._tx_id.hex()}
         self._awaiting = None
         out.append(Audit("authorization", {
             "session": self._sid().hex(), "tx_id": self._tx_id.hex(), "height": int(ev.height),
-            "matter": m.matter, "agency": m.agency, "terminal": self.terminal_id.hex()}))
+            "matter_id": m.body.matter_id.hex(), "pad": m.body.pad.hex(),
+            "office": d.get("office"), "agencies": d.get("agencies"), "way": way,
+            "terminal": self.terminal_id.hex()}))
         self._enter("receipt")
 
     # -- the alarm ------------------------------------------------------------------------------
@@ -902,9 +1125,7 @@ class AuthorizationFlow:
                 f"{kind} alarm"
             self._blocks[kind] = detail[:1000]
             code = self._block_code()
-            if self._handed_over():
-                pass  # nothing of it goes on chain; it ends as it would
-            elif self.screen in BEFORE_SUBMIT or (
+            if self.screen in BEFORE_SUBMIT or (
                     # a proof against a chain in doubt is worth nothing: abort after the
                     # submission too; other reasons let a sent authorization finish
                     kind == "equivocation" and self.screen in ("submitting", "waiting")):
@@ -933,8 +1154,8 @@ class AuthorizationFlow:
 
     def _build_view(self) -> dict[str, Any]:
         s = self.screen
-        m = self.matter if s in ("consent", "alternative", "capture", "verifying",
-                                 "signing", "submitting", "waiting") else None
+        m = self._display if s in ("consent", "clerk", "capture", "verifying", "signing",
+                                   "submitting", "waiting") else None
         capture = None
         if s == "capture":
             ch = self._challenge
@@ -950,8 +1171,7 @@ class AuthorizationFlow:
                              "total": ch.total if ch is not None else None},
                 "attempt": self._attempt, "attempts": self.config.capture_attempts,
             }
-        extendable = s in EXTENDABLE and self._deadline is not None \
-            and not self._handed_over()
+        extendable = s in EXTENDABLE and self._deadline is not None
         return {
             "screen": s,
             "session": self.session.hex() if self.session else None,
@@ -959,13 +1179,12 @@ class AuthorizationFlow:
             "warn_at_ms": None if self._warn_at is None else self._warn_at + self._wall_offset,
             "can_extend": bool(extendable and self._extends < self.config.max_extends),
             "extends_left": (self.config.max_extends - self._extends) if extendable else 0,
-            "can_cancel": s in CANCELLABLE and not self._handed_over(),
-            "matter": m.display() if m is not None else None,
+            "can_cancel": s in CANCELLABLE,
+            "matter": dict(m) if m is not None else None,
             "capture": capture,
+            "clerk": dict(self._clerk) if s == "clerk" and self._clerk else None,
             "error": dict(self._error) if s in ("error", "blocked") and self._error else None,
             "receipt": dict(self._receipt) if s == "receipt" and self._receipt else None,
-            "alternative": dict(self._handover) if s == "alternative" and self._handover
-            else None,
             "alarm": self._alarm_view(),
         }
 

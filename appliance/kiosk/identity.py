@@ -1,17 +1,22 @@
-"""The terminal's side of the identity service: send the sealed capture, verify the answer.
+"""The terminal's side of the identity service: send the sealed capture, check the answer.
 
 The identity service compares a sealed capture (ledger-protocol §6 envelope) with the
-citizen's reference photo and answers with a ``signed_attestation``::
+citizen's reference photo and answers with a ``signed_attestation`` (§6 revision 2)::
 
-    attestation_body   = {session, capture_digest, subject, result, score, issued_at, service}
+    attestation_body   = {session, capture_digest, subject, terminal, action, target, result,
+                          score, issued_at, service, enrollment, represents?}
     signed_attestation = {body, alg, public_key, signature}      signature over enc(body)
 
-:func:`verify_attestation` is the sans-I/O core: it takes the attestation (its CBOR bytes or
-the decoded map) and what the terminal sent, and returns an :class:`Attestation` or raises
-:class:`AttestationInvalid` with a ``reason``. Nothing the service says is trusted: the key
-is the one from the terminal's configuration (``GET /v1/info`` is informational only), every
-body field must equal what was sent, and ``issued_at`` must be within ``max_skew_ms`` of the
-terminal's clock. A ``no_match`` attestation is valid and returned: the flow decides.
+:func:`verify_attestation` is the sans-I/O check of the answer against the request: the
+shape (:class:`appliance.node.objects.AttestationBody`), the key the capture was sealed to
+(from the terminal's configuration; ``GET /v1/info`` is informational only), the signature,
+every field the terminal sent (session, subject, capture digest, kiosk, action, target, the
+enterprise), the service's name and ``issued_at`` within ``max_skew_ms`` of the terminal's
+clock. It returns an :class:`Attestation` or raises :class:`AttestationInvalid` with a
+``reason``. A ``no_match`` attestation is valid and returned: the flow decides. What the
+chain requires beyond that (the key enrolled with role "identity", its minimum score) is
+checked by :func:`appliance.node.rules.verify_attestation`, with the enrollment fetched from
+the chain.
 
 :class:`IdentityClient` is the thin aiohttp adapter (``POST /v1/attest``): the response body
 is read with a size limit while it arrives, the whole exchange has one timeout, and every
@@ -25,10 +30,11 @@ failure is one of the typed :class:`IdentityError` subclasses:
   answer that does not verify.
 
 Reasons of :class:`AttestationInvalid`: ``oversize``, ``not_canonical`` (any CBOR that
-appliance.wire refuses), ``malformed`` (missing, extra or mistyped fields), ``alg``,
-``score``, ``result``, ``wrong_key``, ``bad_signature``, ``session``, ``subject``,
-``capture_digest``, ``service``, ``stale``, ``future``. Checks run in that order: shape first,
-then the key and the signature, then the body against the request, then the time.
+appliance.wire refuses), ``malformed`` (missing, extra or mistyped fields, §6 text rule),
+``wrong_key``, ``bad_signature``, then one per bound field (``session``, ``subject``,
+``capture_digest``, ``terminal``, ``action``, ``target``, ``represents``), ``service``,
+``stale``, ``future``. Checks run in that order: shape first, then the key and the
+signature, then the body against the request, then the time.
 """
 
 from __future__ import annotations
@@ -43,25 +49,18 @@ from typing import Any
 import aiohttp
 
 from appliance import wire
-from appliance.gm import sm2
 from appliance.httpbody import read_capped
+from appliance.node import objects as ob
+from appliance.node.errors import MalformedError
 
 __all__ = [
-    "ALG", "MAX_ATTESTATION_BYTES", "MAX_ERROR_BYTES", "MAX_REQUEST_BYTES", "MAX_SCORE",
-    "REASONS", "RESULTS", "Attestation", "AttestationInvalid", "IdentityClient",
-    "IdentityError", "IdentityRejected", "IdentityUnavailable", "decode_attestation",
-    "verify_attestation",
+    "MAX_ATTESTATION_BYTES", "MAX_ERROR_BYTES", "MAX_REQUEST_BYTES", "REASONS", "Attestation",
+    "AttestationInvalid", "IdentityClient", "IdentityError", "IdentityRejected",
+    "IdentityUnavailable", "Request", "decode_attestation", "verify_attestation",
 ]
 
-ALG = "sm2"
-RESULTS = ("match", "no_match")
-MAX_SCORE = 1000
-SESSION_SIZE = 16
-HASH_SIZE = 32
-PUBLIC_KEY_SIZE = 65
-SIGNATURE_SIZE = 64
 MAX_TEXT_BYTES = 1024  # ledger-protocol §8 text fields
-#: A signed_attestation is ~300 bytes; anything near this is not one.
+#: A signed_attestation is ~450 bytes; anything near this is not one.
 MAX_ATTESTATION_BYTES = 16 * 1024
 MAX_ERROR_BYTES = 16 * 1024
 #: The service refuses request bodies over this (413 too_large).
@@ -69,13 +68,10 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_SKEW_MS = 300_000
 CBOR = "application/cbor"
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
-
-_SIGNED_FIELDS = frozenset({"body", "alg", "public_key", "signature"})
-_BODY_FIELDS = frozenset({"session", "capture_digest", "subject", "result", "score",
-                          "issued_at", "service"})
-REASONS = ("oversize", "not_canonical", "malformed", "alg", "score", "result", "wrong_key",
-           "bad_signature", "session", "subject", "capture_digest", "service", "stale",
-           "future")
+_BOUND = ("session", "subject", "capture_digest", "terminal", "action", "target",
+          "represents")
+REASONS = ("oversize", "not_canonical", "malformed", "wrong_key", "bad_signature", *_BOUND,
+           "service", "stale", "future")
 
 
 class IdentityError(Exception):
@@ -118,10 +114,34 @@ class AttestationInvalid(IdentityError):
 
 
 @dataclass(frozen=True)
+class Request:
+    """What the terminal asks the service to attest (every field comes back in the body)."""
+
+    session: bytes
+    subject: bytes
+    capture_digest: bytes
+    terminal: bytes
+    target: bytes
+    action: str = "authorize"
+    represents: bytes | None = None
+
+    def to_obj(self, envelope: Mapping[str, bytes]) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "envelope": {k: bytes(v) for k, v in envelope.items()},
+            "subject": self.subject, "capture_digest": self.capture_digest,
+            "terminal": self.terminal, "action": self.action, "target": self.target}
+        if self.represents is not None:
+            obj["represents"] = self.represents
+        return obj
+
+
+@dataclass(frozen=True)
 class Attestation:
-    """A verified attestation. ``signed`` is the map to embed in ``license.authorize``."""
+    """A checked attestation. ``signed`` is the map to embed in ``license.authorize``;
+    ``obj`` the typed object (for :func:`appliance.node.rules.verify_attestation`)."""
 
     signed: dict[str, Any]
+    obj: ob.Signed[ob.AttestationBody]
     result: str
     score: int
     issued_at: int
@@ -132,16 +152,9 @@ class Attestation:
         return self.result == "match"
 
 
-def _bytes(obj: Mapping[str, Any], key: str, size: int) -> bytes:
-    value = obj[key]
-    if type(value) is not bytes or len(value) != size:
-        raise AttestationInvalid("malformed", f"{key} must be {size} bytes")
-    return value
-
-
 def decode_attestation(data: bytes | bytearray | memoryview | Mapping[str, Any]
-                       ) -> dict[str, Any]:
-    """The signed_attestation map, checked for shape only (no signature, no request)."""
+                       ) -> ob.Signed[ob.AttestationBody]:
+    """The signed attestation, checked for shape only (no signature, no request)."""
     if isinstance(data, bytes | bytearray | memoryview):
         size = data.nbytes if isinstance(data, memoryview) else len(data)
         if size > MAX_ATTESTATION_BYTES:
@@ -156,64 +169,38 @@ def decode_attestation(data: bytes | bytearray | memoryview | Mapping[str, Any]
             wire.encode(obj, max_depth=4)
         except wire.WireError as exc:
             raise AttestationInvalid("not_canonical", str(exc)) from None
-    if type(obj) is not dict or set(obj) != _SIGNED_FIELDS:
-        raise AttestationInvalid("malformed", "signed_attestation must have exactly "
-                                 "body, alg, public_key, signature")
-    body = obj["body"]
-    if type(body) is not dict or set(body) != _BODY_FIELDS:
-        raise AttestationInvalid("malformed", "attestation body must have exactly "
-                                 + ", ".join(sorted(_BODY_FIELDS)))
-    if type(obj["alg"]) is not str:
-        raise AttestationInvalid("malformed", "alg must be text")
-    _bytes(obj, "public_key", PUBLIC_KEY_SIZE)
-    _bytes(obj, "signature", SIGNATURE_SIZE)
-    _bytes(body, "session", SESSION_SIZE)
-    _bytes(body, "capture_digest", HASH_SIZE)
-    _bytes(body, "subject", HASH_SIZE)
-    for key in ("result", "service"):
-        if type(body[key]) is not str or len(body[key].encode()) > MAX_TEXT_BYTES:
-            raise AttestationInvalid("malformed", f"{key} must be text of <= "
-                                     f"{MAX_TEXT_BYTES} bytes")
-    for key in ("score", "issued_at"):
-        if type(body[key]) is not int or body[key] < 0:
-            raise AttestationInvalid("malformed", f"{key} must be an unsigned integer")
-    if obj["alg"] != ALG:
-        raise AttestationInvalid("alg", f"alg {obj['alg'][:40]!r}: only {ALG!r} is accepted")
-    if body["score"] > MAX_SCORE:
-        raise AttestationInvalid("score", f"score {body['score']} outside 0..{MAX_SCORE}")
-    if body["result"] not in RESULTS:
-        raise AttestationInvalid("result", f"result {body['result'][:40]!r} is neither "
-                                 "match nor no_match")
-    return obj
+    try:
+        return ob.Signed.of(ob.AttestationBody, obj, "signed_attestation")
+    except MalformedError as exc:
+        raise AttestationInvalid("malformed", str(exc)) from None
 
 
 def verify_attestation(signed: bytes | bytearray | memoryview | Mapping[str, Any], *,
-                       service_public_key: bytes, service_name: str, session_id: bytes,
-                       subject: bytes, capture_digest: bytes, now_ms: int,
-                       max_skew_ms: int = DEFAULT_MAX_SKEW_MS) -> Attestation:
+                       service_public_key: bytes, service_name: str, request: Request,
+                       now_ms: int, max_skew_ms: int = DEFAULT_MAX_SKEW_MS) -> Attestation:
     """Check ``signed`` (CBOR bytes or the decoded map) against the configured service key
-    and name and against what was sent; :class:`AttestationInvalid` otherwise."""
-    obj = decode_attestation(signed)
-    body = obj["body"]
-    if not hmac.compare_digest(obj["public_key"], bytes(service_public_key)):
+    and name and against ``request``; :class:`AttestationInvalid` otherwise."""
+    att = decode_attestation(signed)
+    body = att.body
+    if not hmac.compare_digest(att.public_key, bytes(service_public_key)):
         raise AttestationInvalid("wrong_key", "signed by a key that is not the configured "
-                                 "identity-service key")
-    if not sm2.verify(obj["public_key"], wire.encode(body), obj["signature"]):
-        raise AttestationInvalid("bad_signature", "the SM2 signature over enc(body) does "
-                                 "not verify")
-    for key, sent in (("session", session_id), ("subject", subject),
-                      ("capture_digest", capture_digest)):
-        if not hmac.compare_digest(body[key], bytes(sent)):
+                                 "identity-service key (the key the capture was sealed to)")
+    if not att.signature_valid():
+        raise AttestationInvalid("bad_signature", "the signature over enc(body) does not "
+                                 "verify")
+    for key in _BOUND:
+        if getattr(body, key) != getattr(request, key):
             raise AttestationInvalid(key, f"the attestation's {key} is not the one sent")
-    if body["service"] != service_name:
-        raise AttestationInvalid("service", f"service {body['service'][:64]!r} is not the "
+    if body.service != service_name:
+        raise AttestationInvalid("service", f"service {body.service[:64]!r} is not the "
                                  f"configured {service_name!r}")
-    skew = body["issued_at"] - now_ms
+    skew = body.issued_at - now_ms
     if skew < -max_skew_ms:
         raise AttestationInvalid("stale", f"issued {-skew} ms ago (> {max_skew_ms})")
     if skew > max_skew_ms:
         raise AttestationInvalid("future", f"issued {skew} ms in the future (> {max_skew_ms})")
-    return Attestation(obj, body["result"], body["score"], body["issued_at"], body["service"])
+    return Attestation(att.to_obj(), att, body.result, body.score, body.issued_at,
+                       body.service)
 
 
 class IdentityClient:
@@ -250,14 +237,13 @@ class IdentityClient:
             self._session = aiohttp.ClientSession()
         return self._session
 
-    async def attest(self, envelope: Mapping[str, bytes], *, subject: bytes,
-                     capture_digest: bytes, session_id: bytes, now_ms: int,
+    async def attest(self, envelope: Mapping[str, bytes], request: Request, *, now_ms: int,
                      timeout_s: float) -> Attestation:
-        """Send the envelope; return the verified attestation (match or no_match)."""
-        if envelope.get("session") != session_id:
+        """Send the envelope with ``request``; return the checked attestation (match or
+        no_match)."""
+        if envelope.get("session") != request.session:
             raise ValueError("the envelope is sealed for another session")
-        body = wire.encode({"envelope": {k: bytes(v) for k, v in envelope.items()},
-                            "subject": bytes(subject), "capture_digest": bytes(capture_digest)})
+        body = wire.encode(request.to_obj(envelope))
         if len(body) > MAX_REQUEST_BYTES:
             raise ValueError(f"request of {len(body)} bytes > {MAX_REQUEST_BYTES}")
         try:
@@ -278,8 +264,7 @@ class IdentityClient:
         if data is None:
             raise AttestationInvalid("oversize", f"answer over {MAX_ATTESTATION_BYTES} bytes")
         return verify_attestation(data, service_public_key=self.service_public_key,
-                                  service_name=self.service_name, session_id=session_id,
-                                  subject=subject, capture_digest=capture_digest,
+                                  service_name=self.service_name, request=request,
                                   now_ms=now_ms)
 
     async def _post(self, body: bytes) -> tuple[int, bytes | None]:

@@ -14,6 +14,13 @@ ms). Otherwise the camera is not read at all. Frames are overwritten once used; 
 sent to subscribers is a small JPEG made in memory, at most ``preview_fps`` a second, and
 only while somebody is subscribed. Nothing here writes image data anywhere.
 
+Verifying (ledger-protocol §6): the matter a camera reads is verified before the consent
+screen (its signature, the PAD's enrollment, each license deposit and its issuer), the
+attestation and the clerk's confirmation before anything is signed; what they refer to on the
+chain is fetched with proofs through ``references`` (:class:`appliance.node.references.
+References`) and checked by :mod:`appliance.node.rules` against the trust anchor's admin keys.
+The kiosk's own authorization is checked again against the same rules once it is included.
+
 Signing: ``signer`` is a synchronous :class:`appliance.node.tx.Signer`, in the terminal the
 :class:`appliance.node.tx.ModuleSigner` over the crypto module (the device key never leaves
 it); :func:`appliance.node.tx.build_tx` calls it in a worker thread and checks the signature
@@ -41,7 +48,7 @@ import aiohttp
 import cv2
 import numpy as np
 
-from appliance.node.model import SignedTx, decode_header
+from appliance.node.model import SignedTx
 
 from . import flow as fl
 from .capture.config import CaptureConfig
@@ -114,6 +121,14 @@ class _Capture:
         self.closed.set()
 
 
+class _Refused(Exception):
+    """A refusal of the kiosk's own (not a §6 rule of the chain)."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
 class _Subscription:
     def __init__(self, size: int) -> None:
         self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(size)
@@ -148,7 +163,8 @@ class FlowRunner:
 
     def __init__(self, flow: fl.AuthorizationFlow, *, frames: Any,
                  capture_config: CaptureConfig | None = None, identity: Any, signer: Any,
-                 node: Any, audit: Any | None = None,
+                 node: Any, audit: Any | None = None, references: Any | None = None,
+                 signed_matters: Any | None = None, verify_timeout_s: float | None = None,
                  clock: Callable[[], int] = wall_clock_ms,
                  monotonic: Callable[[], int] = monotonic_ms,
                  service_public_key: bytes | None = None,
@@ -167,6 +183,16 @@ class FlowRunner:
         self.signer = signer
         self.node = node
         self.audit = audit
+        if references is None:
+            from appliance.node.references import References
+
+            references = References(node)
+        self.references = references
+        if signed_matters is None:
+            from .signed_matters import SignedMatters
+
+            signed_matters = SignedMatters(None)
+        self.signed_matters = signed_matters
         self.clock = clock
         self.monotonic = monotonic
         self.capture_session = capture_session
@@ -175,6 +201,7 @@ class FlowRunner:
         # each I/O step gets a little less than the flow's screen time, so the step's own,
         # precise error arrives before the flow's timeout
         self.identity_timeout_s = identity_timeout_s or max(1.0, cfg.verifying_ms / 1000 - 2)
+        self.verify_timeout_s = verify_timeout_s or max(1.0, cfg.checking_ms / 1000 - 2)
         self.submit_timeout_s = submit_timeout_s or max(1.0, cfg.submitting_ms / 1000 - 2)
         self.inclusion_timeout_s = inclusion_timeout_s or max(1.0, cfg.waiting_ms / 1000 - 2)
         # the "signing" screen covers the node probe and the signature: both fit in it
@@ -190,6 +217,7 @@ class FlowRunner:
         self._subs: set[_Subscription] = set()
         self._seq_published = -1
         self._scanning = False
+        self._scan_kind = "matter"
         self._capture: _Capture | None = None
         self._captures: set[_Capture] = set()  # not yet known to be closed
         self._sign_jobs: set[asyncio.Task] = set()  # shielded: they outlive a cancel
@@ -332,6 +360,11 @@ class FlowRunner:
     def _execute(self, e: fl.Effect) -> None:
         if isinstance(e, fl.StartScan):
             self._scanning = True
+            self._scan_kind = e.kind
+        elif isinstance(e, fl.VerifyMatter):
+            self._spawn(e.session, self._verify_matter(e))
+        elif isinstance(e, fl.VerifyConfirmation):
+            self._spawn(e.session, self._verify_confirmation(e))
         elif isinstance(e, fl.StopScan):
             self._scanning = False
         elif isinstance(e, fl.StartCapture):
@@ -451,7 +484,8 @@ class FlowRunner:
             self._last_scan = now
             text = await asyncio.to_thread(self._qr.read, frame)
             if text and self._scanning:
-                self._handle(fl.MatterText(text, "camera"))
+                self._handle(fl.MatterText(text, "camera") if self._scan_kind == "matter"
+                             else fl.ConfirmationText(text, "camera"))
         if self._subs and self.preview_period_s is not None \
                 and now - self._last_preview >= self.preview_period_s \
                 and (self._capture is not None or self._scanning):
@@ -511,7 +545,59 @@ class FlowRunner:
         self._envelope = sealed.envelope
         self._handle(fl.CaptureSealed(session, sealed.capture_digest))
 
+    @property
+    def admins(self) -> tuple[Any, ...]:
+        """The district admin keys of the trust anchor (who may enroll keys, §5-§6)."""
+        return tuple(self.node.anchor.admins)
+
+    async def _verify_matter(self, e: fl.VerifyMatter) -> None:
+        """§6 "Matter": everything the kiosk checks before it shows the consent screen."""
+        from appliance.node import rules
+        from appliance.node.references import ReferencesUnavailable
+
+        now = self.clock()
+        m = e.matter
+        try:
+            rules.check_matter_self(m, at=now)  # a forged or expired QR costs no lookup
+            if self.signed_matters.seen(m.body.pad, m.body.matter_id):
+                raise _Refused("already_authorized", "this kiosk signed the matter before")
+            lookup = await self.references.resolve(m, timeout_s=self.verify_timeout_s)
+            verified = rules.verify_matter(m, lookup, self.admins, at=now)
+        except (rules.RuleError, _Refused) as exc:
+            self._handle(fl.StepFailed(e.session, "matter", exc.rule, str(exc)))
+            return
+        except (ReferencesUnavailable, TimeoutError) as exc:
+            self._handle(fl.StepFailed(e.session, "matter", "node_unavailable", str(exc)))
+            return
+        self._handle(fl.MatterVerified(e.session, verified.display()))
+
+    async def _verify_confirmation(self, e: fl.VerifyConfirmation) -> None:
+        """§6 "Clerk way", for this session, this kiosk and this matter."""
+        from appliance.node import rules
+        from appliance.node.references import ReferencesUnavailable
+
+        now = self.clock()
+        b = e.matter.body
+        try:
+            lookup = await self.references.resolve(e.confirmation,
+                                                   timeout_s=self.verify_timeout_s)
+            clerk = rules.verify_confirmation(
+                e.confirmation, lookup, self.admins, office=b.office,
+                pad_key=e.matter.public_key, enterprise=b.on_behalf_of is not None,
+                session=e.session, terminal=self.flow.terminal_id, action="authorize",
+                target=e.matter.digest, tx_time=now, at=now)
+        except rules.RuleError as exc:
+            self._handle(fl.StepFailed(e.session, "confirm", exc.rule, str(exc)))
+            return
+        except (ReferencesUnavailable, TimeoutError) as exc:
+            self._handle(fl.StepFailed(e.session, "confirm", "node_unavailable", str(exc)))
+            return
+        self._handle(fl.ConfirmationVerified(e.session, clerk.staff or ""))
+
     async def _attest(self, e: fl.RequestAttestation) -> None:
+        from appliance.node import rules
+        from appliance.node.references import ReferencesUnavailable
+
         from . import identity as ident
 
         envelope, self._envelope = self._envelope, None  # sent once, then dropped
@@ -519,12 +605,27 @@ class FlowRunner:
             self._handle(fl.StepFailed(e.session, "attest", "identity_unavailable",
                                        "no sealed capture"))
             return
+        request = ident.Request(e.session, e.subject, e.capture_digest, self.flow.terminal_id,
+                                e.target, e.action, e.represents)
         try:
-            att = await self.identity.attest(
-                envelope, subject=e.subject, capture_digest=e.capture_digest,
-                session_id=e.session, now_ms=self.clock(), timeout_s=self.identity_timeout_s)
+            att = await self.identity.attest(envelope, request, now_ms=self.clock(),
+                                             timeout_s=self.identity_timeout_s)
+            if att.matched:  # what the chain requires too: an enrolled service, its minimum
+                now = self.clock()
+                lookup = await self.references.resolve(att.obj, timeout_s=self.verify_timeout_s)
+                rules.verify_attestation(
+                    att.obj, lookup, self.admins, subject=e.subject, represents=e.represents,
+                    session=e.session, capture_digest=e.capture_digest,
+                    terminal=self.flow.terminal_id, action=e.action, target=e.target,
+                    tx_time=now, at=now)
         except ident.AttestationInvalid as exc:
             self._handle(fl.StepFailed(e.session, "attest", "attestation_invalid", str(exc)))
+            return
+        except rules.RuleError as exc:
+            self._handle(fl.StepFailed(e.session, "attest", exc.rule, str(exc)))
+            return
+        except (ReferencesUnavailable, TimeoutError) as exc:
+            self._handle(fl.StepFailed(e.session, "attest", "node_unavailable", str(exc)))
             return
         except ident.IdentityError as exc:
             self._handle(fl.StepFailed(e.session, "attest", "identity_unavailable", str(exc)))
@@ -555,6 +656,18 @@ class FlowRunner:
                                      f"no district node answered ({len(urls)} usable)"))
 
     async def _sign(self, e: fl.SignAuthorization) -> None:
+        m = e.matter.body
+        try:
+            fresh = await asyncio.to_thread(self.signed_matters.record, m.pad, m.matter_id,
+                                            m.expires_at, self.clock())
+        except Exception as exc:  # the memory cannot be written: nothing is signed
+            log.error("signed-matters memory: %s", exc)
+            self._handle(fl.StepFailed(e.session, "sign", "module_unavailable", str(exc)))
+            return
+        if not fresh:
+            self._handle(fl.StepFailed(e.session, "sign", "already_authorized",
+                                       "this kiosk signed the matter before"))
+            return
         # The signing job is shielded: cancelling this step (cancel, timeout, alarm: a Wipe)
         # or giving up on it leaves the job running to its end, so a signature the module
         # makes is always audited; the tx is then dropped if the session moved on.
@@ -646,13 +759,19 @@ class FlowRunner:
         except (InclusionTimeout, TxError) as exc:
             self._handle(fl.StepFailed(e.session, "include", "inclusion_timeout", str(exc)))
             return
-        time_ms = inc.tx.body.timestamp
-        with contextlib.suppress(Exception):
-            raw = await asyncio.to_thread(self.node.store.header, inc.height)
-            if raw is not None:
-                time_ms = decode_header(raw).timestamp
+        from appliance.node import rules
+        from appliance.node.references import ReferencesUnavailable
+
+        try:  # the light node checks every §6 rule again on what it fetches
+            lookup = await self.references.resolve(inc.tx, timeout_s=self.verify_timeout_s)
+            rules.check_tx(inc.tx, lookup, self.admins, at=inc.time_ms,
+                           chain_id=self.node.anchor.chain_id)
+        except (rules.RuleError, ReferencesUnavailable, TimeoutError) as exc:
+            self._handle(fl.StepFailed(e.session, "include", "proof_invalid",
+                                       f"the included authorization does not verify: {exc}"))
+            return
         self._txs.pop(e.session, None)
-        self._handle(fl.Included(e.session, inc.tx_id, inc.height, inc.block_id, time_ms))
+        self._handle(fl.Included(e.session, inc.tx_id, inc.height, inc.block_id, inc.time_ms))
 
     # -- audit ----------------------------------------------------------------------------------
 

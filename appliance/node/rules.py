@@ -466,14 +466,17 @@ def check_tx(tx: SignedTx, lookup: Lookup, admins: Iterable[Admin], *, at: int,
 # -- what a check will look up ----------------------------------------------------------------
 
 
-def needs(obj: SignedTx | Signed[Any], lookup: Lookup) -> set[bytes]:
-    """The tx_ids that checking ``obj`` will look up and ``lookup`` does not have yet (a
-    deposit's issuer enrollment is known only once the deposit is: call again after
-    fetching). Malformed data needs nothing: its check fails first."""
+def needs(obj: SignedTx | Signed[Any] | MatterBody | bytes, lookup: Lookup) -> set[bytes]:
+    """The tx_ids that checking ``obj`` (a transaction, a signed object, a matter body not
+    yet signed, or a tx_id alone) will look up and ``lookup`` does not have yet (a deposit's
+    issuer enrollment is known only once the deposit is: call again after fetching).
+    Malformed data needs nothing: its check fails first."""
     want: list[bytes] = []
     try:
-        if isinstance(obj, Signed):
-            _needs_signed(obj, lookup, want)
+        if isinstance(obj, bytes):
+            want.append(obj)
+        elif isinstance(obj, MatterBody | Signed):
+            _needs_body(obj.body if isinstance(obj, Signed) else obj, lookup, want)
         else:
             kind = obj.body.type
             data = decode_data(kind, obj.body.data)
@@ -483,27 +486,27 @@ def needs(obj: SignedTx | Signed[Any], lookup: Lookup) -> set[bytes]:
                 want.append(data.enrollment)
                 for signed in (data.matter, data.attestation, data.confirmation):
                     if signed is not None:
-                        _needs_signed(signed, lookup, want)
+                        _needs_body(signed.body, lookup, want)
             elif isinstance(data, RevokeData):
                 want.append(data.authorization)
                 if data.enrollment is not None:
                     want.append(data.enrollment)
                 for signed in (data.attestation, data.confirmation):
                     if signed is not None:
-                        _needs_signed(signed, lookup, want)
+                        _needs_body(signed.body, lookup, want)
                 ref = lookup(data.authorization)
                 if ref is not None and ref.tx.body.type == "license.authorize":
-                    _needs_signed(AuthorizeData.from_obj(ref.tx.body.data).matter, lookup,
-                                  want)
+                    _needs_body(AuthorizeData.from_obj(ref.tx.body.data).matter.body, lookup,
+                                want)
     except LedgerError:
         pass
     return {t for t in want if lookup(t) is None}
 
 
-def _needs_signed(obj: Signed[Any], lookup: Lookup, want: list[bytes]) -> None:
-    want.append(obj.body.enrollment)
-    if isinstance(obj.body, MatterBody):
-        for tx_id in obj.body.licenses:
+def _needs_body(body: Any, lookup: Lookup, want: list[bytes]) -> None:
+    want.append(body.enrollment)
+    if isinstance(body, MatterBody):
+        for tx_id in body.licenses:
             want.append(tx_id)
             ref = lookup(tx_id)
             if ref is not None and ref.tx.body.type == "evidence.deposit":
