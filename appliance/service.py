@@ -419,6 +419,7 @@ class Appliance:
         self.node: Any = None  # NodeSync once the node task has started
         self.signer: Any = None  # appliance.node.tx.ModuleSigner once the module is up
         self.runner: Any = None  # FlowRunner once the kiosk task has it
+        self.desk: Any = None  # a PAD's kiosk.desk.Desk once its parts are up
         self.audit: Any = None
         self.audit_start: AuditStart | None = None
         self._audit_error: str | None = None  # the last append that failed, until one works
@@ -481,16 +482,20 @@ class Appliance:
 
     # -- run -------------------------------------------------------------------------------
 
-    async def run(self) -> int:
+    async def run(self, *, signals: bool = True) -> int:
+        """Serve until stopped (SIGTERM/SIGINT, or :meth:`request_stop`). With ``signals``
+        False the caller handles the signals (several daemons in one process)."""
         loop = asyncio.get_running_loop()
         self.readiness.changed = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signum, self._request_stop)
-        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        if signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(signum, self.request_stop)
+        self.cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.cfg.state_dir, 0o700)
         await asyncio.to_thread(self._open_audit)  # verifies the whole log: not in the loop
         self.audit_event("service_start", sim=self.sim is not None,
-                         mode=self.cfg.kiosk.mode,
+                         role=self.cfg.terminal.role,
                          chain="native" if not self.fisco else self.cfg.chain.kind)
         from .kiosk.web.server import WebServer
 
@@ -498,11 +503,9 @@ class Appliance:
         await self.web.start()
         self.readiness.set("kiosk", "serving")
         url = self.web.url
-        print(f"appliance: UI on {url}", file=sys.stderr, flush=True)
         if self.sim is not None:
-            print(f"appliance: simulated service hall (test fixtures, files in {self.sim.dir}): "
-                  f"kiosk {url}/ , clerk PAD {url}/pad ; Ctrl-C stops it", file=sys.stderr,
-                  flush=True)
+            self.sim.url = url
+        print(f"appliance: {self.cfg.terminal.role} UI on {url}", file=sys.stderr, flush=True)
         log.info("UI serving on %s (%.2f s after start)", url,
                  time.monotonic() - self.readiness.started_at)
         self.notifier.notify(f"READY=1\nSTATUS=UI on {url}")
@@ -525,7 +528,7 @@ class Appliance:
             self.notifier.close()
         return 0
 
-    def _request_stop(self) -> None:
+    def request_stop(self) -> None:
         if not self.stop.is_set():
             log.info("stopping")
             self.notifier.notify("STOPPING=1")
@@ -745,12 +748,11 @@ class Appliance:
         if self.fisco:
             await self._unavailable_kiosk_task(FISCO_UNAVAILABLE, FISCO_UNAVAILABLE_VIEW_ERROR)
             return
-        try:
-            from .kiosk import runner as runner_mod
-        except ImportError:
-            self.readiness.set("kiosk", "ready", "authorization flow not installed")
-            await self.stop.wait()
+        if self.cfg.terminal.role == "pad":
+            await self._pad_task()
             return
+        from .kiosk import runner as runner_mod
+
         while not self.stop.is_set():
             while (self.node is None or self.signer is None) and not self.stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -800,6 +802,51 @@ class Appliance:
                 with contextlib.suppress(Exception):
                     await runner.identity.close()
 
+    def _enrollment(self) -> bytes | None:
+        """This terminal's device.enroll tx_id (the simulated hall enrolls at set-up)."""
+        return self.sim.enrollment if self.sim is not None else self.cfg.terminal.enrollment
+
+    async def _pad_task(self) -> None:
+        """A PAD: its desk (matters signed with the device key, the clerk way's confirmations
+        on the staff card) once the light node and the module are up; rebuilt when either
+        restarts."""
+        from .kiosk.desk import ClerkCard, Desk
+        from .node.references import References
+
+        while not self.stop.is_set():
+            while (self.node is None or self.signer is None) and not self.stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), 0.2)
+            if self.stop.is_set():
+                return
+            node, signer = self.node, self.signer
+            enrollment = self._enrollment()
+            if enrollment is None:
+                self.readiness.set("kiosk", "unavailable", "terminal.enrollment is not set: "
+                                   "this PAD cannot issue matters until it is enrolled")
+                await self.stop.wait()
+                return
+            device, slot, clerk_enrollment = (self.sim.clerk if self.sim is not None else
+                                              (self.cfg.clerk.device, self.cfg.clerk.slot,
+                                               self.cfg.clerk.enrollment))
+            card = None if device is None or clerk_enrollment is None else \
+                ClerkCard(device, slot, clerk_enrollment)
+            self.desk = Desk(signer=signer, enrollment=enrollment, references=References(node),
+                             admins=tuple(node.anchor.admins), clerk_card=card)
+            self.readiness.set("kiosk", "ready")
+            try:
+                while self.node is node and self.signer is signer and not self.stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stop.wait(), 0.5)
+            finally:
+                self.desk = None
+                self.readiness.set("kiosk", "starting")
+
+    def camera_frames(self) -> Any:
+        """This terminal's camera: frames from the configured device (or the simulated
+        hall's)."""
+        return self.sim.camera() if self.sim is not None else self._camera()
+
     async def _unavailable_kiosk_task(self, reason: str, view_error: Mapping[str, Any]) -> None:
         stand_in = ChainUnavailable(view_error)
         if self.web is not None:
@@ -826,16 +873,20 @@ class Appliance:
             raise RuntimeError("identity.public_key is not configured")
         identity = identity_mod.IdentityClient(url, service_public_key=key, service_name=name)
         assert self.signer is not None
+        from .kiosk.signed_matters import SignedMatters
         from .node.model import peer_id
+        from .node.references import References
 
         terminal = peer_id(self.signer.public_key)
         flow = flow_mod.AuthorizationFlow(flow_mod.FlowConfig(), terminal_id=terminal,
-                                          new_session=lambda: os.urandom(16))
-        frames = self.sim.camera() if self.sim is not None else self._camera()
+                                          new_session=lambda: os.urandom(16),
+                                          enrollment=self._enrollment())
+        signed = await asyncio.to_thread(SignedMatters, self.cfg.state_dir / "signed-matters.json")
         # The alarm comes from _watch_node (runner.alarm_changed); the runner does not poll.
         return runner_mod.FlowRunner(
-            flow, frames=frames, capture_config=CaptureConfig(), identity=identity,
-            signer=self.signer, node=self.node, audit=_AuditSink(self),
+            flow, frames=self.camera_frames(), capture_config=CaptureConfig(),
+            identity=identity, signer=self.signer, node=self.node, audit=_AuditSink(self),
+            references=References(self.node), signed_matters=signed,
             identity_timeout_s=cfg.identity.timeout_s,
             capture_listener=None if self.sim is None else self.sim.capture_listener)
 
@@ -850,7 +901,7 @@ class Appliance:
     def health(self) -> dict[str, Any]:
         return {"ready": self.readiness.ready, "parts": dict(self.readiness.parts),
                 "detail": {k: v for k, v in self.readiness.detail.items() if v},
-                "tasks": self.supervisor.status(), "mode": self.cfg.kiosk.mode,
+                "tasks": self.supervisor.status(), "role": self.cfg.terminal.role,
                 "sim": None if self.sim is None else self.sim.info(),
                 "alarm": None if not (self._alarm and self._alarm[0]) else self._alarm[1],
                 "chain": self._chain_health(), "authorizations": self._authorizations(),
@@ -880,7 +931,8 @@ class Appliance:
 
 
 def run(cfg: Config, *, sim: bool = False) -> int:
-    """``appliance run``: blocks until SIGTERM/SIGINT; the exit status."""
+    """``appliance run``: blocks until SIGTERM/SIGINT; the exit status. With ``sim`` the
+    simulated hall (hil.sim_hall) runs two daemons in this process: its kiosk and its PAD."""
     setup_logging(cfg.log.level)
 
     async def main() -> int:
@@ -892,23 +944,35 @@ def run(cfg: Config, *, sim: bool = False) -> int:
                 log.warning("--sim: the simulated hall runs a native-ledger chain; chain.kind "
                             "= %s is not used", cfg.chain.kind)
             hall = SimHall(cfg)
-            cfg_run = hall.config
+            apps = [Appliance(t.config, sim=t) for t in hall.terminals]
         else:
-            cfg_run = cfg
-        app = Appliance(cfg_run, sim=hall)
+            apps = [Appliance(cfg)]
+        loop = asyncio.get_running_loop()
+
+        def stop_all() -> None:
+            for app in apps:
+                app.request_stop()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, stop_all)
         if hall is not None:
             hall.start_background()
+            print(f"appliance: simulated service hall (test fixtures, files in {hall.dir}); "
+                  "Ctrl-C stops it", file=sys.stderr, flush=True)
         try:
-            code = await app.run()
+            codes = await asyncio.gather(*(app.run(signals=False) for app in apps))
         finally:
             if hall is not None:
                 await hall.stop()
+        code = max(codes)
         # the CLI's one JSON object: how the run ended
         print(json.dumps({"ok": code == 0, "reason": "stopped", "sim": sim,
-                          "uptime_s": round(time.monotonic() - app.readiness.started_at, 3),
-                          "restarts": {n: r["restarts"] for n, r in
-                                       app.supervisor.status().items()}}, sort_keys=True),
-              flush=True)
+                          "uptime_s": round(time.monotonic() - apps[0].readiness.started_at, 3),
+                          "restarts": {f"{app.cfg.terminal.role}.{n}" if sim else n:
+                                       r["restarts"] for app in apps
+                                       for n, r in app.supervisor.status().items()}},
+                         sort_keys=True), flush=True)
         return code
 
     return asyncio.run(main())

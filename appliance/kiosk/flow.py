@@ -39,6 +39,7 @@ from typing import Any
 
 from appliance.node import objects as ob
 from appliance.node.errors import MalformedError
+from appliance.node.rules import RULE_CODES
 
 from .capture.events import ChallengeIssued, Failed, Hint, Passed, Progress
 from .capture.quality import HINTS
@@ -291,14 +292,13 @@ REFUSALS: dict[str, dict[str, str]] = {
         "node_unavailable": "node_unavailable",
     },
     "attest": {
-        "attestation_result": "identity_no_match", "node_unavailable": "node_unavailable",
-        "identity_unavailable": "identity_unavailable",
+        **{r: "attestation_invalid" for r in RULE_CODES
+           if r.startswith(("attestation_", "enrollment_"))},
+        "attestation_result": "identity_no_match",
     },
     "confirm": {
-        "enrollment_missing": "clerk_not_enrolled", "enrollment_invalid": "clerk_not_enrolled",
-        "enrollment_key": "clerk_not_enrolled", "enrollment_role": "clerk_not_enrolled",
-        "enrollment_office": "clerk_not_enrolled", "enrollment_expired": "clerk_not_enrolled",
-        "node_unavailable": "node_unavailable",
+        **{r: "confirmation_invalid" for r in RULE_CODES if r.startswith("confirmation_")},
+        **{r: "clerk_not_enrolled" for r in RULE_CODES if r.startswith("enrollment_")},
     },
     "sign": {"already_authorized": "matter_already_authorized"},
 }
@@ -308,8 +308,9 @@ _STEP_CODES: dict[str, tuple[str, frozenset[str]]] = {
     "matter": ("matter_invalid", frozenset(REFUSALS["matter"].values())),
     "capture": ("camera_unavailable", frozenset({"camera_unavailable"})),
     "seal": ("camera_unavailable", frozenset({"camera_unavailable"})),
-    "attest": ("attestation_invalid", frozenset({"identity_unavailable", "attestation_invalid",
-                                                  "identity_no_match", "node_unavailable"})),
+    "attest": ("identity_unavailable", frozenset({"identity_unavailable",
+                                                  "attestation_invalid", "identity_no_match",
+                                                  "node_unavailable"})),
     "confirm": ("confirmation_invalid", frozenset({"confirmation_invalid",
                                                    "clerk_not_enrolled", "node_unavailable"})),
     "nodes": ("node_unavailable", frozenset({"node_unavailable"})),

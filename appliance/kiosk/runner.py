@@ -53,7 +53,7 @@ from appliance.node.model import SignedTx
 from . import flow as fl
 from .capture.config import CaptureConfig
 from .capture.session import CaptureSession
-from .matter import QrReader
+from .qrcodes import QrReader
 
 __all__ = ["FlowRunner"]
 

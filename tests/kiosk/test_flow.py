@@ -14,32 +14,49 @@ import pytest
 from appliance.gm import sm3
 from appliance.kiosk import flow as fl
 from appliance.kiosk.capture.events import ChallengeIssued, Failed, Hint, Passed, Progress
-from appliance.kiosk.matter import License, Matter, encode_qr
+from appliance.node import objects as ob
+from appliance.node import rules
+from appliance.node.model import peer_id
+from tests.node.world import T0, make_world
 
 # -- the rig (also used by test_flow_stateful.py) -----------------------------------------------
 
-T0 = 1_790_000_000_000
-TERMINAL = sm3.digest(b"terminal public key")
-SUBJECT = sm3.digest(b"ASTRONAUT")
+WORLD = make_world()
+TERMINAL = peer_id(WORLD.keys["kiosk"].public_key)
+ENROLLMENT = WORLD.enrollments["kiosk"]
+SUBJECT = WORLD.matter_body().subject
 
 
-def matter(**changes: Any) -> Matter:
-    fields: dict[str, Any] = {
-        "matter": "企业开办 business registration", "agency": "市场监管局 market supervision",
-        "office": "朝阳区政务服务中心 Chaoyang hall",
-        "licenses": (License(sm3.digest(b"licence A"), "营业执照 business licence"),),
-        "subject": SUBJECT, "not_after": T0 + 3_600_000}
-    fields.update(changes)
-    return Matter(**fields)
+_MATTER = WORLD.matter()
+
+
+def matter(**changes: Any) -> ob.Signed[ob.MatterBody]:
+    """A signed matter of the world's PAD (expires at T0 + 1 h unless changed); the same one
+    each time without changes (an SM2 signature differs at each signing)."""
+    return WORLD.matter(**changes) if changes else _MATTER
+
+
+def qr(m: ob.Signed[ob.MatterBody]) -> str:
+    return ob.encode_qr(ob.MATTER_PREFIX, m)
+
+
+def display(m: ob.Signed[ob.MatterBody]) -> dict[str, Any]:
+    """What the runner hands the flow once it verified ``m``."""
+    return rules.verify_matter(m, WORLD.lookup, WORLD.anchor_admins, at=T0).display()
 
 
 def attestation(session: bytes, digest: bytes, result: str = "match",
-                subject: bytes = SUBJECT) -> dict[str, Any]:
-    body = {"session": session, "capture_digest": digest, "subject": subject,
-            "result": result, "score": 900 if result == "match" else 100,
-            "issued_at": T0, "service": "hil-identity"}
-    return {"body": body, "alg": "sm2", "public_key": b"\x04" + bytes(64),
-            "signature": bytes(64)}
+                m: ob.Signed[ob.MatterBody] | None = None, **changes: Any) -> dict[str, Any]:
+    m = m or matter()
+    return WORLD.attestation(m, session, digest, result=result,
+                             score=900 if result == "match" else 100, issued_at=T0,
+                             **changes).to_obj()
+
+
+def confirmation(session: bytes, m: ob.Signed[ob.MatterBody] | None = None,
+                 **changes: Any) -> str:
+    return ob.encode_qr(ob.CONFIRMATION_PREFIX,
+                        WORLD.confirmation(m or matter(), session, issued_at=T0, **changes))
 
 
 class Rig:
@@ -47,7 +64,7 @@ class Rig:
 
     def __init__(self, config: fl.FlowConfig | None = None) -> None:
         counter = itertools.count(1)
-        self.flow = fl.AuthorizationFlow(config, terminal_id=TERMINAL,
+        self.flow = fl.AuthorizationFlow(config, terminal_id=TERMINAL, enrollment=ENROLLMENT,
                                          new_session=lambda: next(counter).to_bytes(16, "big"))
         self.now = T0
         self.effects: list[fl.Effect] = []
@@ -93,10 +110,26 @@ class Rig:
         self.send(fl.Start())
         assert self.screen == "scan"
 
-    def to_consent(self, m: Matter | None = None) -> None:
+    def to_checking(self, m: ob.Signed[ob.MatterBody] | None = None) -> None:
         self.to_scan()
-        self.send(fl.MatterText(encode_qr(m or matter()), "camera"))
+        self.send(fl.MatterText(qr(m or matter()), "camera"))
+        assert self.screen == "checking"
+
+    def to_consent(self, m: ob.Signed[ob.MatterBody] | None = None) -> None:
+        m = m or matter()
+        self.to_checking(m)
+        self.send(fl.MatterVerified(self.sid, display(m)))
         assert self.screen == "consent"
+
+    def to_clerk(self) -> None:
+        self.to_consent()
+        self.send(fl.Alternative())
+        assert self.screen == "clerk"
+
+    def to_confirming(self) -> None:
+        self.to_clerk()
+        self.send(fl.ConfirmationText(confirmation(self.sid), "camera"))
+        assert self.of(fl.VerifyConfirmation)
 
     def to_capture(self) -> None:
         self.to_consent()
@@ -161,11 +194,17 @@ def test_happy_path_effects_and_data() -> None:
     rig = Rig()
     assert rig.flow.view()["screen"] == "attract" and rig.flow.view()["deadline_ms"] is None
     rig.to_scan()
-    assert rig.of(fl.StartScan) == [fl.StartScan(rig.sid)]
-    rig.send(fl.MatterText(encode_qr(matter()), "camera"))
-    assert rig.of(fl.StopScan)
+    assert rig.of(fl.StartScan) == [fl.StartScan(rig.sid, "matter")]
+    m = matter()
+    rig.send(fl.MatterText(qr(m), "camera"))
+    assert rig.of(fl.StopScan) and rig.screen == "checking"
+    assert rig.of(fl.VerifyMatter) == [fl.VerifyMatter(rig.sid, m)]
+    assert rig.flow.view()["matter"] is None  # nothing shown before it is verified
+    rig.send(fl.MatterVerified(rig.sid, display(m)))
     view = rig.flow.view()
-    assert view["matter"] == matter().display() and view["can_cancel"]
+    assert view["screen"] == "consent" and view["matter"] == display(m) and view["can_cancel"]
+    assert [lic["issuer"] for lic in view["matter"]["licenses"]] == [
+        "海淀区公安分局 Haidian PSB", "朝阳区市场监管局"]
     rig.send(fl.Consent())
     assert rig.of(fl.StartCapture) == [fl.StartCapture(rig.sid, 1)]
     sid = rig.sid
@@ -180,18 +219,19 @@ def test_happy_path_effects_and_data() -> None:
     assert rig.screen == "verifying" and rig.of(fl.SealCapture) == [fl.SealCapture(sid)]
     assert not rig.flow.view()["can_extend"]
     rig.send(fl.CaptureSealed(sid, rig.digest))
-    assert rig.of(fl.RequestAttestation) == [fl.RequestAttestation(sid, SUBJECT, rig.digest)]
+    assert rig.of(fl.RequestAttestation) == [
+        fl.RequestAttestation(sid, SUBJECT, rig.digest, m.digest, None, "authorize")]
     signed_att = attestation(sid, rig.digest)
     rig.send(fl.AttestationVerified(sid, signed_att, "match", 900))
     assert rig.screen == "signing" and rig.of(fl.CheckNodes) and not rig.signed()
     rig.send(fl.NodesChecked(sid, True))
     [sign] = rig.of(fl.SignAuthorization)
-    m = matter()
-    assert sign.session == sid
-    assert sign.data == {"session": sid, "matter": m.matter, "agency": m.agency,
-                         "licenses": [lic.id for lic in m.licenses], "subject": SUBJECT,
-                         "attestation": signed_att, "capture_digest": rig.digest,
-                         "terminal": TERMINAL, "not_after": m.not_after}
+    assert sign.session == sid and sign.matter == m
+    assert sign.data == {"session": sid, "matter": m.to_obj(), "attestation": signed_att,
+                         "capture_digest": rig.digest, "terminal": TERMINAL,
+                         "enrollment": ENROLLMENT}
+    # what is signed embeds the matter whole: the very one the consent screen showed
+    assert ob.AuthorizeData.from_obj(sign.data).matter == m
     rig.send(fl.AuthorizationSigned(sid, rig.tx_id))
     assert rig.of(fl.SubmitTx) == [fl.SubmitTx(sid, rig.tx_id)]
     assert not rig.flow.view()["can_cancel"]  # it has left the terminal
@@ -200,12 +240,16 @@ def test_happy_path_effects_and_data() -> None:
     block = sm3.digest(b"block")
     rig.send(fl.Included(sid, rig.tx_id, 42, block, T0 + 5000))
     receipt = rig.flow.view()["receipt"]
+    d = display(m)
     assert receipt == {"tx_id": rig.tx_id.hex(), "height": 42, "block_id": block.hex(),
-                       "time_ms": T0 + 5000, "office": m.office, "agency": m.agency,
-                       "matter": m.matter, "qr": "GOVTX1:" + rig.tx_id.hex()}
+                       "time_ms": T0 + 5000, "office": d["office"], "agencies": d["agencies"],
+                       "title": d["title"], "use_until": d["use_until"], "way": "face",
+                       "qr": "GOVTX1:" + rig.tx_id.hex()}
     [audit] = [a for a in rig.of(fl.Audit) if a.kind == "authorization"]
     assert audit.fields == {"session": sid.hex(), "tx_id": rig.tx_id.hex(), "height": 42,
-                            "matter": m.matter, "agency": m.agency, "terminal": TERMINAL.hex()}
+                            "matter_id": m.body.matter_id.hex(), "pad": m.body.pad.hex(),
+                            "office": d["office"], "agencies": d["agencies"], "way": "face",
+                            "terminal": TERMINAL.hex()}
     assert not rig.of(fl.Wipe)
     rig.send(fl.Done())
     assert rig.screen == "attract" and rig.of(fl.Wipe) == [fl.Wipe(sid)]
@@ -228,8 +272,8 @@ def test_seq_grows_on_every_change_only() -> None:
 
 def test_a_clerk_can_start_from_attract() -> None:
     rig = Rig()
-    rig.send(fl.MatterText(encode_qr(matter()), "clerk"))
-    assert rig.screen == "consent" and rig.flow.session is not None
+    rig.send(fl.MatterText(qr(matter()), "clerk"))
+    assert rig.screen == "checking" and rig.flow.session is not None
 
 
 # -- scan -------------------------------------------------------------------------------------
@@ -257,28 +301,52 @@ def test_clerk_text_without_prefix_is_refused() -> None:
     ended(rig, "matter_invalid")
 
 
-def test_expired_matter_is_refused_at_scan() -> None:
+@pytest.mark.parametrize("rule,code", [
+    ("matter_signature", "matter_forged"), ("matter_expired", "matter_expired"),
+    ("use_until", "matter_terms"), ("enrollment_missing", "pad_not_enrolled"),
+    ("enrollment_expired", "pad_expired"), ("enrollment_office", "pad_wrong_office"),
+    ("deposit_missing", "license_not_found"), ("deposit_invalid", "license_unverifiable"),
+    ("deposit_holder", "license_wrong_holder"),
+    ("already_authorized", "matter_already_authorized"),
+    ("node_unavailable", "node_unavailable"), ("something_new", "matter_invalid")])
+def test_each_refusal_of_the_matter_has_its_screen(rule: str, code: str) -> None:
     rig = Rig()
-    rig.to_scan()
-    rig.send(fl.MatterText(encode_qr(matter(not_after=T0)), "camera"))
-    ended(rig, "matter_expired")
+    rig.to_checking()
+    rig.send(fl.StepFailed(rig.sid, "matter", rule, "detail"))
+    ended(rig, code)
+    assert not rig.of(fl.StartCapture)
+
+
+def test_the_matter_check_times_out() -> None:
+    rig = Rig()
+    rig.to_checking()
+    rig.at(rig.now + fl.FlowConfig().checking_ms)
+    ended(rig, "node_unavailable")
+
+
+def test_a_verification_for_another_session_is_ignored() -> None:
+    rig = Rig()
+    rig.to_checking()
+    rig.send(fl.MatterVerified(b"\xee" * 16, display(matter())))
+    assert rig.screen == "checking"
 
 
 def test_matter_expiring_on_consent_is_refused() -> None:
     rig = Rig()
-    rig.to_consent(matter(not_after=T0 + 30_000))
+    rig.to_consent(matter(expires_at=T0 + 30_000))
     rig.at(T0 + 30_001, fl.Consent())
     ended(rig, "matter_expired")
 
 
 def test_matter_expiring_before_signing_is_not_signed() -> None:
     rig = Rig(fl.FlowConfig(verifying_ms=600_000, signing_ms=600_000))
-    m = matter(not_after=T0 + 120_000)
+    m = matter(expires_at=T0 + 120_000)
     rig.to_consent(m)
     rig.send(fl.Consent())
     rig.send(fl.CaptureUpdate(rig.sid, 1, Passed(80.0, 1.0)))
     rig.send(fl.CaptureSealed(rig.sid, rig.digest))
-    rig.send(fl.AttestationVerified(rig.sid, attestation(rig.sid, rig.digest), "match", 900))
+    rig.send(fl.AttestationVerified(rig.sid, attestation(rig.sid, rig.digest, m=m), "match",
+                                    900))
     rig.at(T0 + 120_001, fl.NodesChecked(rig.sid, True))
     ended(rig, "matter_expired")
 
@@ -295,7 +363,8 @@ def test_decline() -> None:
 
 
 @pytest.mark.parametrize("walk,screen", [
-    ("to_scan", "scan"), ("to_consent", "consent"), ("to_capture", "capture"),
+    ("to_scan", "scan"), ("to_checking", "checking"), ("to_consent", "consent"),
+    ("to_clerk", "clerk"), ("to_confirming", "clerk"), ("to_capture", "capture"),
     ("to_verifying", "verifying"), ("to_attesting", "verifying"), ("to_signing", "signing")])
 def test_cancel_before_signing(walk: str, screen: str) -> None:
     rig = Rig()
@@ -396,8 +465,11 @@ def test_no_match_signs_nothing() -> None:
     assert not rig.of(fl.CheckNodes)
 
 
-@pytest.mark.parametrize("change", ["session", "digest", "subject", "result", "shape"])
+@pytest.mark.parametrize("change", ["session", "digest", "subject", "result", "shape",
+                                    "terminal", "action", "target", "represents"])
 def test_an_attestation_for_something_else_is_invalid(change: str) -> None:
+    """The runner verified it whole; the flow still refuses one not bound to this session,
+    subject, capture, kiosk, action and target (a runner bug must not sign it)."""
     rig = Rig()
     rig.to_attesting()
     sid, digest = rig.sid, rig.digest
@@ -407,6 +479,10 @@ def test_an_attestation_for_something_else_is_invalid(change: str) -> None:
         "subject": attestation(sid, digest, subject=sm3.digest(b"someone else")),
         "result": attestation(sid, digest, "no_match"),
         "shape": {"body": "not a map"},
+        "terminal": attestation(sid, digest, terminal=sm3.digest(b"another kiosk")),
+        "action": attestation(sid, digest, action="revoke"),
+        "target": attestation(sid, digest, target=sm3.digest(b"another matter")),
+        "represents": attestation(sid, digest, represents=sm3.digest(b"an enterprise")),
     }[change]
     rig.send(fl.AttestationVerified(sid, signed, "match", 900))
     ended(rig, "attestation_invalid")
@@ -415,6 +491,10 @@ def test_an_attestation_for_something_else_is_invalid(change: str) -> None:
 @pytest.mark.parametrize("code,expected", [
     ("identity_unavailable", "identity_unavailable"),
     ("attestation_invalid", "attestation_invalid"),
+    ("attestation_result", "identity_no_match"),
+    ("attestation_target", "attestation_invalid"),
+    ("enrollment_role", "attestation_invalid"),  # the service's key is not enrolled for it
+    ("node_unavailable", "node_unavailable"),
     ("module_unavailable", "identity_unavailable"),  # not a code this step gives: default
 ])
 def test_attestation_step_failures(code: str, expected: str) -> None:
@@ -476,7 +556,8 @@ def test_an_inclusion_of_another_tx_is_ignored() -> None:
 # -- time -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("walk,screen,code", [
-    ("to_scan", "scan", "timeout"), ("to_consent", "consent", "timeout"),
+    ("to_scan", "scan", "timeout"), ("to_checking", "checking", "node_unavailable"),
+    ("to_consent", "consent", "timeout"), ("to_clerk", "clerk", "timeout"),
     ("to_capture", "capture", "timeout"), ("to_attesting", "verifying", "identity_unavailable"),
     ("to_signing", "signing", "module_unavailable"),
     ("to_submitting", "submitting", "node_unavailable"),
@@ -568,59 +649,115 @@ def test_config_is_checked() -> None:
         fl.AuthorizationFlow(terminal_id=b"short", new_session=lambda: bytes(16))
 
 
-# -- the alternative path -----------------------------------------------------------------------
+# -- the clerk way -------------------------------------------------------------------------------
 
-def test_alternative_path_signs_nothing_and_hands_over() -> None:
+def test_clerk_way_ends_on_chain() -> None:
+    """Consent -> the session code and QR -> the PAD's confirmation read back -> verified by
+    the runner -> signed with the confirmation (no capture, no attestation) -> receipt."""
     rig = Rig()
     rig.to_consent()
-    sid = rig.sid
+    sid, m = rig.sid, matter()
     rig.send(fl.Alternative())
-    assert rig.screen == "alternative"
-    assert rig.flow.view()["alternative"] == {"confirmed": False, "clerk": None}
-    assert rig.flow.view()["matter"] == matter().display()
-    rig.send(fl.ClerkConfirmedId("\x00"))  # not a name: ignored
-    rig.send(fl.ClerkConfirmedId(""))
-    assert rig.flow.view()["alternative"]["confirmed"] is False
-    rig.send(fl.ClerkConfirmedId("王芳 clerk 0042"))
     v = rig.flow.view()
-    assert v["alternative"] == {"confirmed": True, "clerk": "王芳 clerk 0042"}
-    assert not v["can_cancel"] and not v["can_extend"]
-    [audit] = [a for a in rig.of(fl.Audit) if a.kind == "authorization_alternative"]
-    assert audit.fields["clerk"] == "王芳 clerk 0042" and audit.fields["session"] == sid.hex()
-    rig.send(fl.Done())
-    assert rig.screen == "attract" and rig.of(fl.Wipe) == [fl.Wipe(sid)]
-    assert not rig.signed() and not rig.of(fl.StartCapture)
+    assert v["screen"] == "clerk" and v["matter"] == display(m)
+    clerk = v["clerk"]
+    req = ob.decode_session_qr(clerk["qr"])
+    assert req == ob.SessionRequest(sid, TERMINAL, "authorize", m.digest)
+    assert clerk["code"] == ob.session_code(sid) and not clerk["checking"]
+    assert rig.of(fl.StartScan)[-1] == fl.StartScan(sid, "confirmation")
+    text = confirmation(sid)
+    rig.send(fl.ConfirmationText(text, "camera"))
+    [verify] = rig.of(fl.VerifyConfirmation)
+    assert verify.confirmation == ob.decode_confirmation_qr(text) and verify.matter == m
+    assert rig.flow.view()["clerk"]["checking"] and rig.of(fl.StopScan)
+    rig.send(fl.ConfirmationVerified(sid, "S-0042"))
+    assert rig.screen == "signing" and rig.of(fl.CheckNodes)
+    rig.send(fl.NodesChecked(sid, True))
+    [sign] = rig.of(fl.SignAuthorization)
+    assert sign.data == {"session": sid, "matter": m.to_obj(), "terminal": TERMINAL,
+                         "enrollment": ENROLLMENT,
+                         "confirmation": ob.decode_confirmation_qr(text).to_obj()}
+    assert ob.AuthorizeData.from_obj(sign.data).way == "clerk"
+    assert not rig.of(fl.StartCapture) and not rig.of(fl.RequestAttestation)
+    rig.send(fl.AuthorizationSigned(sid, rig.tx_id))
+    rig.send(fl.Submitted(sid, rig.tx_id))
+    rig.send(fl.Included(sid, rig.tx_id, 7, sm3.digest(b"block"), T0 + 9000))
+    assert rig.screen == "receipt" and rig.flow.view()["receipt"]["way"] == "clerk"
 
 
-def test_alternative_from_capture_stops_it() -> None:
+def test_clerk_way_from_capture_stops_it() -> None:
     rig = Rig()
     rig.to_capture()
     sid = rig.sid
     rig.send(fl.Alternative())
-    assert rig.screen == "alternative" and fl.StopCapture(sid) in rig.effects
+    assert rig.screen == "clerk" and fl.StopCapture(sid) in rig.effects
     rig.send(fl.CaptureUpdate(sid, 1, Passed(80.0, 1.0)))  # late: ignored
-    assert rig.screen == "alternative" and not rig.of(fl.SealCapture)
+    assert rig.screen == "clerk" and not rig.of(fl.SealCapture)
 
 
-def test_alternative_times_out_without_a_clerk() -> None:
+@pytest.mark.parametrize("change", [{"session": b"\x07" * 16}, {"terminal": b"\x07" * 32},
+                                    {"action": "revoke"}, {"target": b"\x07" * 32}])
+def test_a_confirmation_for_something_else_is_not_used(change: dict[str, Any]) -> None:
+    """Read by the camera (an older code still on the PAD's screen): ignored; typed at the
+    kiosk: refused."""
     rig = Rig()
-    rig.to_consent()
-    rig.send(fl.Alternative())
+    rig.to_clerk()
+    sid = rig.sid
+    text = confirmation(change.pop("session", sid), **change)
+    rig.send(fl.ConfirmationText(text, "camera"))
+    assert rig.screen == "clerk" and not rig.of(fl.VerifyConfirmation)
+    rig.send(fl.ConfirmationText(text, "clerk"))
+    ended(rig, "confirmation_invalid")
+
+
+def test_other_qr_codes_are_ignored_while_waiting_for_the_clerk() -> None:
+    rig = Rig()
+    rig.to_clerk()
+    rig.send(fl.ConfirmationText(qr(matter()), "camera"))  # the matter's own QR, still shown
+    rig.send(fl.ConfirmationText("https://example.org/", "camera"))
+    assert rig.screen == "clerk" and not rig.of(fl.VerifyConfirmation)
+    rig.send(fl.ConfirmationText("GOVCONF1:@@", "camera"))  # a broken confirmation
+    ended(rig, "confirmation_invalid")
+
+
+@pytest.mark.parametrize("rule,code", [
+    ("confirmation_signature", "confirmation_invalid"),
+    ("confirmation_pad_key", "confirmation_invalid"),
+    ("confirmation_stale", "confirmation_invalid"),
+    ("enrollment_office", "clerk_not_enrolled"), ("enrollment_role", "clerk_not_enrolled"),
+    ("enrollment_expired", "clerk_not_enrolled"), ("node_unavailable", "node_unavailable")])
+def test_each_refusal_of_the_confirmation_has_its_screen(rule: str, code: str) -> None:
+    rig = Rig()
+    rig.to_confirming()
+    rig.send(fl.StepFailed(rig.sid, "confirm", rule))
+    ended(rig, code)
+
+
+def test_the_clerk_screen_times_out() -> None:
+    rig = Rig()
+    rig.to_clerk()
+    assert rig.flow.view()["can_extend"]
     rig.at(rig.flow.view()["deadline_ms"])
     ended(rig, "timeout")
 
 
-def test_handover_screen_times_out_to_attract() -> None:
+def test_already_authorized_when_signing() -> None:
+    """The kiosk records the matter before the module signs: a second flow of the same matter
+    (two touches racing) is refused at signing."""
     rig = Rig()
-    rig.to_consent()
-    rig.send(fl.Alternative())
-    rig.send(fl.ClerkConfirmedId("clerk 7"))
-    v = rig.flow.view()
-    assert v["deadline_ms"] == rig.now + fl.FlowConfig().receipt_ms and v["warn_at_ms"] is None
-    rig.send(fl.Activity(), dt=1000)  # a touch keeps the notice up, as long as a receipt
-    assert rig.flow.view()["deadline_ms"] == rig.now + fl.FlowConfig().receipt_ms
-    rig.at(rig.flow.view()["deadline_ms"])
-    assert rig.screen == "attract" and rig.of(fl.Wipe)
+    rig.to_signed()  # SignAuthorization asked: the runner records the matter first
+    rig.send(fl.StepFailed(rig.sid, "sign", "already_authorized"))
+    assert rig.screen == "error" and rig.error() == "matter_already_authorized"
+    assert not rig.of(fl.SubmitTx) and rig.of(fl.Wipe)
+
+
+def test_a_kiosk_without_enrollment_is_blocked() -> None:
+    flow = fl.AuthorizationFlow(terminal_id=TERMINAL, new_session=lambda: bytes(16))
+    v = flow.view()
+    assert v["screen"] == "blocked" and v["error"]["code"] == "blocked_not_enrolled"
+    flow.handle(fl.Start(), T0)
+    flow.handle(fl.MatterText(qr(matter()), "clerk"), T0)
+    assert flow.screen == "blocked" and flow.session is None
 
 
 # -- the equivocation alarm ---------------------------------------------------------------------
@@ -632,7 +769,7 @@ def test_alarm_blocks_new_flows_until_cleared() -> None:
     assert v["screen"] == "blocked" and v["alarm"]["detail"] == "equivocation at height 7"
     assert v["error"]["code"] == "blocked_alarm" and v["error"]["title_zh"]
     rig.send(fl.Start())
-    rig.send(fl.MatterText(encode_qr(matter()), "clerk"))
+    rig.send(fl.MatterText(qr(matter()), "clerk"))
     assert rig.screen == "blocked" and rig.flow.session is None
     assert rig.of(fl.Audit) == []  # the node audits its alarms; no session was started
     rig.send(fl.AlarmChanged(False))
@@ -738,9 +875,11 @@ def test_an_unknown_blocking_reason_gets_the_generic_screen() -> None:
 def test_ui_events() -> None:
     assert fl.ui_event({"type": "start"}) == fl.Start()
     assert fl.ui_event({"type": "matter_text", "text": "x"}) == fl.MatterText("x", "clerk")
-    assert fl.ui_event({"type": "clerk_confirmed_id", "clerk": "c"}) == fl.ClerkConfirmedId("c")
+    assert fl.ui_event({"type": "confirmation_text", "text": "c"}) == \
+        fl.ConfirmationText("c", "clerk")
     for bad in (None, [], {}, {"type": 1}, {"type": "matter_text"},
-                {"type": "matter_text", "text": 5}, {"type": "clerk_confirmed_id"},
+                {"type": "matter_text", "text": 5}, {"type": "clerk_confirmed_id", "clerk": "c"},
+                {"type": "confirmation_verified"}, {"type": "matter_verified"},
                 {"type": "included"}, {"type": "signed"}, {"type": "alarm"}):
         assert fl.ui_event(bad) is None  # the UI cannot post results of I/O
 
@@ -750,7 +889,7 @@ def test_every_error_has_both_languages() -> None:
                 "identity_no_match", "identity_unavailable", "attestation_invalid",
                 "module_unavailable", "node_unavailable", "inclusion_timeout", "proof_invalid",
                 "blocked_alarm", "blocked_audit", "blocked_unavailable", "timeout",
-                "cancelled"}
+                "cancelled", *(code for step in fl.REFUSALS.values() for code in step.values())}
     assert required <= set(fl.ERRORS)
     for code, texts in fl.ERRORS.items():
         assert len(texts) == 4 and all(texts), code
@@ -762,7 +901,7 @@ def test_timers_run_on_the_monotonic_clock_and_expiry_on_the_wall_clock() -> Non
     the view's deadline is the wall clock plus the time that remains; the matter's expiry
     is judged on the wall clock."""
     flow = fl.AuthorizationFlow(fl.FlowConfig(scan_ms=5_000), terminal_id=bytes(32),
-                                new_session=lambda: bytes(16))
+                                new_session=lambda: bytes(16), enrollment=ENROLLMENT)
     mono = 1_000
     flow.handle(fl.Start(), T0, mono)
     assert flow.next_deadline() == mono + 5_000
@@ -778,12 +917,16 @@ def test_timers_run_on_the_monotonic_clock_and_expiry_on_the_wall_clock() -> Non
     flow.handle(fl.Tick(), stepped, mono + 300 + 5_000)  # the monotonic time decides
     assert flow.screen == "error" and flow.view()["error"]["code"] == "timeout"
     # expiry: a matter valid on the wall clock is accepted though the monotonic time is
-    # larger than its not_after, and one expired on the wall clock is refused
+    # larger than its expires_at, and one expired on the wall clock is refused at consent
     flow.handle(fl.Done(), T0, T0 * 2)
-    m = matter(not_after=T0 + 1_000)
-    flow.handle(fl.MatterText(encode_qr(m), "camera"), T0, T0 * 2)
-    assert flow.screen == "consent"
+    m = matter(expires_at=T0 + 1_000)
+    flow.handle(fl.MatterText(qr(m), "camera"), T0, T0 * 2)
+    flow.handle(fl.MatterVerified(flow.session, display(m)), T0, T0 * 2)
+    flow.handle(fl.Consent(), T0, T0 * 2)
+    assert flow.screen == "capture"
     flow.handle(fl.Cancel(), T0, T0 * 2)
     flow.handle(fl.Done(), T0, T0 * 2)
-    flow.handle(fl.MatterText(encode_qr(m), "camera"), T0 + 1_001, T0 * 2)
+    flow.handle(fl.MatterText(qr(m), "camera"), T0, T0 * 2)
+    flow.handle(fl.MatterVerified(flow.session, display(m)), T0, T0 * 2)
+    flow.handle(fl.Consent(), T0 + 1_001, T0 * 2)
     assert flow.view()["error"]["code"] == "matter_expired"

@@ -3,10 +3,12 @@
 Events come from the UI, from the runner (right or wrong session, attempt, digest, tx), and
 time jumps. Whatever the order, these hold:
 
-- SignAuthorization only in the session of an accepted CaptureSealed(D) and a later
-  AttestationVerified(match) for that session whose body names that session, subject and D;
-  its data embeds exactly that attestation; never while a blocking reason is active; once
-  per session;
+- SignAuthorization only in a session whose matter the runner verified (MatterVerified), and
+  either (face) after an accepted CaptureSealed(D) and a later AttestationVerified(match) for
+  that session whose body names that session, subject and D, its data embedding exactly that
+  attestation; or (clerk) after a ConfirmationVerified for that session, its data embedding
+  exactly the confirmation the flow asked the runner to verify; with the signed matter whole;
+  never while a blocking reason is active; once per session;
 - SubmitTx only for the tx the runner said it signed for that session, never while blocked;
 - every return to attract, and every entry into error or blocked from a session, emits Wipe;
 - view() is JSON-serialisable, seq never goes down and grows when the view changes.
@@ -20,12 +22,14 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from test_flow import SUBJECT, T0, Rig, attestation, matter
+from test_flow import SUBJECT, T0, Rig, attestation, confirmation, display, matter, qr
 
 from appliance.gm import sm3
 from appliance.kiosk import flow as fl
 from appliance.kiosk.capture.events import ChallengeIssued, Failed, Hint, Passed, Progress
-from appliance.kiosk.matter import encode_qr
+from appliance.node import objects as ob
+
+MATTER = matter()
 
 DIGESTS = [sm3.digest(b"capture %d" % i) for i in range(2)]
 TXS = [sm3.digest(b"tx %d" % i) for i in range(2)]
@@ -42,6 +46,9 @@ class FlowMachine(RuleBasedStateMachine):
         self.matches: list[fl.AttestationVerified] = []  # sent after a seal of that digest
         self.signed_sessions: set[bytes] = set()
         self.signed_txs: set[tuple[bytes, bytes]] = set()
+        self.verified: set[bytes] = set()  # sessions whose matter the runner verified
+        self.asked: dict[bytes, ob.Signed[ob.ConfirmationBody]] = {}  # VerifyConfirmation
+        self.confirmed: set[bytes] = set()  # ConfirmationVerified sent while asked
         self.last_view = self.rig.flow.view()
 
     # -- plumbing ----------------------------------------------------------------------------------
@@ -57,6 +64,11 @@ class FlowMachine(RuleBasedStateMachine):
             self.matches.append(ev)
         if isinstance(ev, fl.AuthorizationSigned):
             self.signed_txs.add((ev.session, ev.tx_id))
+        if isinstance(ev, fl.MatterVerified) and ev.session == self.rig.flow.session \
+                and self.rig.screen == "checking":
+            self.verified.add(ev.session)
+        if isinstance(ev, fl.ConfirmationVerified) and ev.session in self.asked:
+            self.confirmed.add(ev.session)
         out = self.rig.send(ev, dt)
         if isinstance(ev, fl.AlarmChanged):
             (self.blocks.add if ev.active else self.blocks.discard)(ev.kind)
@@ -67,12 +79,20 @@ class FlowMachine(RuleBasedStateMachine):
         for e in out:
             if isinstance(e, fl.RequestAttestation):  # the digest the flow took as sealed
                 self.sealed.add((e.session, e.capture_digest))
+            if isinstance(e, fl.VerifyConfirmation):
+                self.asked[e.session] = e.confirmation
             if isinstance(e, fl.SignAuthorization):
                 assert not self.blocks
                 assert e.session not in self.signed_sessions, "signed twice in a session"
+                assert e.session in self.verified, "signed a matter not verified"
                 self.signed_sessions.add(e.session)
                 d = e.data
-                assert d["session"] == e.session and d["subject"] == SUBJECT
+                assert d["session"] == e.session and d["matter"] == MATTER.to_obj()
+                if "confirmation" in d:
+                    assert e.session in self.confirmed, "signed without a confirmation"
+                    assert d["confirmation"] == self.asked[e.session].to_obj()
+                    assert "attestation" not in d and "capture_digest" not in d
+                    continue
                 assert (e.session, d["capture_digest"]) in self.sealed
                 ok = [m for m in self.matches
                       if m.session == e.session and m.signed is d["attestation"]]
@@ -80,7 +100,7 @@ class FlowMachine(RuleBasedStateMachine):
                 body = ok[-1].signed["body"]
                 assert body["session"] == e.session and body["result"] == "match"
                 assert body["capture_digest"] == d["capture_digest"]
-                assert body["subject"] == d["subject"]
+                assert body["subject"] == SUBJECT and body["target"] == MATTER.digest
             if isinstance(e, fl.SubmitTx):
                 assert not self.blocks
                 assert (e.session, e.tx_id) in self.signed_txs
@@ -100,17 +120,28 @@ class FlowMachine(RuleBasedStateMachine):
         assert ev is not None
         self.send(ev)
 
-    @rule(clerk=st.sampled_from(["clerk 1", "", "\x00bad", "王芳"]))
-    def clerk(self, clerk: str) -> None:
-        self.send(fl.ClerkConfirmedId(clerk))
+    @rule(kind=st.sampled_from(["good", "stale", "garbage", "matter"]),
+          source=st.sampled_from(["camera", "clerk"]))
+    def confirmation_text(self, kind: str, source: str) -> None:
+        sid = self.rig.flow.session or STALE
+        text = {"good": confirmation(sid, MATTER), "stale": confirmation(STALE, MATTER),
+                "garbage": "GOVCONF1:%%%", "matter": qr(MATTER)}[kind]
+        self.send(fl.ConfirmationText(text, source))
 
-    @rule(kind=st.sampled_from(["good", "expired", "garbage", "other"]),
+    @rule(which=st.sampled_from(["current", "current", "stale"]))
+    def confirmation_verified(self, which: str) -> None:
+        self.send(fl.ConfirmationVerified(self.session(which), "S-1"))
+
+    @rule(kind=st.sampled_from(["good", "garbage", "other"]),
           source=st.sampled_from(["camera", "clerk"]))
     def matter_text(self, kind: str, source: str) -> None:
-        text = {"good": encode_qr(matter()),
-                "expired": encode_qr(matter(not_after=T0)),
-                "garbage": "GOVAUTH1:%%%", "other": "https://example.org"}[kind]
+        text = {"good": qr(MATTER), "garbage": "GOVAUTH1:%%%",
+                "other": "https://example.org"}[kind]
         self.send(fl.MatterText(text, source))
+
+    @rule(which=st.sampled_from(["current", "current", "stale"]))
+    def matter_verified(self, which: str) -> None:
+        self.send(fl.MatterVerified(self.session(which), display(MATTER)))
 
     @rule(dt=st.sampled_from([1, 1000, 15_000, 40_000, 200_000]))
     def time_passes(self, dt: int) -> None:
@@ -141,7 +172,8 @@ class FlowMachine(RuleBasedStateMachine):
     def attested(self, which: str, body_session: str, d: int, result: str,
                  claimed: str) -> None:
         sid = self.session(which)
-        signed = attestation(sid if body_session == "same" else STALE, DIGESTS[d], result)
+        signed = attestation(sid if body_session == "same" else STALE, DIGESTS[d], result,
+                             MATTER)
         self.send(fl.AttestationVerified(sid, signed, result if claimed == "same" else "match",
                                          500))
 
@@ -161,15 +193,15 @@ class FlowMachine(RuleBasedStateMachine):
             self.send(fl.Included(sid, TXS[t], 9, bytes(32), T0))
 
     @rule(which=st.sampled_from(["current", "stale"]),
-          step=st.sampled_from(["capture", "seal", "attest", "nodes", "sign", "submit",
-                                "include"]),
+          step=st.sampled_from(["matter", "confirm", "capture", "seal", "attest", "nodes",
+                                "sign", "submit", "include"]),
           code=st.sampled_from(sorted(fl.ERRORS)))
     def step_failed(self, which: str, step: str, code: str) -> None:
         self.send(fl.StepFailed(self.session(which), step, code))
 
     @rule(n=st.integers(1, 10), d=st.sampled_from([0, 1]), t=st.sampled_from([0, 1]),
           wrong=st.sampled_from(["none", "none", "none", "digest", "subject", "session",
-                                 "no_match"]))
+                                 "no_match", "clerk", "clerk"]))
     def happy_run(self, n: int, d: int, t: int, wrong: str) -> None:
         """Up to ``n`` events that move the current session on (so deep states are reached
         often); ``wrong``: the attestation names another digest, subject or session, or
@@ -184,9 +216,16 @@ class FlowMachine(RuleBasedStateMachine):
         if screen == "attract":
             self.send(fl.Start())
         elif screen == "scan":
-            self.send(fl.MatterText(encode_qr(matter()), "camera"))
+            self.send(fl.MatterText(qr(MATTER), "camera"))
+        elif screen == "checking" and sid is not None:
+            self.send(fl.MatterVerified(sid, display(MATTER)))
         elif screen == "consent":
-            self.send(fl.Consent())
+            self.send(fl.Alternative() if wrong == "clerk" else fl.Consent())
+        elif screen == "clerk" and sid is not None:
+            if sid in self.asked:
+                self.send(fl.ConfirmationVerified(sid, "S-1"))
+            else:
+                self.send(fl.ConfirmationText(confirmation(sid, MATTER), "camera"))
         elif screen == "capture" and sid is not None:
             attempt = rig.flow.view()["capture"]["attempt"]
             self.send(fl.CaptureUpdate(sid, attempt, Passed(80.0, 1.0)))
@@ -200,7 +239,8 @@ class FlowMachine(RuleBasedStateMachine):
                     digest = DIGESTS[1 - DIGESTS.index(digest)]
                 result = "no_match" if wrong == "no_match" else "match"
                 signed = attestation(STALE if wrong == "session" else sid, digest, result,
-                                     subject=sm3.digest(b"x") if wrong == "subject" else SUBJECT)
+                                     MATTER, subject=sm3.digest(b"x") if wrong == "subject"
+                                     else SUBJECT)
                 self.send(fl.AttestationVerified(sid, signed, result, 9))
         elif screen == "signing" and sid is not None:
             if sid in self.signed_sessions:
@@ -252,4 +292,4 @@ def test_the_machine_reaches_every_screen() -> None:
     """The random walks above must have gone through every step (else they prove little)."""
     if not REACHED:
         test_flow_state_machine().runTest()
-    assert set(fl.SCREENS) - {"error", "blocked", "alternative"} <= REACHED
+    assert set(fl.SCREENS) - {"error", "blocked"} <= REACHED

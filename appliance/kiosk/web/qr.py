@@ -1,12 +1,12 @@
 """QR codes for the screen as PNG, rendered on the terminal (``cv2.QRCodeEncoder`` through
-:func:`appliance.kiosk.matter.render_qr`; no network, no JavaScript library): the receipt's
+:func:`appliance.kiosk.qrcodes.render_qr`; no network, no JavaScript library): the receipt's
 transaction id and the PAD's matter QR."""
 
 from __future__ import annotations
 
 import cv2
 
-from ..matter import render_qr
+from ..qrcodes import render_qr
 
 
 def qr_png(text: str, *, module_px: int = 8) -> bytes:
