@@ -154,6 +154,7 @@ class Desk:
         self.clock = clock or (lambda: time.time_ns() // 1_000_000)
         self.timeout_s = timeout_s
         self._issued: OrderedDict[bytes, ob.Signed[ob.MatterBody]] = OrderedDict()
+        self._hints: dict[bytes, str] = {}  # masked ID numbers, for the clerk to compare
         self._own: ob.Enrollment | None = None
 
     @property
@@ -222,8 +223,13 @@ class Desk:
             raise DeskError("bad_matter", f"the matter is {len(signed.encoded)} bytes, more "
                             f"than a QR code carries ({ob.MAX_MATTER_BYTES}): shorten the "
                             "texts or list fewer agencies")
-        self._remember(signed)
+        self._remember(signed, _mask(req.enterprise_id or req.citizen_id))
         return signed, ob.encode_qr(ob.MATTER_PREFIX, signed)
+
+    def citizen_hint(self, matter: ob.Signed[ob.MatterBody]) -> str:
+        """The masked ID number (or credit code) the matter was made for: the clerk checks
+        the card in hand against it. Kept in memory only, as long as the matter."""
+        return self._hints.get(matter.digest, "")
 
     def issued(self, target: bytes) -> ob.Signed[ob.MatterBody] | None:
         """The matter this PAD issued whose digest is ``target``, if not expired."""
@@ -272,10 +278,20 @@ class Desk:
             raise DeskError("clerk_card", "the staff card holds the PAD's device key", 503)
         return signed, ob.encode_qr(ob.CONFIRMATION_PREFIX, signed)
 
-    def _remember(self, matter: ob.Signed[ob.MatterBody]) -> None:
+    def _remember(self, matter: ob.Signed[ob.MatterBody], hint: str) -> None:
         self._issued[matter.digest] = matter
+        self._hints[matter.digest] = hint
         now = self.clock()
         for key in [k for k, m in self._issued.items() if m.body.expires_at < now]:
             del self._issued[key]
         while len(self._issued) > MAX_ISSUED:
             self._issued.popitem(last=False)
+        for key in set(self._hints) - set(self._issued):
+            del self._hints[key]
+
+
+def _mask(identifier: str) -> str:
+    """``110108********0015``: enough to compare with a card, not the whole number."""
+    if len(identifier) <= 8:
+        return "*" * len(identifier)
+    return identifier[:4] + "*" * (len(identifier) - 8) + identifier[-4:]

@@ -1,6 +1,8 @@
-"""The PAD's two jobs, as functions the server calls: make a matter's QR text, and verify a
-document against the chain (SM3 here, ``NodeSync.lookup_detailed``: every usable peer asked,
-every hit's proof checked against the verified header chain)."""
+"""The PAD's HTTP side, as functions the server calls (the logic is the desk's,
+:mod:`appliance.kiosk.desk`): its office, a signed matter and its QR, the kiosk's session read
+by the PAD's camera, the clerk's confirmation, and verifying a document against the chain (SM3
+here, ``NodeSync.lookup_detailed``: every usable peer asked, every hit's proof checked against
+the verified header chain, its issuer's enrollment checked)."""
 
 from __future__ import annotations
 
@@ -20,40 +22,6 @@ class PadError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code = status, code
-
-
-def matter_qr(doc: Any, *, now_ms: int) -> str:
-    """``{matter, agency, office, licenses: [{id hex, name}], citizen | subject hex,
-    valid_minutes}`` -> the ``GOVAUTH1:`` QR text (appliance.kiosk.matter). ``citizen`` is the
-    citizen's identifier as typed by the clerk; the subject is SM3 of its UTF-8 (the scheme
-    of the HIL identity double)."""
-    from .. import matter as m
-
-    if not isinstance(doc, dict):
-        raise PadError(400, "bad_matter", "a matter is a JSON object")
-    try:
-        licenses = tuple(m.License(bytes.fromhex(lic["id"]), lic["name"])
-                         for lic in doc.get("licenses", []))
-    except (TypeError, KeyError, ValueError, AttributeError):
-        raise PadError(400, "bad_matter", "licenses: [{id: 64 hex digits, name}]") from None
-    if isinstance(doc.get("subject"), str):
-        try:
-            subject = bytes.fromhex(doc["subject"])
-        except ValueError:
-            raise PadError(400, "bad_matter", "subject: 64 hex digits") from None
-    elif isinstance(doc.get("citizen"), str) and doc["citizen"].strip():
-        subject = sm3.digest(doc["citizen"].strip().encode("utf-8"))
-    else:
-        raise PadError(400, "bad_matter", "citizen (or subject) is required")
-    minutes = doc.get("valid_minutes", 30)
-    if isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= 1440:
-        raise PadError(400, "bad_matter", "valid_minutes: 1..1440")
-    try:
-        matter = m.Matter(doc.get("matter"), doc.get("agency"), doc.get("office"), licenses,
-                          subject, now_ms + minutes * 60_000)
-        return m.encode_qr(matter)
-    except m.MatterError as exc:
-        raise PadError(400, "bad_matter", str(exc)) from None
 
 
 async def read_upload(request: web.Request,
@@ -124,3 +92,147 @@ async def verify_document(node: Any, document: bytes, *, name: str = "",
             "hits": hits, "verified_height": verified_height,
             "dropped": [d.to_json() for d in result.dropped], "peers": list(result.peers),
             "elapsed_s": round(time.monotonic() - started, 3)}
+
+
+# -- matters and confirmations -----------------------------------------------------------------
+
+MAX_JSON = 8192
+SCAN_TIMEOUT_S = 8.0
+
+
+async def _json(request: web.Request) -> Any:
+    import json
+
+    from appliance.httpbody import read_capped
+
+    body = await read_capped(request, MAX_JSON)
+    if body is None:
+        raise PadError(413, "too_large", f"at most {MAX_JSON} bytes")
+    try:
+        return json.loads(body) if body else {}
+    except ValueError:
+        raise PadError(400, "bad_request", "the body is not JSON") from None
+
+
+def _desk(ctx: Any) -> Any:
+    desk = getattr(ctx, "desk", None)
+    if desk is None:
+        raise PadError(503, "starting", "the PAD's light node or crypto module is not ready yet")
+    return desk
+
+
+def _qr_png_url(text: str) -> str:
+    from urllib.parse import quote
+
+    return "/api/qr?text=" + quote(text)
+
+
+async def info(ctx: Any) -> dict[str, Any]:
+    """This PAD's office (from its verified enrollment) and whether it has a staff card."""
+    from ..desk import DeskError
+
+    desk = _desk(ctx)
+    try:
+        own = await desk.own_enrollment()
+    except DeskError as exc:
+        raise PadError(exc.status, exc.code, str(exc)) from None
+    return {"office": own.office, "hall": own.hall, "district": own.district,
+            "not_after": own.not_after, "enrollment": desk.enrollment.hex(),
+            "clerk_card": desk.clerk_card is not None}
+
+
+async def make_matter(ctx: Any, request: web.Request) -> dict[str, Any]:
+    """The clerk's matter -> signed in this PAD's module -> its ``GOVAUTH1:`` text."""
+    from ..desk import DeskError, MatterRequest
+
+    try:
+        req = MatterRequest.from_json(await _json(request))
+        signed, text = await _desk(ctx).make_matter(req)
+    except DeskError as exc:
+        raise PadError(exc.status, exc.code, str(exc)) from None
+    sim = getattr(ctx, "sim", None)
+    if sim is not None:
+        sim.note_matter(text)  # the simulated kiosk camera shows it while the kiosk scans
+    return {"qr_text": text, "qr_png": _qr_png_url(text),
+            "matter_id": signed.body.matter_id.hex(), "expires_at": signed.body.expires_at}
+
+
+async def session(ctx: Any, request: web.Request) -> dict[str, Any]:
+    """The kiosk's session request: ``{"text"}`` as typed by a code reader, or read from this
+    PAD's camera (for up to 8 s); with the matter it names (one this PAD issued)."""
+    from appliance.node import objects as ob
+
+    from ..desk import DeskError
+
+    doc = await _json(request)
+    text = doc.get("text") if isinstance(doc, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        text = await _scan(ctx, ob.SESSION_PREFIX)
+    try:
+        req, matter = _desk(ctx).session_request(text.strip())
+    except DeskError as exc:
+        raise PadError(exc.status, exc.code, str(exc)) from None
+    return {"text": text.strip(), "code": req.code, "title": matter.body.title,
+            "citizen_hint": _desk(ctx).citizen_hint(matter),
+            "enterprise": matter.body.on_behalf_of is not None}
+
+
+async def confirm(ctx: Any, request: web.Request) -> dict[str, Any]:
+    """``{"text", "method", "pin"}`` -> the clerk's confirmation, signed on the staff card."""
+    from ..desk import DeskError
+
+    doc = await _json(request)
+    if not isinstance(doc, dict) or set(doc) != {"text", "method", "pin"} or not all(
+            isinstance(doc[k], str) for k in doc):
+        raise PadError(400, "bad_request", "send text, method and pin")
+    if not 6 <= len(doc["pin"]) <= 16:
+        raise PadError(400, "bad_pin", "the staff card's PIN is 6..16 characters")
+    try:
+        _, text = await _desk(ctx).confirm(doc["text"].strip(), method=doc["method"],
+                                           pin=doc["pin"])
+    except DeskError as exc:
+        raise PadError(exc.status, exc.code, str(exc)) from None
+    sim = getattr(ctx, "sim", None)
+    if sim is not None:
+        sim.note_confirmation(text)  # the simulated kiosk camera sees the PAD's screen
+    return {"qr_text": text, "qr_png": _qr_png_url(text)}
+
+
+async def _scan(ctx: Any, prefix: str) -> str:
+    """The first QR text starting with ``prefix`` that this terminal's camera sees."""
+    import asyncio
+
+    from ..qrcodes import QrReader
+
+    frames = ctx.camera_frames()
+    reader = QrReader()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SCAN_TIMEOUT_S
+    try:
+        while loop.time() < deadline:
+            left = deadline - loop.time()
+            if hasattr(frames, "__anext__"):
+                try:
+                    async with asyncio.timeout(left):
+                        frame, _ts = await frames.__anext__()
+                except (TimeoutError, StopAsyncIteration):
+                    break
+            else:
+                got = await asyncio.to_thread(frames.read, min(left, 2.0))
+                if got is None:
+                    continue
+                frame, _ts = got
+            try:
+                text = await asyncio.to_thread(reader.read, frame)
+            finally:
+                frame.fill(0)
+            if text and text.startswith(prefix):
+                return text
+    finally:
+        close = getattr(frames, "aclose", None) or getattr(frames, "close", None)
+        if close is not None:
+            result = close()
+            if hasattr(result, "__await__"):
+                await result
+    raise PadError(404, "no_code", "no kiosk session code seen by the camera: hold the PAD "
+                   "up to the kiosk's screen and try again")

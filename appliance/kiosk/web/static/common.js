@@ -7,8 +7,9 @@ const UI = {
     starting: ["系统启动中", "Starting"],
     attract: ["待机", "Waiting for a citizen"],
     scan: ["扫描事项二维码", "Scanning the matter QR"],
+    checking: ["核验事项", "Checking the matter"],
     consent: ["确认授权", "Consent"],
-    alternative: ["工作人员核验身份证", "Clerk checks the ID card"],
+    clerk: ["工作人员核验身份证", "Clerk checks the ID card"],
     capture: ["刷脸核验", "Face capture"],
     verifying: ["身份核验中", "Verifying identity"],
     signing: ["签署中", "Signing"],
@@ -27,8 +28,22 @@ const UI = {
            kiosk: ["授权流程", "Authorization flow"] },
   STATES: { starting: ["启动中", "starting"], ready: ["就绪", "ready"],
             serving: ["就绪", "serving"], restarting: ["重启中", "restarting"] },
+  // license kinds as issuers deposit them; an unknown kind is shown as it is
+  KINDS: {
+    resident_id_card: ["居民身份证", "Resident ID card"],
+    household_register: ["户口簿", "Household register"],
+    real_estate_certificate: ["不动产权证书", "Real-estate certificate"],
+    business_license: ["营业执照", "Business license"],
+    marriage_certificate: ["结婚证", "Marriage certificate"],
+    residence_permit: ["居住证", "Residence permit"],
+  },
   hints: {},
 };
+
+function kindText(kind) {
+  const k = UI.KINDS[kind];
+  return k ? [k[0], k[1]] : [String(kind), String(kind)];
+}
 
 function bi(zh, en) {
   const frag = document.createDocumentFragment();

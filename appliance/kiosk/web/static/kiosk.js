@@ -29,19 +29,43 @@ function renderParts(health) {
   }
 }
 
-function renderMatter(m) {
-  if (!m) return;
-  $("c-matter").textContent = m.matter;
-  $("c-agency").textContent = m.agency;
-  $("c-office").textContent = m.office;
-  $("c-not-after").textContent = fmtTime(m.not_after);
-  const ul = $("c-licenses");
+function fillList(ul, items) {
   ul.replaceChildren();
-  for (const lic of m.licenses || []) {
+  for (const item of items) {
     const li = document.createElement("li");
-    li.textContent = lic.name;
+    if (typeof item === "string") li.textContent = item; else li.append(item);
     ul.append(li);
   }
+}
+
+// only what the kiosk verified (the matter's signature, the PAD's enrollment, each license
+// deposit and its issuer's enrollment) is shown, and it is what gets signed
+function renderMatter(m) {
+  if (!m) return;
+  $("c-title").textContent = m.title;
+  $("c-office").textContent = m.office;
+  fillList($("c-agencies"), m.agencies || []);
+  $("c-purpose").textContent = m.purpose;
+  $("c-enterprise").textContent = m.enterprise || "";
+  $("c-enterprise").hidden = $("c-enterprise-label").hidden = !m.enterprise;
+  fillList($("c-licenses"), (m.licenses || []).map((lic) => {
+    const k = kindText(lic.kind);
+    const frag = bi(k[0], k[1]);
+    const by = document.createElement("span"); by.className = "issuer";
+    by.textContent = ` — ${lic.issuer}`;
+    frag.append(by);
+    return frag;
+  }));
+  $("c-use-until").textContent = fmtTime(m.use_until);
+}
+
+function renderClerk(c) {
+  if (!c) return;
+  const qr = "/api/qr?text=" + encodeURIComponent(c.qr);
+  if ($("k-qr").getAttribute("src") !== qr) $("k-qr").setAttribute("src", qr);
+  $("k-code").textContent = c.code;
+  $("k-waiting").hidden = !!c.checking;
+  $("k-checking").hidden = !c.checking;
 }
 
 function renderReceipt(r) {
@@ -49,9 +73,12 @@ function renderReceipt(r) {
   $("r-tx").textContent = r.tx_id;
   $("r-height").textContent = String(r.height);
   $("r-time").textContent = fmtTime(r.time_ms);
+  $("r-title").textContent = r.title || "";
   $("r-office").textContent = r.office || "";
-  $("r-agency").textContent = r.agency || "";
-  $("r-matter").textContent = r.matter || "";
+  $("r-agencies").textContent = (r.agencies || []).join("、");
+  $("r-use-until").textContent = fmtTime(r.use_until);
+  setBi($("r-way"), r.way === "clerk" ? "工作人员核验身份证" : "刷脸核验",
+        r.way === "clerk" ? "a clerk checked the ID card" : "face verification");
   const qr = "/api/qr?text=" + encodeURIComponent(r.qr || r.tx_id);
   if ($("r-qr").getAttribute("src") !== qr) $("r-qr").setAttribute("src", qr);
 }
@@ -125,9 +152,10 @@ function render() {
   if (v.screen === "error") renderError(v.error);
   if (v.screen === "capture") renderCapture();
   if (v.screen === "blocked") renderBlocked(v);
+  if (v.screen === "clerk") renderClerk(v.clerk);
   $("cancel").hidden = !v.can_cancel;
   if (v.screen !== "scan") $("matter-text").value = "";
-  if (v.screen !== "alternative") $("clerk").value = "";
+  if (v.screen !== "clerk") $("confirmation-text").value = "";
   tick();
 }
 
@@ -197,10 +225,10 @@ document.addEventListener("DOMContentLoaded", async () => {
     const text = $("matter-text").value.trim();
     if (text) send("matter_text", { text: text });
   });
-  $("clerk-form").addEventListener("submit", (e) => {
+  $("confirmation-form").addEventListener("submit", (e) => {
     e.preventDefault();
-    const clerk = $("clerk").value.trim();
-    if (clerk) send("clerk_confirmed_id", { clerk: clerk });
+    const text = $("confirmation-text").value.trim();
+    if (text) send("confirmation_text", { text: text });
   });
   document.addEventListener("pointerdown", () => {
     const s = K.view && K.view.screen;

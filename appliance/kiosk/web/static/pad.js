@@ -1,24 +1,35 @@
-/* The clerk's PAD: start a matter (its QR rendered by the terminal), watch the citizen's
-   progress, verify a license document against the chain. */
+/* The clerk's PAD: start a matter (signed in this PAD's crypto module, its QR rendered by the
+   terminal), confirm a citizen's ID card for the kiosk's clerk way (signed with the staff
+   card), verify a license document against the chain. */
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 let samples = [];
 
-function addLicense(value, name, checked) {
+function addLicense(value, label_text, checked) {
   const label = document.createElement("label");
   const box = document.createElement("input");
-  box.type = "checkbox"; box.value = value; box.dataset.name = name; box.checked = checked;
-  label.append(box, document.createTextNode(name));
+  box.type = "checkbox"; box.value = value; box.checked = checked;
+  label.append(box, document.createTextNode(label_text));
   $("m-licenses").append(label);
+}
+
+async function loadInfo() {
+  try {
+    const info = await api("/api/pad/info");
+    setBi($("m-office"), `办理单位：${info.office}`, `Office: ${info.office}`);
+  } catch (err) {
+    setBi($("m-office"), `本终端暂不能出具事项：${err.message}`, `This PAD cannot issue matters: ${err.message}`);
+  }
 }
 
 async function loadSamples() {
   const r = await api("/api/pad/samples");
   samples = r.samples;
-  if (r.subject_name && !$("m-citizen").value) $("m-citizen").value = r.subject_name;
-  samples.forEach((s, i) => {
-    addLicense(s.digest, s.name, i < 2);
+  if (r.citizen_id && !$("m-citizen").value) $("m-citizen").value = r.citizen_id;
+  samples.forEach((s) => {
+    const holder = s.holder === "enterprise" ? " [企业 enterprise]" : "";
+    addLicense(s.tx_id, `${s.name} — ${s.issuer}${holder}`, s.holder !== "enterprise");
     const o = document.createElement("option");
     o.value = String(s.index); o.textContent = `${s.name} (${s.filename})`;
     $("v-sample").append(o);
@@ -28,12 +39,16 @@ async function loadSamples() {
 async function createMatter(e) {
   e.preventDefault();
   $("m-error").textContent = "";
-  const licenses = [...document.querySelectorAll("#m-licenses input:checked")]
-    .map((b) => ({ id: b.value, name: b.dataset.name }));
+  $("m-result").hidden = true;
+  const licenses = [...document.querySelectorAll("#m-licenses input:checked")].map((b) => b.value);
+  const doc = { title: $("m-title").value, agencies: $("m-agencies").value,
+                purpose: $("m-purpose").value, citizen_id: $("m-citizen").value,
+                licenses: licenses, valid_minutes: Number($("m-minutes").value),
+                use_days: Number($("m-days").value) };
+  if ($("m-enterprise").value.trim()) doc.enterprise_id = $("m-enterprise").value.trim();
   try {
     const r = await api("/api/pad/matter", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ matter: $("m-matter").value, agency: $("m-agency").value,
-        office: $("m-office").value, citizen: $("m-citizen").value, licenses: licenses }) });
+      body: JSON.stringify(doc) });
     $("m-qr").setAttribute("src", r.qr_png);
     $("m-text").value = r.qr_text;
     $("m-result").hidden = false;
@@ -42,9 +57,40 @@ async function createMatter(e) {
   }
 }
 
-async function sendToKiosk() {
-  try { await postEvent("matter_text", { text: $("m-text").value }); }
-  catch (err) { $("m-error").textContent = `${err.message}`; }
+async function showSession(text) {
+  $("c-error").textContent = "";
+  $("c-result").hidden = true;
+  try {
+    const r = await api("/api/pad/session", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(text ? { text: text } : {}) });
+    $("c-session").value = r.text;
+    $("c-code").textContent = r.code;
+    $("c-title").textContent = `${r.title} · ${r.citizen_hint}`;
+    $("c-method").value = r.enterprise ? "id_card+registration" : "id_card";
+    $("c-details").hidden = false;
+    $("c-pin").focus();
+  } catch (err) {
+    $("c-details").hidden = true;
+    $("c-error").textContent = `无法读取自助机二维码 / Cannot read the kiosk's code: ${err.message}`;
+  }
+}
+
+async function confirmSession(e) {
+  e.preventDefault();
+  if ($("c-details").hidden) { await showSession($("c-session").value.trim()); return; }
+  $("c-error").textContent = "";
+  const pin = $("c-pin").value;
+  $("c-pin").value = "";
+  try {
+    const r = await api("/api/pad/confirm", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ text: $("c-session").value.trim(), method: $("c-method").value, pin: pin }) });
+    $("c-qr").setAttribute("src", r.qr_png);
+    $("c-text").value = r.qr_text;
+    $("c-result").hidden = false;
+    $("c-details").hidden = true;
+  } catch (err) {
+    $("c-error").textContent = `未能签署确认 / Not confirmed: ${err.message}`;
+  }
 }
 
 function dd(dl, zh, en, value, mono) {
@@ -92,18 +138,6 @@ async function verify(e) {
   }
 }
 
-function onMessage(msg) {
-  const v = msg.view;
-  if (!v) return;
-  const t = UI.SCREENS[v.screen] || [v.screen, v.screen];
-  setBi($("p-screen"), t[0], t[1]);
-  const parts = [];
-  if (v.matter) parts.push(`${v.matter.matter} · ${v.matter.agency}`);
-  if (v.receipt) parts.push(`tx ${v.receipt.tx_id} @ ${v.receipt.height}`);
-  if (v.error) parts.push(`${v.error.code}: ${v.error.message_en}`);
-  $("p-detail").textContent = parts.join("\n");
-}
-
 document.addEventListener("DOMContentLoaded", async () => {
   $("elder").addEventListener("click", () => {
     const on = !document.body.classList.contains("elder");
@@ -111,8 +145,9 @@ document.addEventListener("DOMContentLoaded", async () => {
     $("elder").setAttribute("aria-pressed", on ? "true" : "false");
   });
   $("matter-form").addEventListener("submit", createMatter);
-  $("m-send").addEventListener("click", sendToKiosk);
+  $("c-scan").addEventListener("click", () => showSession(""));
+  $("c-form").addEventListener("submit", confirmSession);
   $("v-form").addEventListener("submit", verify);
+  await loadInfo();
   await loadSamples().catch(() => {});
-  connect(onMessage, null);
 });
