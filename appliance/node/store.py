@@ -283,9 +283,12 @@ class HeaderStore:
             raise StoreError(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
         path = os.fspath(path)
         try:
+            # created here with mode 0600, not from the umask: SQLite gives its -wal and -shm
+            # files the database file's mode
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
             db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                  check_same_thread=False)
-        except _DB_ERRORS as e:
+        except (*_DB_ERRORS, OSError) as e:
             raise _wrap(e, f"cannot open {path}") from e
         store = cls(db, path, window, checkpoint_every)
         try:

@@ -834,3 +834,21 @@ def test_kill_9_during_sync_at_random_points(tmp_path):
     assert lines[1] == f"begin {writer.segment_after(SEED, tips[-1])[-1][0]}"
     final = _check_store(db, int(lines[-1].split()[1]))
     assert lines[-1] == f"done {final}" and final >= target
+
+
+def test_store_files_are_private_whatever_the_umask(tmp_path) -> None:
+    """The header store and its WAL are mode 0600 even under a permissive umask."""
+    import stat
+
+    old = os.umask(0o002)
+    try:
+        path = tmp_path / "headers.sqlite"
+        store = HeaderStore.open(path)
+        try:
+            store._conn().execute("CREATE TABLE IF NOT EXISTS t (x)")  # a write: the WAL
+        finally:
+            store.close()
+    finally:
+        os.umask(old)
+    for f in tmp_path.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
