@@ -67,7 +67,7 @@ def served() -> Iterator[tuple[str, StandInRunner]]:
     asyncio.run_coroutine_threadsafe(start(), loop).result(30)
     ready.wait(30)
     try:
-        yield box["srv"].url, box["runner"]
+        yield box["srv"].launch_url("/"), box["runner"]
     finally:
         asyncio.run_coroutine_threadsafe(box["srv"].stop(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
@@ -76,9 +76,9 @@ def served() -> Iterator[tuple[str, StandInRunner]]:
 
 def test_countdown_warning_extend_and_cancel(served: tuple[str, StandInRunner], browser: Any
                                              ) -> None:
-    url, runner = served
+    launch_url, runner = served
     page = browser.new_page()
-    page.goto(url + "/")
+    page.goto(launch_url)
     page.wait_for_selector('[data-screen="starting"].active')
     now = int(time.time() * 1000)
     consent = dict(STARTING_VIEW, screen="consent", seq=1, session="00" * 16,

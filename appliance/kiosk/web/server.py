@@ -1,18 +1,24 @@
 """The local web server: the kiosk UI, the PAD UI and their JSON/WebSocket API (aiohttp).
 
 Bound to a loopback address only (the Chromium of the same terminal shows it; the
-configuration refuses anything else, and so does :class:`WebServer`). Requests whose ``Host``
-is not that loopback address are refused (DNS rebinding), and so are state-changing requests
-and WebSockets from another ``Origin``. Every answer carries a strict Content-Security-Policy:
-no inline script, nothing from the network.
+configuration refuses anything else, and so does :class:`WebServer`), and locked by a secret
+of its own (:mod:`.auth`): the terminal's browser opens :meth:`WebServer.launch_url` once and
+gets a session cookie; without it every route answers 401 (the pages a static "open this
+terminal's UI from its own browser" page, the API ``{"error": "unauthorized"}``), except
+``/api/health``, which then says ``{"ok": true|false}`` and nothing more. Requests whose
+``Host`` is not that loopback address are refused (DNS rebinding); state-changing requests and
+WebSockets must carry this server's own ``Origin`` (cross-origin or none: 403). Every answer
+carries a strict Content-Security-Policy: no inline script, nothing from the network.
 
 | route | what |
 | --- | --- |
-| ``GET /``, ``GET /pad`` | the kiosk (citizen) and PAD (clerk) pages; ``/static/*`` |
-| ``GET /api/health`` | readiness of the node, hsm and kiosk tasks |
+| ``GET /``, ``GET /pad`` | the kiosk (citizen) and PAD (clerk) pages; ``/static/*``; with |
+| | ``?k=SECRET``: the session cookie and a redirect to the page without the key |
+| ``GET /api/health`` | readiness of the node, hsm and kiosk tasks (without the cookie: ``ok``) |
 | ``GET /api/state`` | the flow's current view (``screen: starting`` until the flow runs) |
 | ``POST /api/event`` | ``{"type": ...}`` from the UI -> ``runner.post`` |
-| ``WS /api/ws`` | view, guidance and health messages as JSON; preview frames as binary JPEG |
+| ``WS /api/ws?page=P`` | view, guidance and health messages as JSON; P ``kiosk`` or ``pad``; |
+| | preview frames (binary JPEG) to the kiosk page's sockets on a kiosk terminal only |
 | ``GET /api/qr?text=T`` | a QR code of T as PNG (cv2.QRCodeEncoder), rendered here |
 | ``GET /api/hints`` | the quality gate's hint texts (English, Chinese) |
 | ``POST /api/pad/matter`` | the clerk's matter -> its ``GOVAUTH1:`` QR text |
@@ -20,8 +26,8 @@ no inline script, nothing from the network.
 | | ``sample`` -> the verified deposits of its SM3 digest |
 | ``GET /api/pad/samples[/{i}]`` | the simulated hall's deposited documents |
 
-Preview frames are relayed from the runner to the open WebSockets and dropped: never stored,
-never logged, not even kept for a late subscriber.
+Preview frames are relayed from the runner to the kiosk page's open WebSockets and dropped:
+never stored, never logged, not even kept for a late subscriber.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ from aiohttp import WSMsgType, web
 
 from appliance.httpbody import read_capped
 
+from . import auth
+
 log = logging.getLogger("appliance.kiosk.web")
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -53,6 +61,12 @@ EVENT_TYPES = frozenset({"start", "matter_text", "consent", "decline", "alternat
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
        "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; "
        "frame-ancestors 'none'")
+#: The pages, by path; opened with ``?k=SECRET`` they set the session cookie.
+PAGES = {"/": "kiosk.html", "/pad": "pad.html"}
+#: What a WebSocket says it serves (``/api/ws?page=...``); only ``kiosk`` gets preview frames.
+WS_PAGES = frozenset({"kiosk", "pad"})
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+LOCKED_PAGE = "locked.html"  # the page without the cookie: no data, no script
 STARTING_VIEW: dict[str, Any] = {
     "screen": "starting", "seq": 0, "session": None, "deadline_ms": None, "warn_at_ms": None,
     "can_extend": False, "can_cancel": False, "matter": None, "capture": None, "error": None,
@@ -65,24 +79,30 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 
 class _Client:
-    """One WebSocket: a bounded queue; frames are dropped rather than queued when it lags."""
+    """One WebSocket: a bounded queue; frames are dropped rather than queued when it lags.
+    ``frames``: whether preview frames go to it at all (the kiosk page's sockets only)."""
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.WebSocketResponse, *, frames: bool) -> None:
         self.ws = ws
+        self.frames = frames
         self.queue: asyncio.Queue[str | bytes] = asyncio.Queue(maxsize=32)
 
     def offer(self, item: str | bytes) -> None:
-        if isinstance(item, bytes) and self.queue.qsize() > 2:
-            return  # a preview frame: only the newest matter
+        if isinstance(item, bytes) and (not self.frames or self.queue.qsize() > 2):
+            return  # a preview frame: only for the kiosk page, and only the newest matter
         with contextlib.suppress(asyncio.QueueFull):
             self.queue.put_nowait(item)
 
 
 class WebServer:
     """Serves the UI for ``ctx`` (the daemon: ``cfg``, ``health()``, ``node``, ``sim``,
-    ``readiness``) on ``host:port``; :meth:`attach_runner` when the flow is up."""
+    ``readiness``) on ``host:port``; :meth:`attach_runner` when the flow is up.
 
-    def __init__(self, ctx: Any, host: str, port: int) -> None:
+    Each server makes its own secret (:class:`.auth.UiAuth`); with ``secret_file`` it is
+    written there (0600) while the server runs, for a launcher of the same user."""
+
+    def __init__(self, ctx: Any, host: str, port: int, *,
+                 secret_file: Path | None = None) -> None:
         addr = ipaddress.ip_address(host)
         if not addr.is_loopback:
             raise ValueError(f"the UI listens on a loopback address only, not {host}")
@@ -99,14 +119,19 @@ class WebServer:
         self._tasks: list[asyncio.Task[Any]] = []
         self._static = {p.name: p for p in STATIC.iterdir() if p.is_file()}
         self.frames_relayed = 0
+        self.auth = auth.UiAuth()
+        self.secret_file = secret_file
+        self.cookie_name = ""
+        self.app: web.Application | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> str:
         app = web.Application(middlewares=[self._guard], client_max_size=MAX_UPLOAD + 65536)
+        self.app = app
         r = app.router
-        r.add_get("/", self._page("kiosk.html"))
-        r.add_get("/pad", self._page("pad.html"))
+        for path, name in PAGES.items():
+            r.add_get(path, self._page(name))
         r.add_get("/static/{name}", self._static_file)
         r.add_get("/api/health", self._health)
         r.add_get("/api/state", self._state)
@@ -126,6 +151,9 @@ class WebServer:
         self.port = self._runner_app.addresses[0][1]
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.url = f"http://{host}:{self.port}"
+        self.cookie_name = auth.cookie_name(self.port)
+        if self.secret_file is not None:
+            await asyncio.to_thread(auth.write_secret, self.secret_file, self.auth.secret)
         self._tasks.append(asyncio.create_task(self._health_pump()))
         return self.url
 
@@ -140,6 +168,24 @@ class WebServer:
         if self._runner_app is not None:
             await self._runner_app.cleanup()
             self._runner_app = None
+        if self.secret_file is not None:
+            await asyncio.to_thread(auth.remove_secret, self.secret_file, self.auth.secret)
+
+    def launch_url(self, page: str = "/") -> str:
+        """The URL the terminal's browser opens: ``page`` with this server's secret. Only for
+        that browser and the operator's own terminal: it unlocks the UI."""
+        if page not in PAGES:
+            raise ValueError(f"no page {page!r}")
+        return f"{self.url}{page}?{auth.PARAM}={self.auth.secret}"
+
+    def launch_url_for_stderr(self, page: str = "/") -> str:
+        """:meth:`launch_url` for the daemon's stderr: the operator's own terminal. When
+        stderr is the systemd journal (read by more than this user) the key is not written:
+        the URL says where it is instead."""
+        if not auth.stderr_is_journal():
+            return self.launch_url(page)
+        where = self.secret_file if self.secret_file is not None else "the daemon"
+        return f"{self.url}{page}?{auth.PARAM}=<the key in {where}>"
 
     def attach_runner(self, runner: Any) -> None:
         """Relay ``runner.subscribe()`` to the WebSockets; events go to ``runner.post``."""
@@ -157,9 +203,10 @@ class WebServer:
         kind = msg.get("type")
         if kind == "frame":
             jpeg = msg.get("jpeg")
-            if isinstance(jpeg, bytes | bytearray | memoryview) and self.clients:
+            if isinstance(jpeg, bytes | bytearray | memoryview) and \
+                    any(c.frames for c in self.clients):
                 self.frames_relayed += 1
-                self._broadcast(bytes(jpeg))
+                self._broadcast(bytes(jpeg))  # _Client.offer keeps it from other pages
             return
         if kind == "view" and isinstance(msg.get("view"), dict):
             self.view = msg["view"]
@@ -206,28 +253,62 @@ class WebServer:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        """Host (DNS rebinding), then the session cookie (or the key of a launch URL), then
+        Origin for anything that changes state or opens a socket; the headers on every
+        answer."""
         host = request.headers.get("Host", "")
         allowed = {f"{self.host}:{self.port}", f"localhost:{self.port}",
                    f"[{self.host}]:{self.port}"}
         if host not in allowed:
             resp: web.StreamResponse = _error(421, "bad_host", "this server answers for "
                                               f"{self.url} only")
-        else:
+        elif request.method in SAFE_METHODS and request.path in PAGES and \
+                auth.PARAM in request.query:
+            resp = self._exchange(request)
+        elif not self.auth.session_ok(request.cookies.get(self.cookie_name)):
+            resp = self._locked(request)
+        elif request.method not in SAFE_METHODS or request.path == "/api/ws":
             origin = request.headers.get("Origin")
-            if request.method != "GET" or request.path == "/api/ws":
-                if origin is not None and origin not in {f"http://{h}" for h in allowed}:
-                    resp = _error(403, "bad_origin", "cross-origin request refused")
-                    _headers(resp)
-                    return resp
-            try:
-                resp = await handler(request)
-            except web.HTTPException as exc:  # as a plain response, so it gets our headers
-                resp = web.Response(status=exc.status, reason=exc.reason, text=exc.text,
-                                    headers={k: v for k, v in exc.headers.items()
-                                             if k.lower() != "content-length"})
+            if origin not in {f"http://{h}" for h in allowed}:
+                resp = _error(403, "bad_origin", "a request that changes state must come "
+                              "from this server's own pages (Origin)")
+            else:
+                resp = await self._handle(request, handler)
+        else:
+            resp = await self._handle(request, handler)
         if not isinstance(resp, web.WebSocketResponse) and not resp.prepared:
             _headers(resp)
         return resp
+
+    @staticmethod
+    async def _handle(request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:  # as a plain response, so it gets our headers
+            return web.Response(status=exc.status, reason=exc.reason, text=exc.text,
+                                headers={k: v for k, v in exc.headers.items()
+                                         if k.lower() != "content-length"})
+
+    def _exchange(self, request: web.Request) -> web.StreamResponse:
+        """A launch URL: the right key gets the session cookie and a redirect to the page
+        without the key (out of the address bar); a wrong one gets the locked page."""
+        if not self.auth.secret_ok(request.query.get(auth.PARAM)):
+            return self._locked(request)
+        resp = web.Response(status=303, headers={"Location": request.path})
+        resp.set_cookie(self.cookie_name, self.auth.session, path="/", httponly=True,
+                        samesite="Strict")
+        return resp
+
+    def _locked(self, request: web.Request) -> web.StreamResponse:
+        """401 without the session: the pages a static page that says where the UI opens,
+        ``/api/health`` only whether the terminal is ok, everything else a JSON error."""
+        if request.path == "/api/health" and request.method in SAFE_METHODS:
+            return web.json_response({"ok": _health_ok(self.ctx.health())})
+        if request.path in PAGES and request.method in SAFE_METHODS:
+            return web.FileResponse(STATIC / LOCKED_PAGE, status=401,
+                                    headers={"Cache-Control": "no-store"})
+        return _error(401, "unauthorized", "open this terminal's UI from its own browser "
+                      "(the launch URL the terminal printed); no session")
 
     # -- pages -----------------------------------------------------------------------------
 
@@ -275,9 +356,13 @@ class WebServer:
         return web.json_response({"ok": result is not False})
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
+        page = request.query.get("page")
+        if page not in WS_PAGES:
+            return _error(400, "bad_request", "open /api/ws?page=kiosk or ?page=pad")
         ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096)
         await ws.prepare(request)
-        client = _Client(ws)
+        # the live face preview goes to the citizen's screen only, never to the clerk's
+        client = _Client(ws, frames=page == "kiosk" and self.ctx.cfg.kiosk.mode == "kiosk")
         client.offer(json.dumps(_jsonable({
             "type": "hello", "view": self.view, "guidance": self.guidance,
             "health": self.ctx.health(), "mode": self.ctx.cfg.kiosk.mode,
@@ -389,12 +474,21 @@ class WebServer:
 
     async def _sample(self, request: web.Request) -> web.Response:
         text = request.match_info["index"]
-        got = self._sample_bytes(int(text)) if text.isdigit() and len(text) < 4 else None
+        digits = text.isascii() and text.isdigit() and len(text) < 4  # not "²" nor "١"
+        got = self._sample_bytes(int(text)) if digits else None
         if got is None:
             return _error(404, "not_found", "no such sample")
         data, name = got
         return web.Response(body=data, content_type="application/octet-stream", headers={
             "Content-Disposition": f'attachment; filename="{name}"'})
+
+
+def _health_ok(health: dict[str, Any]) -> bool:
+    """The whole of what ``/api/health`` tells a caller without the session: every part
+    ready and the audit log sound."""
+    audit_doc = health.get("audit")
+    audit_ok = not isinstance(audit_doc, dict) or audit_doc.get("ok") is not False
+    return health.get("ready") is True and audit_ok
 
 
 def _headers(resp: web.StreamResponse) -> None:

@@ -114,5 +114,5 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("m-send").addEventListener("click", sendToKiosk);
   $("v-form").addEventListener("submit", verify);
   await loadSamples().catch(() => {});
-  connect(onMessage, null);
+  connect("pad", onMessage, null);
 });
