@@ -370,7 +370,7 @@ def test_the_ui_opens_from_its_launch_url_only(hall: Hall, browser: Any, tmp_pat
     for path in ("/", "/pad"):
         resp = page.goto(hall.url + path)
         assert resp is not None and resp.status == 401
-        assert "Open this terminal's UI from its own browser" in page.inner_text("body")
+        assert "Open this terminal's UI from its own browser" in page.inner_text("#locked")
         assert page.query_selector("[data-screen]") is None  # no UI, no data
     shot(page, shots, "01-locked")
     page.goto(hall.kiosk_url)
@@ -387,9 +387,8 @@ def test_the_ui_opens_from_its_launch_url_only(hall: Hall, browser: Any, tmp_pat
     active(page, "attract")
     browser.clear_cookies()  # as a restarted daemon would not know this session
     page.click("#start")  # its POST is refused (401): the page turns into the locked page
-    page.get_by_text("Open this terminal's UI from its own browser").wait_for(
-        timeout=TIMEOUT_MS)
-    assert page.url == hall.url + "/"
+    page.wait_for_selector("main#locked", timeout=TIMEOUT_MS)
+    assert page.query_selector("[data-screen]") is None and page.url == hall.url + "/"
     shot(page, shots, "02-session-gone")
     page.close()
     page = browser.new_page()
