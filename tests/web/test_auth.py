@@ -24,6 +24,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_api import StandInRunner, authed, run
 from uiclient import UiClient
 
@@ -414,6 +416,19 @@ def test_stderr_is_journal_compares_device_and_inode(tmp_path: Path) -> None:
                       f"{st.st_dev}:{st.st_ino}:x"):
             assert not auth.stderr_is_journal({"JOURNAL_STREAM": value}, fd), value
         assert not auth.stderr_is_journal({}, fd)
+
+
+_AUTH = auth.UiAuth()
+
+
+@settings(max_examples=300)
+@given(st.one_of(st.text(), st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                             "0123456789-_", min_size=43, max_size=43)))
+def test_any_presented_text_is_checked_without_raising(text: str) -> None:
+    """Keys and cookies come from any local process: any text (lone surrogates, non-ASCII,
+    the right length and alphabet) is a plain no, never an exception."""
+    assert _AUTH.secret_ok(text) is (text == _AUTH.secret)
+    assert _AUTH.session_ok(text) is (text == _AUTH.session)
 
 
 def test_the_auth_object_never_prints_its_secret() -> None:
