@@ -499,15 +499,24 @@ class Appliance:
                          chain="native" if not self.fisco else self.cfg.chain.kind)
         from .kiosk.web.server import WebServer
 
-        self.web = WebServer(self, self.cfg.kiosk.listen_host, self.cfg.kiosk.listen_port)
+        self.web = WebServer(self, self.cfg.kiosk.listen_host, self.cfg.kiosk.listen_port,
+                             secret_file=self.cfg.state_dir / "ui-secret")
         await self.web.start()
         self.readiness.set("kiosk", "serving")
-        url = self.web.url
+        url, launch = self.web.url, self.web.launch_url_for_stderr  # with this start's key
+        page = "/pad" if self.cfg.terminal.role == "pad" else "/"
         if self.sim is not None:
             self.sim.url = url
         print(f"appliance: {self.cfg.terminal.role} UI on {url}", file=sys.stderr, flush=True)
+        if self.sim is None:
+            print(f"appliance: open {launch(page)}", file=sys.stderr, flush=True)
+        else:
+            label = "kiosk" if page == "/" else "clerk PAD"
+            print(f"appliance: simulated service hall, {label}: open {launch(page)}",
+                  file=sys.stderr, flush=True)
         log.info("UI serving on %s (%.2f s after start)", url,
                  time.monotonic() - self.readiness.started_at)
+        log.info("UI launch URL (the terminal's browser opens it): %s", launch(page))
         self.notifier.notify(f"READY=1\nSTATUS=UI on {url}")
         watchdog = asyncio.create_task(self.notifier.watchdog())
         self.supervisor.add("node", self._fisco_node_task if self.fisco else self._node_task)

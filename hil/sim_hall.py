@@ -455,6 +455,10 @@ class SimTerminal:
         return self.hall.citizen
 
     @property
+    def citizen_id(self) -> str:
+        return self.hall.citizen_id
+
+    @property
     def identity_public_key(self) -> bytes | None:
         return self.hall.identity_public_key
 

@@ -13,10 +13,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from uiclient import UiClient
 
 from appliance import service
 from appliance.service import Notifier, OneLineFormatter, RestartPolicy, Supervisor
@@ -259,16 +259,17 @@ def test_run_without_trust_anchor_serves_ui_restarts_node_and_stops_on_sigterm(
         try:
             assert sock.recv(4096).startswith(b"READY=1")
             assert url.startswith("http://127.0.0.1:")
+            ui = UiClient.from_state(url, state)
             deadline = time.monotonic() + 30
             while True:  # the node task fails (no trust anchor) and is restarted
-                health = json.load(urllib.request.urlopen(url + "/api/health", timeout=10))
+                health = ui.get("/api/health")
                 if health["tasks"]["node"]["restarts"] >= 1 or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
             assert health["tasks"]["node"]["restarts"] >= 1
             assert "trust anchor" in health["tasks"]["node"]["last_error"]
             assert health["ready"] is False
-            state_doc = json.load(urllib.request.urlopen(url + "/api/state", timeout=10))
+            state_doc = ui.get("/api/state")
             assert state_doc["view"]["screen"] == "starting"
             seen = set()
             sock.settimeout(5)
@@ -328,9 +329,10 @@ def test_run_moves_a_damaged_header_store_aside(tmp_path: Path) -> None:
                    '[hsm]\ndevice = "/nonexistent/gmcrypto0"\n')
     proc, url = _start_daemon(tmp_path, "--config", str(cfg), "--port", "0")
     try:
+        ui = UiClient.from_state(url, state)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            health = json.load(urllib.request.urlopen(url + "/api/health", timeout=10))
+            health = ui.get("/api/health")
             if health["tasks"]["node"]["restarts"] >= 1:
                 break
             time.sleep(0.1)

@@ -20,11 +20,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from uiclient import UiClient
 
 from appliance import audit, config
 from appliance.audit import AuditGone, AuditLog
@@ -69,9 +69,8 @@ def stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
     return out, proc.early_stderr + err  # type: ignore[attr-defined]
 
 
-def health(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url + "/api/health", timeout=10) as r:
-        return json.load(r)
+def health(url: str, state: Path) -> dict[str, Any]:
+    return UiClient.from_state(url, state).get("/api/health")
 
 
 def seed_log(path: Path, n: int = 4) -> AuditLog:
@@ -95,7 +94,7 @@ def test_daemon_repairs_a_torn_tail_at_start(tmp_path: Path) -> None:
     assert audit.verify(log_dir).error == "torn_tail"
     proc, url = daemon(state, tmp_path)
     try:
-        h = health(url)  # the repair happens before the UI serves
+        h = health(url, state)  # the repair happens before the UI serves
     finally:
         out, err = stop(proc)
     assert h["audit"]["ok"] and h["audit"]["state"] == "repaired", h["audit"]
@@ -137,7 +136,7 @@ def test_daemon_never_repairs_or_appends_to_a_tampered_log(tmp_path: Path) -> No
     before = segment_bytes(log_dir)
     proc, url = daemon(state, tmp_path)
     try:
-        h = health(url)
+        h = health(url, state)
     finally:
         out, err = stop(proc)
     a = h["audit"]
@@ -218,10 +217,10 @@ def test_running_daemon_reports_its_audit_directory_removed(tmp_path: Path) -> N
         while not any(e.kind == "login_failed" for e in audit.tail(log_dir, 20)):
             assert time.monotonic() < deadline, "no login_failed entry"
             time.sleep(0.1)
-        assert health(url)["audit"]["ok"]
+        assert health(url, state)["audit"]["ok"]
         shutil.rmtree(log_dir)
         deadline = time.monotonic() + 30
-        while (h := health(url)["audit"])["ok"]:
+        while (h := health(url, state)["audit"])["ok"]:
             assert time.monotonic() < deadline, h
             time.sleep(0.1)
         assert h["state"] == "failed" and h["error"] == "gone", h

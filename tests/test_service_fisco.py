@@ -22,13 +22,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from uiclient import UiClient
 
 from appliance import audit, config
 from appliance.service import Appliance
@@ -54,21 +53,6 @@ def anchor_file(path: Path, height: int = ANCHOR_AT, group: str = "group0") -> P
     return path
 
 
-def get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return json.load(r)
-
-
-def post(url: str, body: bytes, ctype: str) -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={"Content-Type": ctype})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.load(r)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
-
-
 def start(cfg: Path) -> tuple[subprocess.Popen[str], str, list[str]]:
     env = dict(os.environ)
     env.pop("APPLIANCE_CONFIG", None)
@@ -91,7 +75,7 @@ def start(cfg: Path) -> tuple[subprocess.Popen[str], str, list[str]]:
     raise AssertionError("no UI line:\n" + "".join(lines))
 
 
-def kiosk_text_in_chromium(url: str, profile: Path) -> tuple[str, str]:
+def kiosk_text_in_chromium(launch_url: str, profile: Path) -> tuple[str, str]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -100,7 +84,7 @@ def kiosk_text_in_chromium(url: str, profile: Path) -> tuple[str, str]:
             args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
         try:
             page = ctx.new_page()
-            page.goto(url + "/")
+            page.goto(launch_url)
             # (the page's CSP forbids eval: wait with a locator, not a JS predicate)
             page.locator("#b-title", has_text="not available").wait_for(timeout=30_000)
             return page.inner_text("#b-title"), page.inner_text("#b-message")
@@ -120,9 +104,10 @@ def test_daemon_syncs_a_fisco_chain_and_offers_no_authorizations(nodes, tmp_path
     proc, url, _ = start(cfg)
     heights = []
     try:
+        ui = UiClient.from_state(url, state)
         deadline = time.monotonic() + 90
         while True:
-            h = get(url + "/api/health")
+            h = ui.get("/api/health")
             heights.append(h["chain"]["height"])
             if h["chain"]["height"] == BLOCKS - 1 or time.monotonic() > deadline:
                 break
@@ -146,20 +131,21 @@ def test_daemon_syncs_a_fisco_chain_and_offers_no_authorizations(nodes, tmp_path
         assert h["authorizations"]["available"] is False
         assert "license.authorize" in h["authorizations"]["reason"]
         assert "evidence.deposit" in h["authorizations"]["reason"]
-        view = get(url + "/api/state")["view"]
+        view = ui.get("/api/state")["view"]
         assert view["screen"] == "blocked" and view["error"]["code"] == "chain_unsupported"
         e = view["error"]
         assert "FISCO BCOS" in e["message_zh"] and "FISCO BCOS" in e["message_en"]
         assert "授权" in e["title_zh"] and "not available" in e["title_en"]
-        assert post(url + "/api/event", b'{"type": "start"}', "application/json") == \
+        assert ui.post("/api/event", b'{"type": "start"}', "application/json") == \
             (200, {"ok": False})
         body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.pdf\"\r\n"
                 b"Content-Type: application/octet-stream\r\n\r\n%PDF-1.4 license\r\n--XyZ--\r\n")
-        code, doc = post(url + "/api/pad/verify", body, "multipart/form-data; boundary=XyZ")
+        code, doc = ui.post("/api/pad/verify", body, "multipart/form-data; boundary=XyZ")
         assert code == 503 and doc["error"] == "not_available", doc
         assert "evidence.deposit" in doc["message"]
         if os.path.exists(CHROMIUM) or os.environ.get("CI"):
-            title, message = kiosk_text_in_chromium(url, tmp_path / "chromium")
+            launch = f"{url}/?k={(state / 'ui-secret').read_text().strip()}"
+            title, message = kiosk_text_in_chromium(launch, tmp_path / "chromium")
             assert "本终端暂不能办理授权" in title and "not available" in title
             assert "FISCO BCOS 3.x" in message and "window" in message
         # the liar was banned, and that is in the audit log; the honest node is not

@@ -1,9 +1,9 @@
 """Fixtures of the browser tests: the simulated hall (``appliance run --sim`` as a process,
-its own TMPDIR and working directory) and Debian's Chromium driven by Playwright."""
+its own TMPDIR and working directory; its launch URLs, with the key, read from the line it
+prints) and Debian's Chromium driven by Playwright."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -11,13 +11,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from uiclient import UiClient
 
 REPO = Path(__file__).resolve().parent.parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -29,14 +29,23 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
 @dataclass
 class Hall:
     proc: subprocess.Popen[str]
-    url: str
+    url: str  # the UI's address, no key: a request to it alone is refused
+    kiosk_url: str  # the launch URLs the daemon printed (with this start's key)
+    pad_url: str
     tmp: Path  # the daemon's TMPDIR (the simulated hall's directory is inside)
     cwd: Path
     log: list[str] = field(default_factory=list)
+    _ui: UiClient | None = None
+
+    @property
+    def ui(self) -> UiClient:
+        """A client with the session cookie, as the terminal's browser has it."""
+        if self._ui is None:
+            self._ui = UiClient(self.kiosk_url)
+        return self._ui
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=30) as r:
-            return json.load(r)
+        return self.ui.get(path)
 
     def health(self) -> dict[str, Any]:
         return self.get("/api/health")
@@ -74,20 +83,20 @@ def start_hall(base: Path, *, record_writes: Path | None = None) -> Hall:
     assert proc.stderr is not None
     log: list[str] = []
     deadline = time.monotonic() + 60
-    url = None
-    while url is None and time.monotonic() < deadline:
+    url = launch = None
+    while launch is None and time.monotonic() < deadline:
         line = proc.stderr.readline()
         if not line:
             break
         log.append(line)
-        m = re.search(r"UI on (http://\S+)", line)
-        if m:
+        if m := re.search(r"UI on (http://\S+)", line):
             url = m.group(1)
-    if url is None:
+        launch = re.search(r"kiosk (http://\S+) , clerk PAD (http://\S+) ;", line)
+    if url is None or launch is None:
         proc.kill()
-        raise AssertionError("appliance run --sim printed no UI line:\n" + "".join(log))
+        raise AssertionError("appliance run --sim printed no UI lines:\n" + "".join(log))
     threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True).start()
-    return Hall(proc, url, tmp, cwd, log)
+    return Hall(proc, url, launch.group(1), launch.group(2), tmp, cwd, log)
 
 
 def stop_hall(hall: Hall) -> int:

@@ -1,12 +1,15 @@
 """The web server's API over real HTTP on loopback (aiohttp client): guards, CSP, event
 checks, the WebSocket relay, QR rendering, the PAD's matter and upload limit. The flow is a
 small recording stand-in here (the runner has its own tests; the browser tests use the real
-one in the simulated hall)."""
+one in the simulated hall). Every client here has the session, as the terminal's browser
+does (:func:`authed`); what happens without it is in test_auth.py."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -64,6 +67,18 @@ def run(coro: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 60))
 
 
+@contextlib.asynccontextmanager
+async def authed(srv: WebServer, *, origin: bool = True) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client that opened the launch URL (the session cookie) and, with ``origin``, sends
+    the server's own Origin as a browser on its pages does."""
+    jar = aiohttp.CookieJar(unsafe=True)  # aiohttp keeps no cookie of an IP host otherwise
+    async with aiohttp.ClientSession(cookie_jar=jar,
+                                     headers={"Origin": srv.url} if origin else None) as s:
+        async with s.get(srv.launch_url("/"), allow_redirects=False) as r:
+            assert r.status == 303 and srv.cookie_name in r.cookies
+        yield s
+
+
 def test_refuses_a_non_loopback_bind() -> None:
     with pytest.raises(ValueError, match="loopback"):
         WebServer(Ctx(), "0.0.0.0", 0)
@@ -73,7 +88,7 @@ def test_pages_headers_and_guards() -> None:
     async def main() -> None:
         srv, _ = await _server()
         try:
-            async with aiohttp.ClientSession() as s:
+            async with authed(srv) as s:
                 for path in ("/", "/pad", "/static/kiosk.js", "/api/health", "/api/state",
                              "/static/nope.js", "/api/pad/samples", "/nope"):
                     async with s.get(srv.url + path) as r:
@@ -124,7 +139,7 @@ def test_events_are_checked_then_posted(body: Any, status: int) -> None:
         runner = StandInRunner()
         srv.attach_runner(runner)
         try:
-            async with aiohttp.ClientSession() as s, \
+            async with authed(srv) as s, \
                     s.post(srv.url + "/api/event", json=body) as r:
                 assert r.status == status, await r.text()
             assert runner.posted == ([body] if status == 200 else [])
@@ -139,7 +154,7 @@ def test_event_size_limit_and_bad_json() -> None:
         srv, _ = await _server()
         srv.attach_runner(StandInRunner())
         try:
-            async with aiohttp.ClientSession() as s:
+            async with authed(srv) as s:
                 big = json.dumps({"type": "start", "pad": "x" * 10000})
                 async with s.post(srv.url + "/api/event", data=big) as r:
                     assert r.status == 413
@@ -157,7 +172,7 @@ def test_websocket_relays_views_guidance_and_frames_without_keeping_frames() -> 
         runner = StandInRunner()
         srv.attach_runner(runner)
         try:
-            async with aiohttp.ClientSession() as s, s.ws_connect(srv.url + "/api/ws") as ws:
+            async with authed(srv) as s, s.ws_connect(srv.url + "/api/ws?page=kiosk") as ws:
                 hello = json.loads((await ws.receive()).data)
                 assert hello["type"] == "hello" and hello["view"]["screen"] == "starting"
                 await asyncio.sleep(0.05)
@@ -180,7 +195,7 @@ def test_websocket_relays_views_guidance_and_frames_without_keeping_frames() -> 
             # the server keeps the view and guidance, never a frame
             assert srv.view["screen"] == "capture" and srv.frames_relayed == 1
             assert "jpeg" not in json.dumps(srv.guidance)
-            async with aiohttp.ClientSession() as s, s.get(srv.url + "/api/state") as r:
+            async with authed(srv) as s, s.get(srv.url + "/api/state") as r:
                 st = await r.json()
             assert st["view"]["seq"] == 3 and st["guidance"]["hints"] == ["move_closer"]
         finally:
@@ -194,7 +209,7 @@ def test_qr_png_decodes_to_the_text() -> None:
         srv, _ = await _server()
         text = "GOVTX1:" + "ab" * 32
         try:
-            async with aiohttp.ClientSession() as s:
+            async with authed(srv) as s:
                 async with s.get(srv.url + "/api/qr?text=" + quote(text)) as r:
                     assert r.status == 200 and r.content_type == "image/png"
                     png = await r.read()
@@ -216,7 +231,7 @@ def test_pad_matter_makes_a_decodable_qr() -> None:
     async def main() -> dict[str, Any]:
         srv, _ = await _server()
         try:
-            async with aiohttp.ClientSession() as s:
+            async with authed(srv) as s:
                 doc = {"matter": "户籍迁入", "agency": "PSB", "office": "Window 3",
                        "citizen": "astronaut", "licenses": [{"id": lic.hex(), "name": "ID"}],
                        "valid_minutes": 10}
@@ -242,7 +257,7 @@ def test_pad_verify_limits_and_refusals() -> None:
     async def main() -> None:
         srv, _ = await _server()
         try:
-            async with aiohttp.ClientSession() as s:
+            async with authed(srv) as s:
                 # over the limit, sent chunked (no Content-Length): refused while reading
                 async def body():  # noqa: ANN202
                     chunk = b"\0" * (1 << 20)
@@ -281,7 +296,7 @@ def test_pad_sample_index_is_read_a_few_bytes_at_most() -> None:
         ctx.sim = SimpleNamespace(samples=[SimpleNamespace(document=b"licence", filename="a")],
                                   citizen="astronaut")
         try:
-            async with aiohttp.ClientSession() as s:
+            async with authed(srv) as s:
                 form = aiohttp.FormData(default_to_multipart=True)
                 form.add_field("sample", "0")
                 async with s.post(srv.url + "/api/pad/verify", data=form) as r:
@@ -308,7 +323,7 @@ def test_pad_mode_opens_on_the_pad_page() -> None:
         srv, ctx = await _server()
         ctx.cfg = config.parse({"kiosk": {"mode": "pad"}}, env={})
         try:
-            async with aiohttp.ClientSession() as s:
+            async with authed(srv) as s:
                 async with s.get(srv.url + "/", allow_redirects=False) as r:
                     assert r.status == 302 and r.headers["Location"] == "/pad"
                     assert r.headers["Content-Security-Policy"] == web_server.CSP

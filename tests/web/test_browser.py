@@ -37,11 +37,11 @@ def walk(hall: Hall, browser: Any, shots: Path) -> dict[str, Any]:
     """A clerk makes a matter on the PAD, a citizen authorizes it at the kiosk."""
     samples = hall.get("/api/pad/samples")["samples"]
     pad = browser.new_page()
-    pad.goto(hall.url + "/pad")
+    pad.goto(hall.pad_url)
     pad.wait_for_function("() => document.querySelectorAll('#m-licenses input').length >= 3")
     assert pad.input_value("#m-citizen") == "astronaut"
     kiosk = browser.new_page()
-    kiosk.goto(hall.url + "/")
+    kiosk.goto(hall.kiosk_url)
     active(kiosk, "attract")
     shot(kiosk, shots, "01-attract")
     # elder mode: larger type, higher contrast, and back
@@ -171,7 +171,7 @@ def test_pad_license_verification(hall: Hall, browser: Any, tmp_path: Path) -> N
     shots = tmp_path / "screenshots"
     samples = hall.get("/api/pad/samples")["samples"]
     pad = browser.new_page()
-    pad.goto(hall.url + "/pad")
+    pad.goto(hall.pad_url)
     pad.wait_for_function("() => document.querySelectorAll('#v-sample option').length >= 4")
 
     pad.select_option("#v-sample", "0")
@@ -184,8 +184,7 @@ def test_pad_license_verification(hall: Hall, browser: Any, tmp_path: Path) -> N
     shot(pad, shots, "01-verified-sample")
 
     # the same kind of check with a file uploaded from the PAD's disk
-    with urllib_open(hall.url + "/api/pad/samples/1") as r:
-        document = r.read()
+    document = hall.ui.read("/api/pad/samples/1")
     pad.set_input_files("#v-file", files=[{"name": "household.txt", "mimeType": "text/plain",
                                            "buffer": document}])
     pad.select_option("#v-sample", "")
@@ -205,12 +204,6 @@ def test_pad_license_verification(hall: Hall, browser: Any, tmp_path: Path) -> N
     assert "链上未找到" in text and "Not on chain" in text, text
     shot(pad, shots, "03-not-on-chain")
     pad.close()
-
-
-def urllib_open(url: str) -> Any:
-    import urllib.request
-
-    return urllib.request.urlopen(url, timeout=30)
 
 
 def _images_under(root: Path) -> list[str]:
@@ -270,15 +263,13 @@ def test_no_image_left_behind(browser: Any, tmp_path: Path) -> None:
 
 def _make_matter(hall: Hall) -> str:
     import json
-    import urllib.request
 
     samples = hall.get("/api/pad/samples")["samples"]
     doc = {"matter": "查询 Lookup", "agency": "Agency", "office": "Office", "citizen": "astronaut",
            "licenses": [{"id": samples[2]["digest"], "name": samples[2]["name"]}]}
-    req = urllib.request.Request(hall.url + "/api/pad/matter", data=json.dumps(doc).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.load(r)["qr_text"]
+    status, out = hall.ui.post("/api/pad/matter", json.dumps(doc).encode(), "application/json")
+    assert status == 200, out
+    return out["qr_text"]
 
 
 def _to_consent(kiosk: Any, qr_text: str) -> None:
@@ -303,7 +294,7 @@ def test_decline_and_cancel_end_on_error_screens_with_nothing_signed(
     signs_before = sum(e.kind == "sign" for e in audit.tail(log_dir, 10_000))
     qr_text = _make_matter(hall)
     kiosk = browser.new_page()
-    kiosk.goto(hall.url + "/")
+    kiosk.goto(hall.kiosk_url)
 
     _to_consent(kiosk, qr_text)
     kiosk.click("#decline")
@@ -343,7 +334,7 @@ def test_equivocation_alarm_blocks_the_kiosk_until_the_operator_clears_it(
 
     state = Path(hall.health()["sim"]["dir"]) / "state"
     kiosk = browser.new_page()
-    kiosk.goto(hall.url + "/")
+    kiosk.goto(hall.kiosk_url)
     active(kiosk, "attract")
     store = HeaderStore.open(state / "node" / "headers.sqlite")
     try:
@@ -367,6 +358,45 @@ def test_equivocation_alarm_blocks_the_kiosk_until_the_operator_clears_it(
     assert ("alarm", None) in kinds and ("alarm_cleared", "duty-officer") in kinds
 
 
+def test_the_ui_opens_from_its_launch_url_only(hall: Hall, browser: Any, tmp_path: Path
+                                               ) -> None:
+    """Without the session the pages show where the UI opens and nothing else; the launch
+    URL gives a cookie the page's scripts cannot read and leaves the key out of the address
+    bar; a page whose session is gone (a daemon restarted with a new key) says so rather than
+    go on looking alive."""
+    shots = tmp_path / "screenshots"
+    browser.clear_cookies()
+    page = browser.new_page()
+    for path in ("/", "/pad"):
+        resp = page.goto(hall.url + path)
+        assert resp is not None and resp.status == 401
+        assert "Open this terminal's UI from its own browser" in page.inner_text("#locked")
+        assert page.query_selector("[data-screen]") is None  # no UI, no data
+    shot(page, shots, "01-locked")
+    page.goto(hall.kiosk_url)
+    active(page, "attract")
+    assert page.url == hall.url + "/"  # the key is gone from the address bar
+    assert page.evaluate("document.cookie") == ""  # HttpOnly: no script reads the session
+    (cookie,) = [c for c in browser.cookies() if c["name"].startswith("appliance_ui_")]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+    assert cookie["value"] not in hall.kiosk_url
+    page.goto(hall.pad_url)
+    page.wait_for_selector("#m-create")
+    assert page.url == hall.url + "/pad"
+    page.goto(hall.kiosk_url)
+    active(page, "attract")
+    browser.clear_cookies()  # as a restarted daemon would not know this session
+    page.click("#start")  # its POST is refused (401): the page turns into the locked page
+    page.wait_for_selector("main#locked", timeout=TIMEOUT_MS)
+    assert page.query_selector("[data-screen]") is None and page.url == hall.url + "/"
+    shot(page, shots, "02-session-gone")
+    page.close()
+    page = browser.new_page()
+    page.goto(hall.kiosk_url)  # and the launch URL opens it again
+    active(page, "attract")
+    page.close()
+
+
 def test_an_audit_log_gone_pauses_authorizations(hall: Hall, browser: Any, tmp_path: Path
                                                  ) -> None:
     """Nothing is authorized that cannot be audited: once the daemon's audit log vanishes the
@@ -376,7 +406,7 @@ def test_an_audit_log_gone_pauses_authorizations(hall: Hall, browser: Any, tmp_p
 
     state = Path(hall.health()["sim"]["dir"]) / "state"
     kiosk = browser.new_page()
-    kiosk.goto(hall.url + "/")
+    kiosk.goto(hall.kiosk_url)
     active(kiosk, "attract")
     shutil.rmtree(state / "audit")
     active(kiosk, "blocked")

@@ -1,28 +1,31 @@
 """``appliance run --sim`` as a process: the hall comes up (chain, two nodes found by mDNS,
 module, enrollment, deposits, identity double), the PAD's verification API finds every
-deposited sample through the light node, and Ctrl-C (SIGINT) stops it cleanly and removes
-its files."""
+deposited sample through the light node, the UI's key is on no process's command line or
+environment and in no line of the log but the launch URLs, and Ctrl-C (SIGINT) stops it
+cleanly and removes its files."""
 
 from __future__ import annotations
 
-import json
+import contextlib
+import os
 import signal
-import urllib.request
+import stat
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
-from conftest import start_hall, stop_hall
+from conftest import Hall, start_hall, stop_hall
 
 from appliance.gm import sm3
 
 
-def _verify(url: str, index: int) -> dict:
+def _verify(hall: Hall, index: int) -> dict:
     boundary = "----simhalltest"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"sample\"\r\n\r\n"
             f"{index}\r\n--{boundary}--\r\n").encode()
-    req = urllib.request.Request(url + "/api/pad/verify", data=body, headers={
-        "Content-Type": f"multipart/form-data; boundary={boundary}"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.load(r)
+    status, doc = hall.ui.post("/api/pad/verify", body,
+                               f"multipart/form-data; boundary={boundary}")
+    assert status == 200, doc
+    return doc
 
 
 def test_sim_hall_comes_up_serves_samples_and_stops_on_ctrl_c(tmp_path: Path) -> None:
@@ -36,10 +39,9 @@ def test_sim_hall_comes_up_serves_samples_and_stops_on_ctrl_c(tmp_path: Path) ->
         assert sim_dir.is_dir() and hall.tmp in sim_dir.parents
         samples = hall.get("/api/pad/samples")["samples"]
         for s in samples:
-            with urllib.request.urlopen(f"{hall.url}/api/pad/samples/{s['index']}",
-                                        timeout=30) as r:
-                assert sm3.digest(r.read()).hex() == s["digest"]
-            got = _verify(hall.url, s["index"])
+            document = hall.ui.read(f"/api/pad/samples/{s['index']}")
+            assert sm3.digest(document).hex() == s["digest"]
+            got = _verify(hall, s["index"])
             assert got["found"] and got["digest"] == s["digest"]
             assert [h["tx_id"] for h in got["hits"]] == [s["tx_id"]]
             assert got["hits"][0]["issuer"] == s["issuer"]
@@ -49,6 +51,21 @@ def test_sim_hall_comes_up_serves_samples_and_stops_on_ctrl_c(tmp_path: Path) ->
         log = "".join(hall.log)
         # both nodes were found by mDNS on loopback, not only given as static peers
         assert log.count("appliance.node.discovery: found") >= 2, log
+        # the UI's key: in the daemon's 0600 file, on no process's command line or
+        # environment (the hall's fixtures run as processes of their own)
+        secret = parse_qs(urlsplit(hall.kiosk_url).query)["k"][0]
+        assert hall.pad_url == hall.url + "/pad?k=" + secret
+        secret_file = sim_dir / "state" / "ui-secret"
+        assert secret_file.read_text().strip() == secret
+        assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+        looked = 0
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            for what in ("cmdline", "environ"):
+                with contextlib.suppress(OSError):
+                    data = Path(f"/proc/{pid}/{what}").read_bytes()
+                    looked += int(pid) == hall.proc.pid
+                    assert secret.encode() not in data, (pid, what)
+        assert looked == 2  # the daemon's own were read
     finally:
         hall.proc.send_signal(signal.SIGINT)  # what Ctrl-C in `make demo` sends
         try:
@@ -58,3 +75,8 @@ def test_sim_hall_comes_up_serves_samples_and_stops_on_ctrl_c(tmp_path: Path) ->
     assert code == 0, "".join(hall.log)
     assert not sim_dir.exists()
     assert "Traceback" not in "".join(hall.log)
+    # the key is printed once, as the launch URLs, and logged once as the launch URL
+    with_key = [x for x in hall.log if secret in x]
+    assert len(with_key) == 2, with_key
+    assert with_key[0].startswith("appliance: simulated service hall")
+    assert with_key[1].startswith("INFO appliance.service: UI launch URL")

@@ -1,6 +1,7 @@
 """The kiosk page's countdown, time warning, "extend time" and cancel, in headless Chromium
 against the real web server, with the flow's views pushed by a small stand-in (the flow's
-own timers are tested with the flow; waiting 40 s for a real warning has no place here)."""
+own timers are tested with the flow; waiting 40 s for a real warning has no place here); and
+a page whose session is gone when its WebSocket drops turning into the locked page."""
 
 from __future__ import annotations
 
@@ -45,6 +46,14 @@ class StandInRunner:
     def push(self, view: dict[str, Any]) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, {"type": "view", "view": view})
 
+    def drop_sockets(self, srv: WebServer) -> None:
+        """Close every WebSocket from the server's side, as a daemon restarting does."""
+        async def close() -> None:
+            for c in list(srv.clients):
+                await c.ws.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(30)
+
 
 @pytest.fixture
 def served() -> Iterator[tuple[str, StandInRunner]]:
@@ -59,6 +68,7 @@ def served() -> Iterator[tuple[str, StandInRunner]]:
         await srv.start()
         runner = StandInRunner(loop)
         srv.attach_runner(runner)
+        runner.srv = srv  # type: ignore[attr-defined]
         box.update(srv=srv, runner=runner)
         ready.set()
 
@@ -67,7 +77,7 @@ def served() -> Iterator[tuple[str, StandInRunner]]:
     asyncio.run_coroutine_threadsafe(start(), loop).result(30)
     ready.wait(30)
     try:
-        yield box["srv"].url, box["runner"]
+        yield box["srv"].launch_url("/"), box["runner"]
     finally:
         asyncio.run_coroutine_threadsafe(box["srv"].stop(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
@@ -76,9 +86,9 @@ def served() -> Iterator[tuple[str, StandInRunner]]:
 
 def test_countdown_warning_extend_and_cancel(served: tuple[str, StandInRunner], browser: Any
                                              ) -> None:
-    url, runner = served
+    launch_url, runner = served
     page = browser.new_page()
-    page.goto(url + "/")
+    page.goto(launch_url)
     page.wait_for_selector('[data-screen="starting"].active')
     now = int(time.time() * 1000)
     consent = dict(STARTING_VIEW, screen="consent", seq=1, session="00" * 16,
@@ -117,4 +127,20 @@ def test_countdown_warning_extend_and_cancel(served: tuple[str, StandInRunner], 
     runner.push(dict(STARTING_VIEW, screen="attract", seq=5))
     page.wait_for_selector('[data-screen="attract"].active')
     assert not page.is_visible("#clock") and not page.is_visible("#cancel")
+    page.close()
+
+
+def test_a_page_whose_session_is_gone_turns_into_the_locked_page(
+        served: tuple[str, StandInRunner], browser: Any) -> None:
+    """Its socket dropped and the session unknown (a daemon restarted with a new key): the
+    page asks, gets 401, and shows where the UI opens instead of a screen that no longer
+    works."""
+    launch_url, runner = served
+    page = browser.new_page()
+    page.goto(launch_url)
+    page.wait_for_selector('[data-screen="starting"].active')
+    browser.clear_cookies()
+    runner.drop_sockets(runner.srv)  # type: ignore[attr-defined]
+    page.wait_for_selector("main#locked")
+    assert page.query_selector("[data-screen]") is None
     page.close()

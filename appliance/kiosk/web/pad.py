@@ -55,7 +55,8 @@ async def read_upload(request: web.Request,
             raw = await part.read_chunk(256)
             text = raw.decode("ascii", "replace").strip()
             short = len(text) <= 8 and not await part.read_chunk(256)
-            got = sample(int(text)) if short and text.isdigit() else None
+            digits = short and text.isascii() and text.isdigit()  # not "²" nor "١"
+            got = sample(int(text)) if digits else None
             if got is None:
                 raise PadError(404, "not_found", "no such sample document")
             return got

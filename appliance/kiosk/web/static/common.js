@@ -1,5 +1,9 @@
 /* Shared by the kiosk and PAD pages: the API, the WebSocket, bilingual texts. No storage:
-   nothing is written to localStorage, cookies or IndexedDB. */
+   nothing is written to localStorage, cookies or IndexedDB. The one cookie is the server's
+   session (HttpOnly, set when the terminal's browser opened its launch URL): same-origin
+   fetches and the WebSocket carry it; a 401 means this page's session is gone (the daemon
+   restarted with a new secret): the page reloads into the "open from the terminal's own
+   browser" page rather than show a screen that no longer works. */
 "use strict";
 
 const UI = {
@@ -55,8 +59,12 @@ function bi(zh, en) {
 
 function setBi(el, zh, en) { el.replaceChildren(bi(zh, en)); }
 
+function sessionGone() { location.replace(location.pathname); }
+
 async function api(path, options) {
-  const resp = await fetch(path, Object.assign({ cache: "no-store" }, options || {}));
+  const resp = await fetch(path, Object.assign({ cache: "no-store", credentials: "same-origin" },
+                                               options || {}));
+  if (resp.status === 401) sessionGone();
   let body = null;
   try { body = await resp.json(); } catch (e) { body = null; }
   if (!resp.ok) {
@@ -73,17 +81,23 @@ function postEvent(type, extra) {
                              body: JSON.stringify(ev) });
 }
 
-function connect(onMessage, onFrame) {
+function connect(page, onMessage, onFrame) {
   let delay = 250;
   function open() {
-    const ws = new WebSocket(`ws://${location.host}/api/ws`);
+    // page: "kiosk" or "pad"; preview frames come to the kiosk page's socket only
+    const ws = new WebSocket(`ws://${location.host}/api/ws?page=${page}`);
     ws.binaryType = "blob";
     ws.onopen = () => { delay = 250; };
     ws.onmessage = (m) => {
       if (typeof m.data === "string") onMessage(JSON.parse(m.data));
       else if (onFrame) onFrame(m.data);
     };
-    ws.onclose = () => { setTimeout(open, delay); delay = Math.min(delay * 2, 4000); };
+    ws.onclose = () => {
+      // a refused handshake does not say why: ask whether the session is still good
+      fetch("/api/state", { method: "HEAD", cache: "no-store", credentials: "same-origin" })
+        .then((r) => { if (r.status === 401) sessionGone(); }).catch(() => {});
+      setTimeout(open, delay); delay = Math.min(delay * 2, 4000);
+    };
   }
   open();
 }

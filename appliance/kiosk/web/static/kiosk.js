@@ -243,5 +243,5 @@ document.addEventListener("DOMContentLoaded", async () => {
     if (st.elder_mode) setElder(true);
     K.view = st.view; K.guidance = st.guidance; render();
   } catch (e) { /* the WebSocket brings it */ }
-  connect(onMessage, onFrame);
+  connect("kiosk", onMessage, onFrame);
 });
