@@ -472,7 +472,7 @@ def parse_listen(text: str, key: str = "kiosk.listen") -> tuple[str, int]:
         host, sep, port_text = text.rpartition(":")
         if not sep:
             raise ConfigError("must be HOST:PORT", key)
-    if not port_text.isdigit():
+    if not (port_text.isascii() and port_text.isdigit()):
         raise ConfigError("port must be 0..65535", key)
     port = _check_port(int(port_text), key)
     if host == "localhost":

@@ -146,7 +146,7 @@ class Notifier:
         self.watchdog_s: float | None = None
         usec = env.get("WATCHDOG_USEC")
         pid = env.get("WATCHDOG_PID")
-        if usec and usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
+        if usec and usec.isascii() and usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
             self.watchdog_s = int(usec) / 1e6 / 2  # sd_watchdog_enabled(3): ping at half
         self._sock: socket.socket | None = None
 
@@ -903,7 +903,7 @@ class Appliance:
         from .kiosk.capture.sources import Camera, VideoCaptureSource
 
         cam = self.cfg.kiosk.camera
-        return Camera(VideoCaptureSource(int(cam) if cam.isdigit() else cam))
+        return Camera(VideoCaptureSource(int(cam) if cam.isascii() and cam.isdigit() else cam))
 
     # -- for the web -----------------------------------------------------------------------
 

@@ -19,7 +19,8 @@ def test_documented_defaults_are_the_built_in_ones() -> None:
     assert config.parse_text(config.DEFAULTS_TOML, env={}) == config.parse({}, env={})
     c = config.parse({}, env={})
     assert c.state_dir == Path("/var/lib/appliance")
-    assert c.kiosk.listen == "127.0.0.1:8080" and c.kiosk.mode == "kiosk"
+    assert c.kiosk.listen == "127.0.0.1:8080" and c.terminal.role == "kiosk"
+    assert c.terminal.enrollment is None and c.clerk.device is None
     assert c.audit.retention_days == 190
     assert c.trust_path == Path("/var/lib/appliance/trust.cbor")
     assert c.audit_path == Path("/var/lib/appliance/audit")  # as `appliance audit` reads
@@ -50,8 +51,9 @@ url = "http://127.0.0.1:9000"
 public_key = "{KEY}"
 service = "beijing-id"
 timeout_s = 2
+[terminal]
+role = "pad"
 [kiosk]
-mode = "pad"
 listen = "[::1]:0"
 elder_mode = true
 [audit]
@@ -65,7 +67,7 @@ level = "DEBUG"
     assert not c.node.discover and c.node.discover_interfaces == ("127.0.0.1",)
     assert c.hsm.slot == 3 and c.hsm.pin_file == Path("/etc/appliance/pin")
     assert c.identity.public_key == bytes.fromhex(KEY) and c.identity.timeout_s == 2.0
-    assert c.kiosk.mode == "pad" and c.kiosk.listen == "[::1]:0" and c.kiosk.elder_mode
+    assert c.terminal.role == "pad" and c.kiosk.listen == "[::1]:0" and c.kiosk.elder_mode
     assert c.audit.retention_days == 400 and c.log.level == "debug"
     assert c.to_json()["identity"]["public_key"] == KEY
 
@@ -143,7 +145,7 @@ def test_unknown_keys_are_named(text: str, key: str) -> None:
     ("[identity]\npublic_key = '02" + "11" * 32 + "'", "identity.public_key"),
     ("[identity]\ntimeout_s = 0", "identity.timeout_s"),
     ("[identity]\nurl = 'localhost:80'", "identity.url"),
-    ("[kiosk]\nmode = 'tv'", "kiosk.mode"),
+    ("[terminal]\nrole = 'tv'", "terminal.role"),
     ("[kiosk]\nlisten = '8080'", "kiosk.listen"),
     ("[kiosk]\nlisten = '127.0.0.1:65536'", "kiosk.listen"),
     ("[kiosk]\nlisten = '127.0.0.1:http'", "kiosk.listen"),
@@ -189,6 +191,30 @@ def test_refuses_non_loopback_binds(listen: str) -> None:
     ("127.9.9.9:0", "127.9.9.9", 0), ("[::1]:8443", "::1", 8443)])
 def test_loopback_binds(listen: str, host: str, port: int) -> None:
     assert config.parse_listen(listen) == (host, port)
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:²", "127.0.0.1:١٢", "127.0.0.1:８０"])
+def test_a_port_in_other_digits_is_a_config_error(listen: str) -> None:
+    """str.isdigit() says yes to these, int() does not: the error must still name the key."""
+    with pytest.raises(ConfigError) as e:
+        config.parse_text(f"[kiosk]\nlisten = '{listen}'", env={})
+    assert e.value.key == "kiosk.listen"
+
+
+def test_terminal_and_clerk_sections() -> None:
+    c = config.parse_text("[terminal]\nrole = 'pad'\nenrollment = '" + "ab" * 32 + "'\n"
+                          "[clerk]\ndevice = '/dev/gmclerk0'\nslot = 3\n"
+                          "enrollment = '" + "cd" * 32 + "'", env={})
+    assert c.terminal.role == "pad" and c.terminal.enrollment == bytes.fromhex("ab" * 32)
+    assert (c.clerk.device, c.clerk.slot, c.clerk.enrollment) == (
+        "/dev/gmclerk0", 3, bytes.fromhex("cd" * 32))
+    for text, key in (("[terminal]\nrole = 'tv'", "terminal.role"),
+                      ("[terminal]\nenrollment = 'xyz'", "terminal.enrollment"),
+                      ("[clerk]\nslot = 16", "clerk.slot"),
+                      ("[clerk]\nenrollment = '" + "ab" * 31 + "'", "clerk.enrollment")):
+        with pytest.raises(ConfigError) as e:
+            config.parse_text(text, env={})
+        assert e.value.key == key
 
 
 def test_with_port() -> None:

@@ -195,6 +195,8 @@ def test_watchdog_pings_at_half_the_interval(tmp_path: Path) -> None:
     assert Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000",
                      "WATCHDOG_PID": "1"}).watchdog_s is None
     assert Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "0"}).watchdog_s is None
+    for odd in ("²", "١٠٠", "２００"):  # str.isdigit() says yes, int() would not
+        assert Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": odd}).watchdog_s is None
 
 
 def test_one_line_formatter() -> None:

@@ -91,6 +91,7 @@ def test_videocapture_reads_a_file_then_ends():
 def test_videocapture_device_index_that_is_absent():
     src = VideoCaptureSource("97")  # a digit string means a device index
     assert src.spec == 97
+    assert VideoCaptureSource("²").spec == "²"  # not a digit string to int(): a path
     assert src.open() is False
     assert src.read() is None
     src.close()

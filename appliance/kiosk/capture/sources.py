@@ -54,7 +54,7 @@ class VideoCaptureSource:
 
     def __init__(self, spec: int | str, *, width: int | None = 640, height: int | None = 480,
                  fps: float | None = None, api: int = cv2.CAP_ANY) -> None:
-        if isinstance(spec, str) and spec.isdigit():
+        if isinstance(spec, str) and spec.isascii() and spec.isdigit():
             spec = int(spec)
         self.spec = spec
         self.width, self.height, self.fps, self.api = width, height, fps, api
