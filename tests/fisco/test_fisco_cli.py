@@ -72,7 +72,7 @@ def test_honest_chain_of_10001_blocks(honest, tmp_path) -> None:
     assert r.returncode == 0, r.stderr
     assert (doc["height"], doc["index"], doc["tree_size"]) == (n, 1, 2)
     assert doc["block_hash"] == "0x" + chain.hashes[n].hex()
-    assert doc["receipt"]["receipt_hash"] == "0x" + chain.blocks[n].receipts[1]["hash"].hex()
+    assert doc["receipt"]["receipt_hash"] == "0x" + chain.blocks[n].receipts[1].hash.hex()
     r = cli("node", "tx", "0x" + "00" * 32, *KIND, "--rpc", honest.url, "--state", str(state),
             "--timeout", "5")
     assert r.returncode == 1 and out(r)["error"] == "not_found"

@@ -152,7 +152,7 @@ def test_inclusions_and_their_positions(chain, tmp_path) -> None:
             assert inc is not None, why
             assert (inc.number, inc.index, inc.tree_size) == (n, i, len(chain.blocks[n].tx_hashes))
             assert inc.block_hash == chain.hashes[n]
-            assert inc.receipt.hash == chain.blocks[n].receipts[i]["hash"]
+            assert inc.receipt.hash == chain.blocks[n].receipts[i].hash
     for mode, tx, reason in (
             (f"bad-proof@{H}", chain.blocks[62].tx_hashes[1], "proof"),
             (f"bad-proof@{H}", chain.blocks[61].tx_hashes[0], "proof"),
