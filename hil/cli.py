@@ -306,7 +306,7 @@ def _add_identity_service(sub: argparse._SubParsersAction) -> None:
 
 # Misbehaviours of fisco-node, equal to hil.fisco_node.MODES (a test checks).
 _FISCO_MODES = ("forge-commit", "wrong-link", "set-hijack", "bad-proof", "swap-receipt",
-                "empty-forged", "withhold", "garbage", "oversize", "slow")
+                "shift-receipt", "empty-forged", "withhold", "garbage", "oversize", "slow")
 
 
 _fisco_misbehave = _misbehave_parser(_FISCO_MODES)

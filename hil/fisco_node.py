@@ -13,7 +13,10 @@ The chain: block 0 is a genesis block as FISCO writes one (roots, gas and lists 
 transactions (so every third block is empty: roots of 32 zero bytes, gas ``"0"``), its
 ``sealerList`` (64-byte node ids), weights 1, and the signatures of every sealer but
 ``n % sealers`` (a bare quorum when there are 4). Transaction and receipt trees are FISCO's
-width-2 Merkle trees. Signatures are made when a block is first served (SM2 signing is the
+width-2 Merkle trees. Receipts (version 0): transaction 0 deploys a contract (status 0, its
+address, no output); transaction 1 calls it: in even blocks it succeeds (a 32-byte output and
+one log with one topic), in odd ones it reverts (status 16, ``RevertInstruction``, 2 bytes of
+output, no log). Signatures are made when a block is first served (SM2 signing is the
 slow part), and can be kept in ``sig_cache`` (a file) across runs.
 
 Methods (``params`` as FISCO 3.x: group, node name, ...): ``getBlockNumber``,
@@ -33,6 +36,11 @@ Misbehaviours (``MODE[@H]``, H default 1; affects blocks >= H):
 - ``swap-receipt``: the receipt of transaction i of a block >= H holding 2 or more is the other
   transaction's receipt (its fields and its true proof), with ``transactionHash`` of i: valid
   membership, wrong position.
+- ``shift-receipt``: every receipt of a block >= H is served as another reading of the same
+  hashed bytes, with its true hash and proof: the gas loses its last 2 digits to the next
+  field, a contract address keeps its 40 characters (so its last 2 go to the status), the
+  status gives its last 2 bytes to the output (a deployment of gas ``24363``, status 0,
+  becomes gas ``243``, address ``63...``, status ``0x..330000``).
 - ``empty-forged``: block H is replaced by an empty block linked to H - 1 and signed with
   forged signatures; the tip is H.
 - ``withhold``: the tip is reported, blocks above H are an error.
@@ -65,10 +73,10 @@ from appliance.gm import sm2, sm3
 from appliance.httpbody import read_capped
 from hil.process import FixtureProcess, serve_until_stopped
 
-__all__ = ["MODES", "FiscoChain", "FiscoNode", "FiscoNodeProcess", "Misbehaviour"]
+__all__ = ["MODES", "FiscoChain", "FiscoNode", "FiscoNodeProcess", "Misbehaviour", "Receipt"]
 
 MODES = ("forge-commit", "wrong-link", "set-hijack", "bad-proof", "swap-receipt",
-         "empty-forged", "withhold", "garbage", "oversize", "slow")
+         "shift-receipt", "empty-forged", "withhold", "garbage", "oversize", "slow")
 _TRANSPORT = ("garbage", "oversize", "slow")
 VERSION = 50528256  # 3.3.0, as in FISCO's documented gm chain
 GARBAGE_BODY = b"\xff\xfe hil fisco-node misbehave=garbage: not JSON \x00"
@@ -132,7 +140,7 @@ class Block:
     extra: bytes
     weights: list[int]
     tx_hashes: list[bytes]
-    receipts: list[dict]  # {"gas", "output", "hash"}
+    receipts: list[Receipt]
 
     def preimage(self) -> bytes:
         out = [struct.pack(">i", VERSION)]
@@ -148,9 +156,66 @@ class Block:
         return _h(self.preimage())
 
 
-def _receipt_hash(gas: str, output: bytes, number: int) -> bytes:
-    return _h(struct.pack(">i", 0) + gas.encode() + b"" + struct.pack(">i", 0) + output +
-              _q(number))
+@dataclass(frozen=True)
+class Receipt:
+    """A version-0 receipt's hashed fields (addresses as hashed: lowercase hex, no 0x)."""
+
+    gas: str
+    address: str
+    status: int
+    output: bytes
+    logs: tuple[tuple[str, tuple[bytes, ...], bytes], ...]
+    number: int
+
+    def preimage(self) -> bytes:
+        """int32 version || gas || address || int32 status || output || per log: address ||
+        topics || data || int64 block number: no lengths, no separators."""
+        out = [struct.pack(">i", 0), self.gas.encode(), self.address.encode(),
+               struct.pack(">i", self.status), self.output]
+        for address, topics, data in self.logs:
+            out += [address.encode(), *topics, data]
+        out.append(_q(self.number))
+        return b"".join(out)
+
+    @property
+    def hash(self) -> bytes:
+        return _h(self.preimage())
+
+    def json(self) -> dict[str, Any]:
+        """The fields as FISCO 3.1+ prints them."""
+        return {"version": 0, "gasUsed": self.gas,
+                "contractAddress": "0x" + self.address if self.address else "",
+                "status": self.status, "output": _hex(self.output),
+                "logEntries": [{"address": a, "topics": [_hex(t) for t in tp], "data": _hex(d)}
+                               for a, tp, d in self.logs],
+                "blockNumber": self.number}
+
+    def shifted(self) -> dict[str, Any]:
+        """The ``shift-receipt`` reading: the same preimage bytes, boundaries 2 bytes left."""
+        head = self.gas.encode() + self.address.encode() + struct.pack(">i", self.status)
+        g = len(self.gas) - 2
+        a = g + len(self.address)
+        out = dict(self.json())
+        out["gasUsed"] = head[:g].decode()
+        out["contractAddress"] = "0x" + head[g:a].decode() if self.address else ""
+        out["status"] = struct.unpack(">i", head[a:a + 4])[0]
+        out["output"] = _hex(head[a + 4:] + self.output)
+        return out
+
+
+def _receipts(seed: str, n: int, count: int) -> list[Receipt]:
+    """Transaction 0 deploys, 1 calls (with a log in even blocks, a revert in odd ones)."""
+    contract = _h(f"hil fisco contract|{seed}|{n}".encode())[:20].hex()
+    out = []
+    if count > 0:
+        out.append(Receipt(str(24_000 + n % 1000), contract, 0, b"", (), n))
+    if count > 1 and n % 2 == 0:
+        topic = _h(b"hil fisco event")
+        out.append(Receipt(str(21_000 + n % 977), "", 0, n.to_bytes(32, "big"),
+                           ((contract, (topic,), bytes([n & 0xFF])),), n))
+    elif count > 1:
+        out.append(Receipt(str(21_000 + n % 977), "", 16, bytes([n & 0xFF, 1]), (), n))
+    return out
 
 
 class FiscoChain:
@@ -173,14 +238,10 @@ class FiscoChain:
         self.hashes = [genesis.hash]
         for n in range(1, blocks):
             txs = [_h(f"hil fisco tx|{seed}|{n}|{i}".encode()) for i in range(n % 3)]
-            receipts = []
-            for i in range(len(txs)):
-                gas, output = str(21_000 + i), bytes([n & 0xFF, i])
-                receipts.append({"gas": gas, "output": output,
-                                 "hash": _receipt_hash(gas, output, n)})
-            gas_total = str(sum(int(r["gas"]) for r in receipts))
+            receipts = _receipts(seed, n, len(txs))
+            gas_total = str(sum(int(r.gas) for r in receipts))
             b = Block(n, (n - 1, self.hashes[-1]), merkle_root(txs),
-                      merkle_root([r["hash"] for r in receipts]),
+                      merkle_root([r.hash for r in receipts]),
                       _h(f"hil fisco state|{seed}|{n}".encode()), gas_total,
                       start_ms + n * interval_ms, n % sealers, ids, b"", [1] * sealers, txs,
                       receipts)
@@ -422,12 +483,11 @@ class FiscoNode:
             if self._mode_at(b.number) == "swap-receipt" and len(b.tx_hashes) > 1:
                 j = (i + 1) % len(b.tx_hashes)
             r = b.receipts[j]
-            obj = {"version": 0, "gasUsed": r["gas"], "contractAddress": "", "status": 0,
-                   "output": _hex(r["output"]), "logEntries": [], "blockNumber": b.number,
-                   "transactionHash": _hex(b.tx_hashes[i]), "hash": _hex(r["hash"]),
+            fields = r.shifted() if self._mode_at(b.number) == "shift-receipt" else r.json()
+            obj = {**fields, "transactionHash": _hex(b.tx_hashes[i]), "hash": _hex(r.hash),
                    "message": "", "from": "0x" + "00" * 20, "to": "", "extraData": ""}
             if len(params) > 3 and params[3]:
-                obj["txReceiptProof"] = self._proof([x["hash"] for x in b.receipts], j,
+                obj["txReceiptProof"] = self._proof([x.hash for x in b.receipts], j,
                                                     b.number)
             return obj, b.number
         raise _RpcError(-32601, f"method {method!r} not found")

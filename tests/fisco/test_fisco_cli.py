@@ -1,6 +1,7 @@
 """``appliance node sync|status|tx --chain-kind fisco-bcos-3`` end to end against
 ``appliance-hil fisco-node`` subprocesses on loopback: an honest chain of 10 001 blocks, a
-set hijack (alarm naming both lists), usage errors."""
+receipt served as another reading of its bytes, a set hijack (alarm naming both lists), usage
+errors."""
 
 from __future__ import annotations
 
@@ -72,10 +73,29 @@ def test_honest_chain_of_10001_blocks(honest, tmp_path) -> None:
     assert r.returncode == 0, r.stderr
     assert (doc["height"], doc["index"], doc["tree_size"]) == (n, 1, 2)
     assert doc["block_hash"] == "0x" + chain.hashes[n].hex()
-    assert doc["receipt"]["receipt_hash"] == "0x" + chain.blocks[n].receipts[1]["hash"].hex()
+    receipt = chain.blocks[n].receipts[1]  # a call that logged: its split unverified
+    assert doc["receipt"]["receipt_hash"] == "0x" + receipt.hash.hex()
+    assert (doc["receipt"]["status"], doc["receipt"]["status_name"]) == (0, "None")
+    assert doc["receipt"]["gas_used"] == receipt.gas and doc["receipt"]["contract_address"] == ""
+    assert doc["receipt"]["unverified"]["output"] == "0x" + receipt.output.hex()
+    assert "output" not in doc["receipt"] and "logs" not in doc["receipt"]
     r = cli("node", "tx", "0x" + "00" * 32, *KIND, "--rpc", honest.url, "--state", str(state),
             "--timeout", "5")
     assert r.returncode == 1 and out(r)["error"] == "not_found"
+
+
+def test_a_receipt_served_as_another_reading_is_not_verified(tmp_path) -> None:
+    anchor = tmp_path / "anchor.json"
+    chain = FiscoChain(12, 4, seed="shift")
+    with FiscoNodeProcess(blocks=12, seed="shift", misbehave="shift-receipt",
+                          anchor_out=anchor) as node:
+        for tx in (chain.blocks[2].tx_hashes[0], chain.blocks[5].tx_hashes[1]):
+            r = cli("node", "tx", "0x" + tx.hex(), *KIND, "--rpc", node.url, "--trust",
+                    str(anchor), "--state", str(tmp_path / "state"), "--timeout", "10")
+            doc = out(r)
+            assert r.returncode == 1 and doc["error"] == "not_verifiable", doc
+            assert doc["answers"] == {node.url: "malformed_receipt_status"}
+            assert doc["verified_height"] == 11  # its headers are honest: synced
 
 
 def test_set_hijack_stops_with_an_alarm_naming_both_lists(tmp_path) -> None:

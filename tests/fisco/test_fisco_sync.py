@@ -1,6 +1,7 @@
 """Sync against the FISCO-shaped double on loopback (in this event loop): every misbehaviour
 alone is rejected with its peer banned and the store left as it was; beside an honest node
-the client reaches the honest tip; inclusions with the leaf's position checked.
+the client reaches the honest tip; inclusions with the leaf's position checked, and a receipt
+served as another reading of its hashed bytes refused (the honest node's reading shown).
 
 The double shares this event loop, so its signatures are made before any run (the fixture),
 and runs that should reach the tip have generous timeouts: only the ``slow`` case has a tight
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 
 import pytest
 
+from appliance.gm import sm3
 from appliance.node.fisco.anchor import FiscoAnchor, decode_anchor
 from appliance.node.fisco.client import FiscoNodeSync, Limits, fetch_inclusion
 from appliance.node.fisco.sync import FiscoSyncConfig
@@ -134,13 +137,20 @@ def test_resume_strict_and_until_height(chain, tmp_path) -> None:
         FiscoNodeSync(HeaderStore.open(tmp_path / "h.sqlite"), _anchor(other))
 
 
-async def _inclusion(chain: FiscoChain, store: HeaderStore, mode: str | None, tx: bytes):
-    node = FiscoNode(chain, misbehave=mode, log=QUIET)
-    url = await node.start()
+async def _inclusion_from(chain: FiscoChain, store: HeaderStore, modes: list[str | None],
+                          tx: bytes):
+    """(the doubles' URLs, fetch_inclusion's answer), the doubles asked in order."""
+    nodes = [FiscoNode(chain, misbehave=m, log=QUIET) for m in modes]
+    urls = [await n.start() for n in nodes]
     try:
-        return await fetch_inclusion(store, _anchor(chain), [url], tx)
+        return urls, await fetch_inclusion(store, _anchor(chain), urls, tx)
     finally:
-        await node.stop()
+        for n in nodes:
+            await n.stop()
+
+
+async def _inclusion(chain: FiscoChain, store: HeaderStore, mode: str | None, tx: bytes):
+    return (await _inclusion_from(chain, store, [mode], tx))[1]
 
 
 def test_inclusions_and_their_positions(chain, tmp_path) -> None:
@@ -152,7 +162,7 @@ def test_inclusions_and_their_positions(chain, tmp_path) -> None:
             assert inc is not None, why
             assert (inc.number, inc.index, inc.tree_size) == (n, i, len(chain.blocks[n].tx_hashes))
             assert inc.block_hash == chain.hashes[n]
-            assert inc.receipt.hash == chain.blocks[n].receipts[i]["hash"]
+            assert inc.receipt.hash == chain.blocks[n].receipts[i].hash
     for mode, tx, reason in (
             (f"bad-proof@{H}", chain.blocks[62].tx_hashes[1], "proof"),
             (f"bad-proof@{H}", chain.blocks[61].tx_hashes[0], "proof"),
@@ -162,6 +172,52 @@ def test_inclusions_and_their_positions(chain, tmp_path) -> None:
         assert inc is None and list(why.values()) == [reason], (mode, why)
     inc, why = asyncio.run(_inclusion(chain, store, None, bytes(32)))
     assert inc is None and list(why.values()) == ["not_found"]
+    store.close()
+
+
+def _receipt_preimage(j: dict) -> bytes:
+    """The receipt hash's preimage of a served receipt (FISCO's layout, written here)."""
+    out = [struct.pack(">i", j["version"]), j["gasUsed"].encode(),
+           j["contractAddress"].removeprefix("0x").encode(), struct.pack(">i", j["status"]),
+           bytes.fromhex(j["output"][2:])]
+    for log in j["logEntries"]:
+        out += [log["address"].encode(), *(bytes.fromhex(t[2:]) for t in log["topics"]),
+                bytes.fromhex(log["data"][2:])]
+    return b"".join([*out, struct.pack(">q", j["blockNumber"])])
+
+
+def test_a_shifted_receipt_reading_is_refused_and_the_honest_one_shown(chain, tmp_path) -> None:
+    store = HeaderStore.open(tmp_path / "h.sqlite")
+    asyncio.run(_sync(chain, store, [None]))
+    liar = FiscoNode(chain, misbehave=f"shift-receipt@{H}", log=QUIET)
+    honest = FiscoNode(chain, log=QUIET)
+    # a deployment, a call with a log, a reverted call: each served as another reading of
+    # its own hashed bytes, with its true hash and proof, every field value refused but one
+    for n, i in ((61, 0), (62, 0), (62, 1), (65, 1)):
+        tx = chain.blocks[n].tx_hashes[i]
+        params = ["group0", "", "0x" + tx.hex(), True]
+        true, served = (x._call("getTransactionReceipt", params)[0] for x in (honest, liar))
+        assert served != true and served["txReceiptProof"] == true["txReceiptProof"]
+        assert sm3.digest(_receipt_preimage(served)) == sm3.digest(_receipt_preimage(true)) \
+            == chain.blocks[n].receipts[i].hash
+        assert served["status"] not in (0, 16)
+        inc, why = asyncio.run(_inclusion(chain, store, f"shift-receipt@{H}", tx))
+        assert inc is None and list(why.values()) == ["malformed_receipt_status"], why
+    # beside an honest node the honest reading is the one shown; the liar's is named
+    deploy = chain.blocks[62].receipts[0]
+    for n, i in ((62, 0), (62, 1)):
+        (liar_url, _), (inc, why) = asyncio.run(_inclusion_from(
+            chain, store, [f"shift-receipt@{H}", None], chain.blocks[n].tx_hashes[i]))
+        assert why == {liar_url: "malformed_receipt_status"}
+        assert inc is not None and inc.receipt.hash == chain.blocks[n].receipts[i].hash
+        shown = inc.to_json()["receipt"]
+        if i == 0:  # the deployment: every field fixed by the hash
+            assert shown["status"] == 0 and shown["gas_used"] == deploy.gas
+            assert shown["contract_address"] == "0x" + deploy.address
+            assert shown["output"] == "0x" and shown["logs"] == []
+        else:  # the call with a log: the output/log split is the node's word
+            assert shown["contract_address"] == "" and "output" not in shown
+            assert len(shown["unverified"]["logs"]) == 1
     store.close()
 
 

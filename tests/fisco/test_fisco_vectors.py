@@ -13,7 +13,8 @@ import pytest
 from appliance.node.errors import LedgerError, VerificationError
 from appliance.node.fisco import merkle
 from appliance.node.fisco.anchor import FiscoAnchor
-from appliance.node.fisco.block import SealerSet, decode_header, decode_receipt
+from appliance.node.fisco.block import SealerSet, decode_header
+from appliance.node.fisco.receipt import decode_receipt
 from appliance.node.fisco.verify import (
     SealerChange,
     Trusted,

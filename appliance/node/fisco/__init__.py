@@ -6,7 +6,8 @@ store, the same verify-everything stance, FISCO's own data layout. See docs/fisc
 | module | what |
 | --- | --- |
 | ``jsonrpc`` | JSON with size limits before parsing; JSON-RPC 2.0 requests, answers, batches |
-| ``block`` | ``FiscoHeader``, ``SealerSet``, ``Receipt``: strict decoding, hash preimages |
+| ``block`` | ``FiscoHeader``, ``SealerSet``: strict decoding, hash preimages, tx proofs |
+| ``receipt`` | ``Receipt``: every field value FISCO can produce, one reading of its hash |
 | ``merkle`` | FISCO's width-w Merkle tree and its proofs, verified with the leaf's position |
 | ``verify`` | quorum of SM2 signatures, segments (parent links, sealer list), inclusion |
 | ``anchor`` | the FISCO trust anchor (JSON) |

@@ -1,4 +1,4 @@
-"""FISCO BCOS 3.x block headers and receipts as their JSON-RPC answers show them.
+"""FISCO BCOS 3.x block headers (and transaction proofs) as their JSON-RPC answers show them.
 
 **The block hash** (gm mode: SM3) is recomputed here from the fields; the ``hash`` field of an
 answer is never used. The preimage, as FISCO's tars ``BlockHeaderData`` is hashed (integers
@@ -19,10 +19,7 @@ when nothing is zero); the verifier accepts a candidate only when something it t
 (the anchor, a verified child's ``parentInfo``, or a quorum of signatures). The variants print
 as the same JSON, so which one it was changes nothing a reader of the fields can see.
 
-**Receipt hash** (``TransactionReceiptData``, version 0)::
-
-    int32 version || gasUsed (ASCII) || contractAddress (ASCII, no 0x) || int32 status ||
-    output || for each log: address (ASCII, no 0x) || each topic || data || int64 blockNumber
+Receipts, whose hash is the harder case, are in :mod:`.receipt`.
 
 Decoders take the parsed JSON object (see :mod:`.jsonrpc` for the byte limits) and raise
 :class:`MalformedError` for any field of the wrong type, length or range. Unknown keys are
@@ -43,7 +40,7 @@ from ..errors import MalformedError
 
 __all__ = [
     "HASH_LEN", "MAX_EXTRA", "MAX_SEALERS", "MAX_TXS", "NODE_ID_LEN", "SIG_LEN", "FiscoHeader",
-    "Receipt", "SealerSet", "decode_header", "decode_receipt", "parse_hex",
+    "SealerSet", "decode_header", "decode_tx_proof", "parse_hex", "parse_proof",
 ]
 
 HASH_LEN = 32
@@ -53,8 +50,6 @@ MAX_SEALERS = 256
 MAX_EXTRA = 64 * 1024
 MAX_TXS = 65_536
 MAX_PARENTS = 16
-MAX_LOGS = 1024
-MAX_OUTPUT = 1024 * 1024
 _I32 = (-(1 << 31), (1 << 31) - 1)
 _I64 = (0, (1 << 63) - 1)
 _HEX = re.compile(r"(0x|0X)?([0-9a-fA-F]*)")
@@ -304,56 +299,6 @@ def decode_header(obj: object) -> FiscoHeader:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    """The hashed fields of a version-0 transaction receipt, its claimed transaction hash and
-    block number, and the proof the node sent (hex elements)."""
-
-    version: int
-    gas_used: str
-    contract_address: str
-    status: int
-    output: bytes
-    logs: tuple[tuple[str, tuple[bytes, ...], bytes], ...]
-    block_number: int
-    transaction_hash: bytes
-    proof: tuple[bytes, ...]
-
-    @property
-    def preimage(self) -> bytes:
-        parts = [struct.pack(">i", self.version), self.gas_used.encode(),
-                 self.contract_address.encode(), struct.pack(">i", self.status), self.output]
-        for address, topics, data in self.logs:
-            parts += [address.encode(), *topics, data]
-        parts.append(_i64(self.block_number))
-        return b"".join(parts)
-
-    @property
-    def hash(self) -> bytes:
-        return _SM3(self.preimage)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"status": self.status, "gas_used": self.gas_used,
-                "contract_address": ("0x" + self.contract_address) if self.contract_address
-                else "", "output": "0x" + self.output.hex(),
-                "logs": [{"address": "0x" + a if a else "", "topics": ["0x" + t.hex()
-                          for t in tp], "data": "0x" + d.hex()} for a, tp, d in self.logs],
-                "receipt_hash": "0x" + self.hash.hex()}
-
-
-_ADDR = re.compile(r"(0x)?([0-9a-fA-F]{40})?")
-
-
-def _address(value: object, what: str) -> str:
-    """An address as hashed: 40 lowercase hex digits without 0x, or empty."""
-    if type(value) is not str:
-        raise MalformedError("type", f"{what} is not a string")
-    m = _ADDR.fullmatch(value)
-    if m is None or (m.group(1) and not m.group(2)):
-        raise MalformedError("hex", f"{what} is not an address")
-    return (m.group(2) or "").lower()
-
-
 def parse_proof(raw: object, what: str) -> tuple[bytes, ...]:
     """A proof as FISCO prints it: a list of hex strings (count markers of 4 bytes, hashes of
     32), with or without 0x."""
@@ -368,40 +313,6 @@ def parse_proof(raw: object, what: str) -> tuple[bytes, ...]:
             raise MalformedError("length", f"{what} element of {len(b)} bytes")
         out.append(b)
     return tuple(out)
-
-
-def decode_receipt(obj: object) -> Receipt:
-    """A Receipt from a ``getTransactionReceipt(..., true)`` result. Only version 0 (the
-    layout checked against a real chain's receipt) is accepted: ``unsupported``."""
-    if type(obj) is not dict:
-        raise MalformedError("type", "a receipt is a JSON object")
-    w = "receipt"
-    version = _int(obj, "version", _I32, w)
-    if version != 0:
-        raise MalformedError("unsupported", f"receipt version {version}")
-    logs = []
-    for entry in _list(obj, "logEntries", MAX_LOGS, w):
-        if type(entry) is not dict:
-            raise MalformedError("type", "a log entry is an object")
-        topics = tuple(parse_hex(t, "topic", length=HASH_LEN)
-                       for t in _list(entry, "topics", 4, "log"))
-        logs.append((_address(entry.get("address"), "log.address"), topics,
-                     parse_hex(entry.get("data"), "log.data", max_len=MAX_OUTPUT)))
-    proof_raw = None
-    for key in ("txReceiptProof", "receiptProof"):
-        if type(obj.get(key)) is list and obj[key]:
-            proof_raw = obj[key]
-            break
-    return Receipt(
-        version=version, gas_used=_dec(obj, "gasUsed", w),
-        contract_address=_address(obj.get("contractAddress"), "contractAddress"),
-        status=_int(obj, "status", _I32, w),
-        output=parse_hex(obj.get("output"), "output", max_len=MAX_OUTPUT),
-        logs=tuple(logs), block_number=_int(obj, "blockNumber", _I64, w),
-        transaction_hash=parse_hex(obj.get("transactionHash"), "transactionHash",
-                                   length=HASH_LEN),
-        proof=parse_proof(proof_raw if proof_raw is not None else [], "receipt proof"),
-    )
 
 
 def decode_tx_proof(obj: object) -> tuple[bytes, int, tuple[bytes, ...]]:

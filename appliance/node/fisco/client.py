@@ -28,7 +28,8 @@ from ..errors import LedgerError, MalformedError, VerificationError
 from ..store import HeaderStore, StoreError
 from . import jsonrpc
 from .anchor import FiscoAnchor
-from .block import decode_header, decode_receipt, decode_tx_proof
+from .block import decode_header, decode_tx_proof
+from .receipt import decode_receipt
 from .sync import AppendSegment, BanPeer, FiscoSync, FiscoSyncConfig, Initialize, TipReached
 from .verify import Inclusion, Trusted, verify_inclusion, verify_link_range
 

@@ -40,7 +40,8 @@ from appliance.gm import sm2
 from ..errors import VerificationError
 from . import merkle
 from .anchor import FiscoAnchor
-from .block import FiscoHeader, Receipt, SealerSet
+from .block import FiscoHeader, SealerSet
+from .receipt import Receipt
 
 __all__ = [
     "FISCO_RULES", "MAX_SKEW_MS", "Inclusion", "SealerChange", "Segment", "Trusted",
