@@ -621,6 +621,55 @@ def test_retention_days_configurable(tmp_path):
         AuditLog(tmp_path, retention_days=0)
 
 
+# -- file modes -------------------------------------------------------------------------------
+
+
+def mode(p: Path) -> int:
+    return p.stat().st_mode & 0o777
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o277])
+def test_directories_0700_and_files_0600_whatever_the_umask(tmp_path, umask):
+    state = tmp_path / "state"
+    old = os.umask(umask)
+    try:
+        log = AuditLog(state / "audit", clock_ms=Clock(step=3_600_000))
+        for i in range(20):  # two segments
+            log.append("login", n=i)
+    finally:
+        os.umask(old)
+    assert mode(state) == mode(state / "audit") == 0o700
+    files = [*segments(state / "audit"), state / "audit" / ".lock"]
+    assert len(files) == 3 and all(mode(f) == 0o600 for f in files)
+
+
+def test_a_log_made_with_looser_modes_is_tightened(tmp_path):
+    log_dir = tmp_path / "audit"
+    make_log(log_dir, n=20)
+    log_dir.chmod(0o755)
+    for f in segments(log_dir):
+        f.chmod(0o644)
+    AuditLog(log_dir, clock_ms=Clock(T0 + DAY_MS)).append("login", user="x")
+    assert mode(log_dir) == 0o700
+    assert all(mode(f) == 0o600 for f in segments(log_dir))
+
+
+def test_ensure_private_dir(tmp_path):
+    tmp_path.chmod(0o755)
+    deep = tmp_path / "a" / "b" / "c"
+    old = os.umask(0o022)
+    try:
+        audit.ensure_private_dir(deep)
+    finally:
+        os.umask(old)
+    assert mode(tmp_path / "a") == mode(tmp_path / "a" / "b") == mode(deep) == 0o700
+    (tmp_path / "loose").mkdir(mode=0o777)
+    (tmp_path / "loose").chmod(0o777)
+    audit.ensure_private_dir(tmp_path / "loose")
+    assert mode(tmp_path / "loose") == 0o700
+    assert mode(tmp_path) == 0o755  # an existing parent is left as it is
+
+
 # -- concurrent writers -----------------------------------------------------------------------
 
 
