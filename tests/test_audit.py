@@ -398,6 +398,14 @@ def test_torn_tail_in_a_fresh_segment(tmp_path):
     assert verify(tmp_path).ok
 
 
+def test_an_empty_newest_segment_named_for_another_seq(tmp_path):
+    make_log(tmp_path, n=20)
+    (tmp_path / f"{25:012d}.jsonl").touch()
+    broken_at(tmp_path, 20, "segment")
+    (tmp_path / f"{25:012d}.jsonl").write_bytes(b'{"fields":{')
+    broken_at(tmp_path, 20, "segment")
+
+
 def test_a_whole_last_entry_without_its_newline_is_not_a_torn_tail(tmp_path):
     """Cutting the newline off the last acknowledged entry (or leaving zero bytes after it)
     must not make the repair cut the entry: it is not a torn write, it is never cut."""
@@ -458,7 +466,7 @@ def test_the_cut_line_of_an_entry_that_is_not_the_one_due(tmp_path, cut_in):
 
 
 @pytest.mark.parametrize("tail", [
-    b"\x00" * 10 + b'{"fields":{',  # written bytes after unwritten ones
+    b'{"fields":{"a":' + b"\x00" * 10 + b"1",  # written bytes after unwritten ones
     b"\x00" * audit.MAX_ENTRY_BYTES,  # longer than any line
     b'{"fields":{"a":1}}garbage',
     b'["not an entry"',
@@ -502,6 +510,10 @@ def test_fuzz_torn_tail_rule(fields, seq, data):
     assert audit.torn_tail_problem(line[:cut] + b"\x00" * zeros, seq, prev) is None
     assert audit.torn_tail_problem(line + b"\x00" * zeros, seq, prev) is not None
     assert audit.torn_tail_problem(line, seq + 1, prev) is not None  # another entry's line
+    up_to_ts = line[:line.rindex(b',"ts":') + 6]  # everything of the line but its time
+    assert audit.torn_tail_problem(up_to_ts, seq, prev) is None
+    assert audit.torn_tail_problem(up_to_ts, seq + 1, prev) is not None
+    assert audit.torn_tail_problem(up_to_ts, seq, sm3.digest(prev)) is not None
     junk = data.draw(st.binary(max_size=200))
     assert audit.torn_tail_problem(junk, seq, prev) is None or \
         isinstance(audit.torn_tail_problem(junk, seq, prev), str)
