@@ -214,8 +214,9 @@ class VerifyReport:
     last entry it covers (its head); ``unanchored``: the entries after the last checkpoint
     (all of them when there is none), which whoever can write the files could remove or
     change without this verification noticing; ``signatures``: ``"verified"`` (against
-    ``key``, the SM3 of the public key given), ``"unchecked"`` (no key given) or None (no
-    checkpoints). ``anchors``: ``anchored`` entries; ``anchors_checked``: looked up on chain.
+    the public keys given), ``"unchecked"`` (none given) or None (no checkpoints); ``keys``:
+    the SM3 of each key that signed a checkpoint. ``anchors``: ``anchored`` entries;
+    ``anchors_checked``: looked up on chain.
     """
 
     ok: bool = True
@@ -238,7 +239,7 @@ class VerifyReport:
     sealed_seq: int | None = None
     unanchored: int = 0
     signatures: str | None = None
-    key: str | None = None
+    keys: list[str] = field(default_factory=list)
     anchors: int = 0
     anchors_checked: bool = False
     notes: list[str] = field(default_factory=list)
@@ -253,7 +254,7 @@ class VerifyReport:
         return {k: getattr(self, k) for k in (
             "ok", "entries", "segments", "first_seq", "last_seq", "head", "start", "error",
             "index", "segment", "line", "detail", "torn_tail", "torn_bytes", "kinds",
-            "checkpoints", "checkpoint_seq", "sealed_seq", "unanchored", "signatures", "key",
+            "checkpoints", "checkpoint_seq", "sealed_seq", "unanchored", "signatures", "keys",
             "anchors", "anchors_checked", "notes")}
 
 
@@ -567,13 +568,12 @@ def _lines(data: bytes) -> tuple[list[bytes], int]:
 class _Seals:
     """The checkpoints and ``anchored`` entries :func:`verify` meets, in chain order."""
 
-    def __init__(self, public_key: bytes | None) -> None:
-        self.public_key = public_key
-        self.key_id = key_id(public_key) if public_key is not None else None
+    def __init__(self, public_keys: list[bytes] | None) -> None:
+        self.keys = None if public_keys is None else {key_id(k): k for k in public_keys}
         self.count = 0
         self.last_seq: int | None = None  # the last checkpoint entry
         self.sealed_seq: int | None = None  # the last entry it covers
-        self.counter: int | None = None
+        self.counters: dict[str, int] = {}  # the last counter of each key
         self.prev_segment: str | None = None  # the segment of the entry before
         self.first_seq: int | None = None
         self.hashes = bytearray()  # 32 bytes an entry from first_seq on
@@ -612,18 +612,21 @@ class _Seals:
         if self.prev_segment is not None and f["segment"] != self.prev_segment:
             return "checkpoint", (f"the checkpoint names segment {f['segment']}, its head is "
                                   f"in {self.prev_segment}")
-        if self.public_key is not None:
-            if f["signer"] != self.key_id:
+        if self.keys is not None:
+            key = self.keys.get(f["signer"])
+            if key is None:
                 return "checkpoint_key", (f"signed by another key (SM3 {f['signer'][:16]}…) "
                                           "than the device key given")
             message = checkpoint_message(f["segment"], f["head_seq"], e.prev, e.ts)
-            if not sm2.verify(self.public_key, message, bytes.fromhex(f["signature"])):
+            if not sm2.verify(key, message, bytes.fromhex(f["signature"])):
                 return "checkpoint_signature", "the checkpoint's signature does not verify"
-        if self.counter is not None and f["counter"] <= self.counter:
-            return "checkpoint_counter", (f"signature counter {f['counter']} after "
-                                          f"{self.counter}: it must increase")
+        before = self.counters.get(f["signer"])  # a module's counter, per key
+        if before is not None and f["counter"] <= before:
+            return "checkpoint_counter", (f"signature counter {f['counter']} after {before}: "
+                                          "it must increase")
         self.count += 1
-        self.last_seq, self.sealed_seq, self.counter = e.seq, e.seq - 1, f["counter"]
+        self.last_seq, self.sealed_seq = e.seq, e.seq - 1
+        self.counters[f["signer"]] = f["counter"]
         return None
 
     def _anchored(self, e: AuditEntry) -> tuple[str, str] | None:
@@ -649,8 +652,8 @@ class _Seals:
         report.unanchored = report.entries if self.last_seq is None \
             else report.last_seq - self.last_seq
         if self.count:
-            report.signatures = "verified" if self.public_key is not None else "unchecked"
-            report.key = self.key_id
+            report.signatures = "verified" if self.keys is not None else "unchecked"
+            report.keys = sorted(self.counters)
         if self.count == 0:
             report.notes.append(f"no checkpoint: none of the {report.entries} entries is "
                                 "anchored (whoever can write the files can rewrite them all)")
@@ -658,7 +661,7 @@ class _Seals:
             report.notes.append(f"{report.unanchored} entries after the last checkpoint are "
                                 "not yet anchored (whoever can write the files could remove "
                                 "or change them undetected)")
-        if self.count and self.public_key is None:
+        if self.count and self.keys is None:
             report.notes.append("checkpoint signatures not checked: no device public key "
                                 "given")
         if self.count:
@@ -666,7 +669,7 @@ class _Seals:
                                 "included) shows only against a head recorded elsewhere: "
                                 "the daily deposit on chain")
         if require:
-            if self.public_key is None:
+            if self.keys is None:
                 return report.fail("checkpoint_key", None, None, None,
                                    "checkpoints required but no device public key given")
             if self.count == 0:
@@ -676,18 +679,22 @@ class _Seals:
         return report
 
 
-def verify(path: str | os.PathLike[str], *, public_key: bytes | None = None,
+def verify(path: str | os.PathLike[str], *,
+           public_key: bytes | Iterable[bytes] | None = None,
            require_checkpoints: bool = False,
            lookup: AnchorLookup | None = None) -> VerifyReport:
     """Verify the whole log in directory ``path``; never raises for bad content.
 
-    ``public_key`` (65 bytes, SM2): check every checkpoint's signature with it.
+    ``public_key`` (65 bytes, SM2), or several (the device's keys over time): every
+    checkpoint must be signed by one of them, its counter higher than the last of that key.
     ``require_checkpoints``: fail without a key or when the log has no checkpoint.
     ``lookup``: check every ``anchored`` entry's deposit on chain (see
     :data:`AnchorLookup`; its own errors propagate)."""
     directory = Path(path)
     report = VerifyReport()
-    seals = _Seals(public_key)
+    seals = _Seals(None if public_key is None else
+                   [bytes(public_key)] if isinstance(public_key, bytes | bytearray)
+                   else [bytes(k) for k in public_key])
     segments = _segments(directory)
     report.segments = len(segments)
     expected: int | None = None
@@ -801,7 +808,7 @@ def tail(path: str | os.PathLike[str], n: int) -> list[AuditEntry]:
 
 
 def anchor_head(path: str | os.PathLike[str], day: int, *,
-                public_key: bytes | None = None) -> AnchorHead | None:
+                public_key: bytes | Iterable[bytes] | None = None) -> AnchorHead | None:
     """The head to deposit on chain for UTC day ``day`` (ms // DAY_MS): the hash of the
     day's last entry, or None when nothing was logged that day (or it was pruned).
 
@@ -869,7 +876,7 @@ class AuditLog:
         self._fault: AuditError | None = None
         # checkpoints: entries since the last one and its counter (None: read them back)
         self._since: int | None = None
-        self._last_counter: int | None = None
+        self._last_counter: tuple[str, int] | None = None  # (signer, counter)
         self._day_closed = False  # a day's segment closed with no checkpoint after it
         self._retry_at = 0  # after a signing failure, no new try before this seq
         self._published_key: bytes | None = None
@@ -1179,7 +1186,7 @@ class AuditLog:
 
     def _since_checkpoint(self) -> int:
         """Entries after the last checkpoint (counted up to ``checkpoint_every``), read back
-        from the files when not known; also the last checkpoint's counter."""
+        from the files when not known; also the last checkpoint's signer and counter."""
         if self._since is None:
             since, counter = 0, None
             for _, seg in reversed(_segments(self.path)):
@@ -1189,8 +1196,8 @@ class AuditLog:
                     except ValueError:
                         e = None
                     if e is not None and e.kind == "checkpoint":
-                        c = e.fields.get("counter")
-                        counter = c if type(c) is int else None
+                        c, k = e.fields.get("counter"), e.fields.get("signer")
+                        counter = (k, c) if type(c) is int and type(k) is str else None
                         break
                     since += 1
                     if since >= self.checkpoint_every:
@@ -1221,13 +1228,15 @@ class AuditLog:
         message = checkpoint_message(segment, head_seq, head, ts)
         try:
             public_key = bytes(signer.public_key)
+            signer_id = key_id(public_key)
             signature = bytes(signer.sign(message))
             counter = signer.last_counter
             if type(counter) is not int or counter < 0:
                 raise ValueError("the signer gave no signature counter")
-            if self._last_counter is not None and counter <= self._last_counter:
-                raise ValueError(f"the signature counter went from {self._last_counter} to "
-                                 f"{counter}: it must increase")
+            last = self._last_counter
+            if last is not None and last[0] == signer_id and counter <= last[1]:
+                raise ValueError(f"the signature counter went from {last[1]} to {counter}: "
+                                 "it must increase")
             if not sm2.verify(public_key, message, signature):
                 raise ValueError("the signer produced a bad signature")
         except Exception as exc:  # noqa: BLE001 - the module may fail in any way; noted
@@ -1238,9 +1247,9 @@ class AuditLog:
             return None
         entry, _ = self._write("checkpoint", {
             "reason": reason, "segment": segment, "head_seq": head_seq, "head": head.hex(),
-            "counter": counter, "signature": signature.hex(), "signer": key_id(public_key)},
-            ts)
-        self._last_counter, self.checkpoint_error, self._retry_at = counter, None, 0
+            "counter": counter, "signature": signature.hex(), "signer": signer_id}, ts)
+        self._last_counter = (signer_id, counter)
+        self.checkpoint_error, self._retry_at = None, 0
         with contextlib.suppress(OSError):
             self._publish_key(public_key)
         return entry

@@ -54,9 +54,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         description="Verify every entry's SM3 hash and link, and the "
                         "checkpoints signed with the device key. Exit 0 when it verifies, 1 "
                         "when it does not, 3 when only a torn tail (crash mid-write) is found.")
-    v.add_argument("--public-key", default=None, metavar="HEX",
+    v.add_argument("--public-key", action="append", default=[], metavar="HEX",
                    help="the device's SM2 public key (65 bytes, hex), from its enrollment; "
-                   "default: the copy the log keeps (docs/audit.md)")
+                   "repeat for each key the device had; default: the copy the log keeps "
+                   "(docs/audit.md)")
     v.add_argument("--require-checkpoints", action="store_true",
                    help="fail when the log has no checkpoint or no key to check them")
     v.add_argument("--node", action="append", default=[], metavar="URL",
@@ -119,26 +120,29 @@ def chain_lookup(nodes: list[str], log: Path) -> AnchorLookup | None:
     return None
 
 
-def _public_key(args: argparse.Namespace, directory: Path) -> tuple[bytes | None, str | None]:
-    """(key, where from); ValueError for a key that is not an SM2 public key."""
+def _public_keys(args: argparse.Namespace,
+                 directory: Path) -> tuple[list[bytes] | None, str | None]:
+    """(keys, where from); ValueError for a key that is not an SM2 public key."""
     from .audit import KEY_FILE, read_key_file
     from .gm import sm2
 
-    if args.public_key is not None:
+    if args.public_key:
         try:
-            key, source = bytes.fromhex(args.public_key), "given"
+            keys, source = [bytes.fromhex(k) for k in args.public_key], "given"
         except ValueError:
             raise ValueError("--public-key: not hex") from None
     else:
         key, source = read_key_file(directory), "log_file"
         if key is None:
             return None, None
-    try:
-        sm2.za(key)  # checks it is a point on the curve
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{'--public-key' if source == 'given' else KEY_FILE}: not an SM2 "
-                         f"public key ({exc})") from None
-    return key, source
+        keys = [key]
+    for key in keys:
+        try:
+            sm2.za(key)  # checks it is a point on the curve
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{'--public-key' if source == 'given' else KEY_FILE}: not an "
+                             f"SM2 public key ({exc})") from None
+    return keys, source
 
 
 def run_verify(args: argparse.Namespace) -> int:
@@ -154,12 +158,12 @@ def run_verify(args: argparse.Namespace) -> int:
             return _fail(EXIT_USAGE, "unavailable", "checking the anchored heads on chain "
                          "(--node) is not yet available")
     try:
-        key, source = _public_key(args, directory)
+        keys, source = _public_keys(args, directory)
     except ValueError as exc:
         return _fail(EXIT_USAGE, "bad_key", str(exc))
     try:
-        report = verify(directory, public_key=key, require_checkpoints=args.require_checkpoints,
-                        lookup=lookup)
+        report = verify(directory, public_key=keys,
+                        require_checkpoints=args.require_checkpoints, lookup=lookup)
     except Exception as exc:  # a bug or the lookup: say what, no stack trace
         return _fail(EXIT_INTERNAL, "internal", f"internal error: {type(exc).__name__}: {exc}")
     if source == "log_file":

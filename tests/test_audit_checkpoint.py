@@ -315,6 +315,28 @@ def test_checkpoints_signed_inside_the_crypto_module(tmp_path):
     assert report.ok and report.checkpoints == 3 and report.unanchored == 0
 
 
+def test_a_new_device_key(tmp_path):
+    """The module replaced (a new key, its counter starting low again): the log verifies
+    with both keys; the counter rule holds per key; one key alone refuses the other's."""
+    old, new = DeviceKey(counter=500), DeviceKey(counter=0)
+    log = AuditLog(tmp_path, clock_ms=Clock(), signer=old, checkpoint_every=5)
+    for i in range(12):
+        log.append("login", n=i)
+    log.signer = new
+    for i in range(12):
+        log.append("login", n=12 + i)
+    signers = [(e["fields"]["signer"], e["fields"]["counter"]) for e in entries(tmp_path)
+               if e["kind"] == "checkpoint"]
+    assert [s for s, _ in signers] == [key_id(old.public_key)] * 2 + [key_id(new.public_key)] * 2
+    assert [c for _, c in signers] == [501, 502, 1, 2]
+    report = verify(tmp_path, public_key=[old.public_key, new.public_key])
+    assert report.ok and report.keys == sorted([key_id(old.public_key),
+                                                key_id(new.public_key)])
+    refused(tmp_path, old, "checkpoint_key", 17)
+    refused(tmp_path, new, "checkpoint_key", 5)
+    assert audit.read_key_file(tmp_path) == new.public_key  # the newest checkpoints' key
+
+
 # -- tampering that only checkpoints catch ------------------------------------------------------
 
 

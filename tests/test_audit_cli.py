@@ -148,6 +148,9 @@ def test_verify_checks_the_checkpoints_with_the_public_key(tmp_path):
     code, doc, err = cli("audit", "verify", "--log", str(log_dir), "--public-key",
                          DeviceKey().public_key.hex())
     assert code == 1 and doc["error"] == "checkpoint_key" and doc["index"] == 10
+    code, doc, _ = cli("audit", "verify", "--log", str(log_dir), "--public-key",
+                       DeviceKey().public_key.hex(), "--public-key", key.public_key.hex())
+    assert code == 0 and doc["keys"] == [sm3.digest(key.public_key).hex()]
     # without --public-key: the log's own copy of the key, said to be only that
     code, doc, err = cli("audit", "verify", "--state", str(tmp_path))
     assert code == 0 and doc["public_key_source"] == "log_file"
