@@ -2,9 +2,14 @@
 
 Every call prints one JSON object on stdout; errors are one line on stderr.
 
-``appliance audit verify [--log DIR | --state DIR]`` checks the whole chain. Exit status: 0 it
-verifies; 1 it does not (``error``, ``index``, ``segment``, ``line`` say where); 2 bad usage
-or no log there; 3 only a torn tail (a crash mid-write: ``appliance audit repair``).
+``appliance audit verify [--log DIR | --state DIR] [--public-key HEX]
+[--require-checkpoints] [--node URL ...]`` checks the whole chain and its checkpoints (their
+signatures against the device public key: ``--public-key``, else the key file the log keeps,
+which only guards against accidents) and says how many entries after the last checkpoint are
+not yet anchored. ``--node`` (checking the heads anchored on chain) is not yet available.
+Exit status: 0 it verifies; 1 it does not (``error``, ``index``, ``segment``, ``line`` say
+where); 2 bad usage, no log there, or ``--node``; 3 only a torn tail (a crash mid-write:
+``appliance audit repair``).
 
 ``appliance audit tail [-n N]`` prints the last N entries (default 20) and the head hash.
 
@@ -24,7 +29,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .audit import AnchorLookup
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TORN, EXIT_INTERNAL = 0, 1, 2, 3, 4
 DEFAULT_STATE = "/var/lib/appliance"
@@ -42,10 +50,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="The append-only audit log (logins, key use, "
                        "authorizations, alarms). See docs/audit.md.")
     cmds = p.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)
-    v = cmds.add_parser("verify", help="check the whole chain",
-                        description="Verify every entry's SM3 hash and link. Exit 0 when it "
-                        "verifies, 1 when it does not, 3 when only a torn tail (crash "
-                        "mid-write) is found.")
+    v = cmds.add_parser("verify", help="check the whole chain and its checkpoints",
+                        description="Verify every entry's SM3 hash and link, and the "
+                        "checkpoints signed with the device key. Exit 0 when it verifies, 1 "
+                        "when it does not, 3 when only a torn tail (crash mid-write) is found.")
+    v.add_argument("--public-key", action="append", default=[], metavar="HEX",
+                   help="the device's SM2 public key (65 bytes, hex), from its enrollment; "
+                   "repeat for each key the device had; default: the copy the log keeps "
+                   "(docs/audit.md)")
+    v.add_argument("--require-checkpoints", action="store_true",
+                   help="fail when the log has no checkpoint or no key to check them")
+    v.add_argument("--node", action="append", default=[], metavar="URL",
+                   help="check the heads anchored on chain through these district nodes "
+                   "(not yet available)")
     _where(v)
     v.set_defaults(func=run_verify)
     t = cmds.add_parser("tail", help="the newest entries and the head hash")
@@ -97,17 +114,65 @@ def _existing(args: argparse.Namespace) -> Path | int:
     return directory
 
 
+def chain_lookup(nodes: list[str], log: Path) -> AnchorLookup | None:
+    """How ``--node`` looks up anchored heads on chain (``appliance.audit.AnchorLookup``,
+    verified by the light node); None while the ledger side is not wired in."""
+    return None
+
+
+def _public_keys(args: argparse.Namespace,
+                 directory: Path) -> tuple[list[bytes] | None, str | None]:
+    """(keys, where from); ValueError for a key that is not an SM2 public key."""
+    from .audit import KEY_FILE, read_key_file
+    from .gm import sm2
+
+    if args.public_key:
+        try:
+            keys, source = [bytes.fromhex(k) for k in args.public_key], "given"
+        except ValueError:
+            raise ValueError("--public-key: not hex") from None
+    else:
+        key, source = read_key_file(directory), "log_file"
+        if key is None:
+            return None, None
+        keys = [key]
+    for key in keys:
+        try:
+            sm2.za(key)  # checks it is a point on the curve
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{'--public-key' if source == 'given' else KEY_FILE}: not an "
+                             f"SM2 public key ({exc})") from None
+    return keys, source
+
+
 def run_verify(args: argparse.Namespace) -> int:
     from .audit import verify
 
     directory = _existing(args)
     if isinstance(directory, int):
         return directory
+    lookup = None
+    if args.node:
+        lookup = chain_lookup(args.node, directory)
+        if lookup is None:
+            return _fail(EXIT_USAGE, "unavailable", "checking the anchored heads on chain "
+                         "(--node) is not yet available")
     try:
-        report = verify(directory)
-    except Exception as exc:  # a bug: say what, no stack trace
+        keys, source = _public_keys(args, directory)
+    except ValueError as exc:
+        return _fail(EXIT_USAGE, "bad_key", str(exc))
+    try:
+        report = verify(directory, public_key=keys,
+                        require_checkpoints=args.require_checkpoints, lookup=lookup)
+    except Exception as exc:  # a bug or the lookup: say what, no stack trace
         return _fail(EXIT_INTERNAL, "internal", f"internal error: {type(exc).__name__}: {exc}")
-    doc = {"log": str(directory), **report.to_json()}
+    if source == "log_file":
+        report.notes.append("the public key was read from the log's own copy: against "
+                            "someone who can write the files, give --public-key from the "
+                            "device's enrollment")
+    doc = {"log": str(directory), "public_key_source": source, **report.to_json()}
+    for note in report.notes:
+        print(f"appliance audit: note: {note}", file=sys.stderr, flush=True)
     if report.ok:
         _out(doc)
         return EXIT_OK

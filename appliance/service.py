@@ -82,8 +82,13 @@ class AuditStart:
 
 
 def start_audit(path: Any, *, retention_days: int,
-                clock_ms: Callable[[], int] | None = None) -> tuple[Any, AuditStart]:
+                clock_ms: Callable[[], int] | None = None,
+                signer: Any = None) -> tuple[Any, AuditStart]:
     """Open the audit log for the daemon and verify it whole (docs/audit.md).
+
+    ``signer`` (an ``appliance.audit.CheckpointSigner``: a ``ModuleSigner`` of the log's own
+    on the module client) signs the log's checkpoints; it may also be set later as the
+    log's ``signer`` attribute, once the module is logged in.
 
     - it verifies: appended to as it is;
     - only a torn tail (a crash mid-append; the torn entry was never acknowledged): cut at
@@ -95,7 +100,7 @@ def start_audit(path: Any, *, retention_days: int,
     """
     from .audit import AuditCorrupt, AuditError, AuditLog, repair
 
-    audit = AuditLog(path, retention_days=retention_days, clock_ms=clock_ms)
+    audit = AuditLog(path, retention_days=retention_days, clock_ms=clock_ms, signer=signer)
     try:
         report = audit.verify()  # under the log's lock: a concurrent append is not "torn"
         if report.ok:
@@ -491,8 +496,9 @@ class Appliance:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(signum, self.request_stop)
-        self.cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.cfg.state_dir, 0o700)
+        from .audit import ensure_private_dir
+
+        ensure_private_dir(self.cfg.state_dir)  # 0700, as the audit log (docs/audit.md)
         await asyncio.to_thread(self._open_audit)  # verifies the whole log: not in the loop
         self.audit_event("service_start", sim=self.sim is not None,
                          role=self.cfg.terminal.role,

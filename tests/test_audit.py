@@ -229,6 +229,27 @@ def test_inserted_entry_forged_with_a_valid_hash(tmp_path):
     broken_at(tmp_path, 7, "seq")  # the old entry 6 now stands where 7 is due
 
 
+@pytest.mark.parametrize("seq", [5, 16, 17])  # 16/17: the last/first entry of a segment
+def test_an_entry_rewritten_and_rehashed_breaks_its_link(tmp_path, seq):
+    """An entry changed and its hash recomputed (so the entry checks on its own): only the
+    link check finds it, at the entry whose prev no longer is the hash before it."""
+    make_log(tmp_path)
+    lines = {e["seq"]: e for _, _, e in all_lines(tmp_path)}
+
+    def rehash(e):
+        e["hash"] = entry_hash(e["seq"], e["ts"], e["kind"], e["fields"],
+                               bytes.fromhex(e["prev"])).hex()
+
+    # its fields changed: the next entry's prev is the old hash
+    edit_entry(tmp_path, seq, lambda e: (e["fields"].update(user="mallory"), rehash(e)))
+    broken_at(tmp_path, seq + 1, "prev")
+    edit_entry(tmp_path, seq, lambda e: e.update(lines[seq]))  # put back
+    assert verify(tmp_path).ok
+    # its prev changed (as if the entry before it were another): its own link is broken
+    edit_entry(tmp_path, seq, lambda e: (e.update(prev=lines[seq - 2]["hash"]), rehash(e)))
+    broken_at(tmp_path, seq, "prev")
+
+
 def test_truncated_in_the_middle(tmp_path):
     make_log(tmp_path)
     seg = segments(tmp_path)[0]
@@ -288,14 +309,22 @@ def test_writer_refuses_a_log_whose_newest_entry_does_not_check(tmp_path):
 # -- torn tail and repair ---------------------------------------------------------------------
 
 
+def due_line(log: AuditLog, kind: str = "sign", **fields) -> bytes:
+    """The line the writer would write next (seq and prev of the entry due), unwritten."""
+    last = log.tail(1)[0]
+    seq, ts = last.seq + 1, last.ts + 1
+    return audit.AuditEntry(seq, ts, kind, fields, last.hash,
+                            entry_hash(seq, ts, kind, fields, last.hash)).line()
+
+
 def test_torn_tail_at_every_byte_of_the_last_entry(tmp_path):
-    """A crash (power loss) can leave any prefix of the line being written."""
+    """A crash (power loss) can leave any proper prefix of the line being written."""
     log = make_log(tmp_path, n=3)
     newest = segments(tmp_path)[-1]
     sound = newest.read_bytes()
-    line = AuditLog(tmp_path / "other", clock_ms=Clock()).append("sign", slot=1).line()
+    line = due_line(log, slot=1, note="x" * 40)
     assert verify(tmp_path).ok
-    for cut in range(1, len(line)):
+    for cut in range(1, len(line) - 1):  # every prefix short of the whole entry
         newest.write_bytes(sound + line[:cut])
         report = verify(tmp_path)
         assert (report.ok, report.error, report.torn_tail) == (False, "torn_tail", True)
@@ -304,6 +333,8 @@ def test_torn_tail_at_every_byte_of_the_last_entry(tmp_path):
         with pytest.raises(AuditTornTail):
             log.append("login", user="after-crash")
     newest.write_bytes(sound + b"\x00" * 700)  # zero-filled blocks after a power cut
+    assert verify(tmp_path).error == "torn_tail"
+    newest.write_bytes(sound + line[:200] + b"\x00" * 300)  # written, then unwritten blocks
     assert verify(tmp_path).error == "torn_tail"
 
 
@@ -365,6 +396,127 @@ def test_torn_tail_in_a_fresh_segment(tmp_path):
     log.append("login", user="z")
     assert json.loads(empty.read_bytes())["seq"] == 12
     assert verify(tmp_path).ok
+
+
+def test_an_empty_newest_segment_named_for_another_seq(tmp_path):
+    make_log(tmp_path, n=20)
+    (tmp_path / f"{25:012d}.jsonl").touch()
+    broken_at(tmp_path, 20, "segment")
+    (tmp_path / f"{25:012d}.jsonl").write_bytes(b'{"fields":{')
+    broken_at(tmp_path, 20, "segment")
+
+
+def test_a_whole_last_entry_without_its_newline_is_not_a_torn_tail(tmp_path):
+    """Cutting the newline off the last acknowledged entry (or leaving zero bytes after it)
+    must not make the repair cut the entry: it is not a torn write, it is never cut."""
+    log = make_log(tmp_path, n=20)
+    newest = segments(tmp_path)[-1]
+    for after in (b"", b"\x00" * 5):
+        data = newest.read_bytes()
+        newest.write_bytes(data[:-1] + after)
+        tampered = newest.read_bytes()
+        report = broken_at(tmp_path, 19, "bad_tail")
+        assert not report.torn_tail and "whole entry" in report.detail
+        with pytest.raises(AuditCorrupt):
+            repair(tmp_path, operator="x")
+        with pytest.raises(AuditCorrupt):  # not AuditTornTail: nothing to repair
+            AuditLog(tmp_path, clock_ms=Clock()).append("login", user="x")
+        from appliance.service import start_audit
+
+        writer, start = start_audit(tmp_path, retention_days=190)
+        assert start.state == "failed" and start.error == "bad_tail"
+        assert newest.read_bytes() == tampered  # the entry is still there, byte for byte
+        newest.write_bytes(data)
+        assert verify(tmp_path).ok and log.tail(1)[0].seq == 19
+
+
+def test_a_line_cut_inside_an_acknowledged_entry_before_the_last_is_not_torn(tmp_path):
+    """Bytes removed from the middle of entry 17's line (its newline with them): the line
+    runs into the next one and is malformed, whatever follows; never repaired."""
+    make_log(tmp_path, n=20)
+    newest = segments(tmp_path)[-1]  # entries 17..19
+    data = newest.read_bytes()
+    lines = data.splitlines(keepends=True)
+    for cut_from, cut_to in [(30, len(lines[0])), (30, len(lines[0]) + 40),
+                             (30, len(lines[0]) + len(lines[1]))]:
+        newest.write_bytes(data[:cut_from] + data[cut_to:])
+        tampered = newest.read_bytes()
+        assert verify(tmp_path).error == "malformed"
+        with pytest.raises(AuditCorrupt):
+            repair(tmp_path, operator="x")
+        assert newest.read_bytes() == tampered
+    newest.write_bytes(data)
+
+
+@pytest.mark.parametrize("cut_in", ["prev", "seq", "ts"])
+def test_the_cut_line_of_an_entry_that_is_not_the_one_due(tmp_path, cut_in):
+    """Entry 18 removed and entry 19 cut mid-line: the partial line shows a prev or seq
+    that is not the due entry's, so it is not a torn write of that entry."""
+    make_log(tmp_path, n=20)
+    newest = segments(tmp_path)[-1]
+    lines = newest.read_bytes().splitlines(keepends=True)
+    last = lines[2]
+    at = {"prev": last.index(b'"prev":"') + 20, "seq": last.index(b'"seq":') + 8,
+          "ts": len(last) - 5}[cut_in]
+    newest.write_bytes(lines[0] + last[:at])
+    assert broken_at(tmp_path, 18, "bad_tail").detail.startswith("the newest segment ends")
+    with pytest.raises(AuditCorrupt):
+        repair(tmp_path, operator="x")
+    assert newest.read_bytes() == lines[0] + last[:at]
+
+
+@pytest.mark.parametrize("tail", [
+    b'{"fields":{"a":' + b"\x00" * 10 + b"1",  # written bytes after unwritten ones
+    b"\x00" * audit.MAX_ENTRY_BYTES,  # longer than any line
+    b'{"fields":{"a":1}}garbage',
+    b'["not an entry"',
+    b'{"fields":{"n":"caf\xc3\xa9',  # not ASCII: no line is
+])
+def test_bytes_that_no_crash_leaves_are_not_torn(tmp_path, tail):
+    make_log(tmp_path, n=3)
+    newest = segments(tmp_path)[-1]
+    newest.write_bytes(newest.read_bytes() + tail)
+    broken_at(tmp_path, 3, "bad_tail")
+    with pytest.raises(AuditCorrupt):
+        repair(tmp_path, operator="x")
+    assert newest.read_bytes().endswith(tail)
+
+
+def test_repair_cuts_a_prefix_and_the_zero_bytes_after_it(tmp_path):
+    log = make_log(tmp_path, n=3)
+    newest = segments(tmp_path)[-1]
+    sound = newest.read_bytes()
+    torn = due_line(log, user="x" * 300)[:250] + b"\x00" * 100
+    newest.write_bytes(sound + torn)
+    result = repair(tmp_path, operator="t", clock_ms=Clock(T0 + DAY_MS))
+    assert result.truncated_bytes == 350 and result.truncated_sm3 == sm3.digest(torn).hex()
+    assert newest.read_bytes().startswith(sound) and verify(tmp_path).ok
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.from_regex(r"[a-z][a-z0-9_]{0,5}", fullmatch=True),
+                       st.one_of(st.integers(-10**6, 10**6), st.text(max_size=30),
+                                 st.booleans(), st.none()), max_size=5),
+       st.integers(0, 10**6), st.data())
+def test_fuzz_torn_tail_rule(fields, seq, data):
+    """Every proper prefix of the due line is torn, the whole line (with or without zero
+    bytes after it) never is, and any bytes give an answer, never an exception."""
+    prev = sm3.digest(seq.to_bytes(8, "big"))
+    line = audit.AuditEntry(seq, T0, "sign", fields, prev,
+                            entry_hash(seq, T0, "sign", fields, prev)).line()[:-1]
+    cut = data.draw(st.integers(1, len(line) - 1))
+    assert audit.torn_tail_problem(line[:cut], seq, prev) is None
+    zeros = data.draw(st.integers(0, 20))
+    assert audit.torn_tail_problem(line[:cut] + b"\x00" * zeros, seq, prev) is None
+    assert audit.torn_tail_problem(line + b"\x00" * zeros, seq, prev) is not None
+    assert audit.torn_tail_problem(line, seq + 1, prev) is not None  # another entry's line
+    up_to_ts = line[:line.rindex(b',"ts":') + 6]  # everything of the line but its time
+    assert audit.torn_tail_problem(up_to_ts, seq, prev) is None
+    assert audit.torn_tail_problem(up_to_ts, seq + 1, prev) is not None
+    assert audit.torn_tail_problem(up_to_ts, seq, sm3.digest(prev)) is not None
+    junk = data.draw(st.binary(max_size=200))
+    assert audit.torn_tail_problem(junk, seq, prev) is None or \
+        isinstance(audit.torn_tail_problem(junk, seq, prev), str)
 
 
 # -- what may not be logged -------------------------------------------------------------------
@@ -481,6 +633,55 @@ def test_retention_days_configurable(tmp_path):
         AuditLog(tmp_path, retention_days=0)
 
 
+# -- file modes -------------------------------------------------------------------------------
+
+
+def mode(p: Path) -> int:
+    return p.stat().st_mode & 0o777
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o277])
+def test_directories_0700_and_files_0600_whatever_the_umask(tmp_path, umask):
+    state = tmp_path / "state"
+    old = os.umask(umask)
+    try:
+        log = AuditLog(state / "audit", clock_ms=Clock(step=3_600_000))
+        for i in range(20):  # two segments
+            log.append("login", n=i)
+    finally:
+        os.umask(old)
+    assert mode(state) == mode(state / "audit") == 0o700
+    files = [*segments(state / "audit"), state / "audit" / ".lock"]
+    assert len(files) == 3 and all(mode(f) == 0o600 for f in files)
+
+
+def test_a_log_made_with_looser_modes_is_tightened(tmp_path):
+    log_dir = tmp_path / "audit"
+    make_log(log_dir, n=20)
+    log_dir.chmod(0o755)
+    for f in segments(log_dir):
+        f.chmod(0o644)
+    AuditLog(log_dir, clock_ms=Clock(T0 + DAY_MS)).append("login", user="x")
+    assert mode(log_dir) == 0o700
+    assert all(mode(f) == 0o600 for f in segments(log_dir))
+
+
+def test_ensure_private_dir(tmp_path):
+    tmp_path.chmod(0o755)
+    deep = tmp_path / "a" / "b" / "c"
+    old = os.umask(0o022)
+    try:
+        audit.ensure_private_dir(deep)
+    finally:
+        os.umask(old)
+    assert mode(tmp_path / "a") == mode(tmp_path / "a" / "b") == mode(deep) == 0o700
+    (tmp_path / "loose").mkdir(mode=0o777)
+    (tmp_path / "loose").chmod(0o777)
+    audit.ensure_private_dir(tmp_path / "loose")
+    assert mode(tmp_path / "loose") == 0o700
+    assert mode(tmp_path) == 0o755  # an existing parent is left as it is
+
+
 # -- concurrent writers -----------------------------------------------------------------------
 
 
@@ -534,7 +735,8 @@ def test_append_survives_a_prune_that_meets_a_damaged_segment(tmp_path):
 
 # -- the line decoder, fuzzed -------------------------------------------------------------
 
-ERRORS = {"malformed", "seq", "prev", "hash", "segment", "unanchored_start", "torn_tail"}
+ERRORS = {"malformed", "seq", "prev", "hash", "segment", "unanchored_start", "torn_tail",
+          "bad_tail"}
 
 
 @settings(max_examples=200, deadline=None,

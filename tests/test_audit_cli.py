@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from appliance.audit import AuditLog, verify
-from appliance.gm import sm3
+from appliance.gm import sm2, sm3
 from appliance.node.store import HeaderStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +111,90 @@ def test_usage_errors(tmp_path):
     out = subprocess.run([sys.executable, "-m", "appliance.cli", "audit", "tail", "-n", "0"],
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 2 and "Traceback" not in out.stderr
+
+
+# -- checkpoints and anchors -------------------------------------------------------------------
+
+
+class DeviceKey:
+    """SM2 key with a signature counter (the module's own is used in
+    tests/test_audit_checkpoint.py)."""
+
+    def __init__(self) -> None:
+        self._private, self.public_key = sm2.generate_keypair()
+        self.last_counter = 0
+
+    def sign(self, message: bytes) -> bytes:
+        self.last_counter += 1
+        return sm2.sign(self._private, message)
+
+
+def signed(path: Path, n: int = 25) -> DeviceKey:
+    key = DeviceKey()
+    log = AuditLog(path, signer=key, checkpoint_every=10)
+    for i in range(n):
+        log.append("login", user=f"clerk{i}")
+    return key
+
+
+def test_verify_checks_the_checkpoints_with_the_public_key(tmp_path):
+    log_dir = tmp_path / "audit"
+    key = signed(log_dir)
+    code, doc, err = cli("audit", "verify", "--log", str(log_dir), "--public-key",
+                         key.public_key.hex(), "--require-checkpoints")
+    assert code == 0 and doc["ok"] and doc["public_key_source"] == "given"
+    assert (doc["checkpoints"], doc["signatures"], doc["unanchored"]) == (2, "verified", 5)
+    assert "note: 5 entries after the last checkpoint are not yet anchored" in err
+    code, doc, err = cli("audit", "verify", "--log", str(log_dir), "--public-key",
+                         DeviceKey().public_key.hex())
+    assert code == 1 and doc["error"] == "checkpoint_key" and doc["index"] == 10
+    code, doc, _ = cli("audit", "verify", "--log", str(log_dir), "--public-key",
+                       DeviceKey().public_key.hex(), "--public-key", key.public_key.hex())
+    assert code == 0 and doc["keys"] == [sm3.digest(key.public_key).hex()]
+    # without --public-key: the log's own copy of the key, said to be only that
+    code, doc, err = cli("audit", "verify", "--state", str(tmp_path))
+    assert code == 0 and doc["public_key_source"] == "log_file"
+    assert doc["signatures"] == "verified" and "--public-key" in err
+
+
+def test_verify_requires_checkpoints_when_asked(tmp_path):
+    log_dir = tmp_path / "audit"
+    filled(log_dir)  # no signer: no checkpoints
+    code, doc, err = cli("audit", "verify", "--log", str(log_dir))
+    assert code == 0 and doc["checkpoints"] == 0 and doc["unanchored"] == 12
+    assert "no checkpoint" in err
+    code, doc, _ = cli("audit", "verify", "--log", str(log_dir), "--require-checkpoints")
+    assert code == 1 and doc["error"] == "checkpoint_key"  # no key to check them with
+    code, doc, _ = cli("audit", "verify", "--log", str(log_dir), "--require-checkpoints",
+                       "--public-key", DeviceKey().public_key.hex())
+    assert code == 1 and doc["error"] == "checkpoint_missing"
+
+
+@pytest.mark.parametrize("key", ["zz", "04" + "00" * 64, "00" * 65, "04" * 10])
+def test_verify_refuses_a_bad_public_key(tmp_path, key):
+    filled(tmp_path / "audit")
+    code, doc, err = cli("audit", "verify", "--log", str(tmp_path / "audit"),
+                         "--public-key", key)
+    assert code == 2 and doc["error"] == "bad_key" and "--public-key" in err
+
+
+def test_verify_on_chain_is_not_yet_available(tmp_path):
+    filled(tmp_path / "audit")
+    code, doc, err = cli("audit", "verify", "--log", str(tmp_path / "audit"), "--node",
+                         "http://127.0.0.1:1")
+    assert code == 2 and doc["error"] == "unavailable" and "not yet available" in err
+
+
+def test_a_whole_entry_without_its_newline_is_never_repaired(tmp_path):
+    log_dir = tmp_path / "audit"
+    filled(log_dir)
+    seg = newest(log_dir)
+    data = seg.read_bytes()[:-1]
+    seg.write_bytes(data)
+    code, doc, err = cli("audit", "verify", "--log", str(log_dir))
+    assert code == 1 and doc["error"] == "bad_tail" and doc["index"] == 11
+    code, doc, _ = cli("audit", "repair", "--operator", "x", "--log", str(log_dir))
+    assert code == 1 and doc["error"] == "corrupt" and seg.read_bytes() == data
 
 
 # -- appliance node clear-alarm ---------------------------------------------------------------
