@@ -151,7 +151,8 @@ class Notifier:
         self.watchdog_s: float | None = None
         usec = env.get("WATCHDOG_USEC")
         pid = env.get("WATCHDOG_PID")
-        if usec and usec.isascii() and usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
+        digits = bool(usec) and usec.isascii() and usec.isdigit()  # not "²": int() refuses it
+        if digits and int(usec) > 0 and (not pid or pid == str(os.getpid())):
             self.watchdog_s = int(usec) / 1e6 / 2  # sd_watchdog_enabled(3): ping at half
         self._sock: socket.socket | None = None
 
