@@ -426,6 +426,7 @@ class Appliance:
         self.signer: Any = None  # appliance.node.tx.ModuleSigner once the module is up
         self.runner: Any = None  # FlowRunner once the kiosk task has it
         self.desk: Any = None  # a PAD's kiosk.desk.Desk once its parts are up
+        self.anchor: Any = None  # the audit log's DailyAnchor
         self.audit: Any = None
         self.audit_start: AuditStart | None = None
         self._audit_error: str | None = None  # the last append that failed, until one works
@@ -529,6 +530,8 @@ class Appliance:
         self.supervisor.add("node", self._fisco_node_task if self.fisco else self._node_task)
         self.supervisor.add("hsm", self._hsm_task)
         self.supervisor.add("kiosk", self._kiosk_task)
+        if not self.fisco:
+            self.supervisor.add("anchor", self._anchor_task)
         try:
             await self.supervisor.run(self.stop)
         finally:
@@ -737,6 +740,9 @@ class Appliance:
 
             # reads the device key's public key from the module (the key never leaves it)
             self.signer = await asyncio.to_thread(ModuleSigner, client, self.cfg.hsm.slot)
+            if self.audit is not None:  # its own signer: counters are read per signer
+                self.audit.signer = await asyncio.to_thread(ModuleSigner, client,
+                                                            self.cfg.hsm.slot)
             self.readiness.set("hsm", "ready")
             log.info("crypto module ready on %s, device key in slot %d", device,
                      self.cfg.hsm.slot)
@@ -751,6 +757,8 @@ class Appliance:
             raise
         finally:
             self.signer = None
+            if self.audit is not None:
+                self.audit.signer = None
             self.readiness.set("hsm", "starting")
             self._hsm_client = None
             await asyncio.to_thread(client.close)
@@ -817,6 +825,22 @@ class Appliance:
                 self.readiness.set("kiosk", "starting")
                 with contextlib.suppress(Exception):
                     await runner.identity.close()
+
+    async def _anchor_task(self) -> None:
+        """The audit log's head deposited on chain once a day (appliance.audit_anchor)."""
+        from .audit_anchor import DailyAnchor
+
+        def ready() -> tuple[Any, bytes, Any] | None:
+            enrollment = self._enrollment()
+            if self.signer is None or self.node is None or enrollment is None:
+                return None
+            return self.signer, enrollment, self.node
+
+        if self.audit is None:
+            await self.stop.wait()
+            return
+        self.anchor = DailyAnchor(self.audit, ready)
+        await self.anchor.run(self.stop)
 
     def _enrollment(self) -> bytes | None:
         """This terminal's device.enroll tx_id (the simulated hall enrolls at set-up)."""
