@@ -6,7 +6,8 @@ appends blocks with the transactions posted to it, optionally announces itself b
 loopback, and can misbehave in the ways a light client must survive. It is written from the
 protocol page alone and never imports ``appliance.node``: the light node and this double are
 two independent implementations, and their agreement is the interop test. It uses
-``appliance.wire`` (canonical CBOR), ``appliance.gm`` (signature checks) and ``hil.chain``.
+``appliance.wire`` (canonical CBOR), ``appliance.gm`` (hashes), ``hil.chain`` and
+``hil.ledger_rules`` (the §6 rules).
 
 **It is not a ledger node**: no consensus, no persistence of the pending pool, the
 validators' private keys are read from ``chain.db`` in the clear, and it signs whatever the
@@ -41,20 +42,17 @@ Responses (§7; every body canonical CBOR; errors ``{"error": code, "message": t
   404 ``not_found`` (also for a tx still pending); 400 for a malformed id.
 - ``GET /v1/lookup/{digest hex}`` -> ``{tx_ids}`` in chain order (empty list when none).
 - ``POST /v1/tx`` (signed_tx, <= 64 KiB, ``Content-Type: application/cbor``) -> 202
-  ``{tx_id}``; 413 ``too_large``, 415 ``unsupported_media_type``, 503 ``busy`` (pending pool
-  full), 400 with ``bad_tx`` (not canonical CBOR, a missing, extra or mistyped field, wrong
-  chain_id, public_key not hashing to sender, unknown type or malformed data),
-  ``bad_signature``, ``unknown_sender`` (see below) or ``duplicate`` (tx_id already in the
-  chain or pending). Checks in that order. Senders: ``evidence.deposit`` from an issuing
-  office of the chain (``keys("issuer")``); ``device.enroll`` from the district admin key
-  (``keys("admin")``), with ``data.terminal == SM3(data.public_key)``;
-  ``license.authorize`` from a terminal enrolled by a ``device.enroll`` in the chain or
-  already accepted into the pending pool, with ``data.terminal == sender`` (the attestation
-  is checked for shape only: the identity service's keys are not part of the fixture; an
-  unknown terminal makes the node read the enrollments added to the chain since it last
-  looked before it refuses, so a node serving another node's chain directory sees them);
-  ``authorization.revoke`` from the admin or the terminal that sent the referenced
-  ``license.authorize`` (in the chain or pending; an unknown one is ``bad_tx``).
+  ``{tx_id}``; 413 ``too_large``, 415 ``unsupported_media_type``, 400 with the code of the
+  first §6 rule the transaction breaks (:mod:`hil.ledger_rules`, checked in the order
+  ``bad_tx``, ``bad_signature``, ``unknown_sender``, ``duplicate``, ``duplicate_matter``,
+  ``bad_reference``; the message starts with the rule's name), 503 ``busy`` (pending pool
+  full). ``now`` is the node's clock (``clock_ms``); the admins are those of the chain
+  directory's trust anchor. References resolve to the chain and the pending pool (license
+  deposits and revoked authorizations must be in a block); sessions and ``(pad,
+  matter_id)`` pairs are indexed from the chain, read incrementally before each check (so a
+  node serving another node's chain directory sees what that node appends), and from the
+  pending pool. ``share_state_with`` makes nodes on one chain directory share the pool and
+  the indexes.
 - ``GET /v1/wait?height=H&timeout_ms=T`` (T 0..30000, default 30000) -> ``{height}`` (the
   tip) as soon as the tip is >= H, or when T ms have passed.
 
@@ -65,7 +63,8 @@ fraction of the CPU (it bounded the end-to-end header sync benchmark).
 
 Block production: every ``block_interval_ms`` (default 1000; 0 disables production) the
 pending transactions (at most 1000, in arrival order) become block tip+1 through
-:meth:`hil.chain.Chain.append_block`, which signs its commit. With ``empty_blocks`` an empty
+:meth:`hil.chain.Chain.append_block`, which signs its commit; the block's timestamp is the
+node's clock (never below the tip's). With ``empty_blocks`` an empty
 block is appended when nothing is pending, so the chain keeps growing; without it (the
 default) the chain only grows when something was posted.
 
