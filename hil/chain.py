@@ -1,23 +1,24 @@
-"""Chain generator of the district-node test double: a TEST FIXTURE, not a ledger.
+"""Chain generator of the district-node double: a TEST FIXTURE, not a ledger.
 
-``appliance-hil make-chain`` writes a consortium chain (protocol ``ledger-protocol.md`` v1)
-to a directory; :class:`Chain` reads it back and appends blocks to it. The district-node
-double serves such a directory to the light node under test, so this module is written from
-the protocol page alone and never imports ``appliance.node``: two independent implementations
-of the same spec, whose agreement is the interop test. It imports only ``appliance.wire``
-(canonical CBOR) and ``appliance.gm`` (SM3, SM2, ECDSA P-256).
+``appliance-hil make-chain`` writes a consortium chain (protocol ``ledger-protocol.md`` v1,
+§6 at revision 2) to a directory; :class:`Chain` reads it back and appends blocks to it. The
+district-node double serves such a directory to the light node under test, so this module is
+written from the protocol page alone and never imports ``appliance.node``: two independent
+implementations of the same spec, whose agreement is the interop test. It imports only
+``appliance.wire`` (canonical CBOR), ``appliance.gm`` (SM3, SM2, ECDSA P-256) and the double's
+own rules (:mod:`hil.ledger_rules`, for identifiers and text).
 
-**It stores private keys in the clear** (validators, issuing offices, the district admin), so
-that the double can keep producing blocks. Never use a generated chain, or its keys, for
+**It stores private keys in the clear** (validators, issuing offices, the district admins),
+so that the double can keep producing blocks. Never use a generated chain, or its keys, for
 anything but tests and benchmarks.
 
 Determinism: everything except signature bytes is a function of the parameters and the seed.
 A key is ``d = int(SM3(enc(["hil-chain/1 key", seed, role, index]))) mod (n - 2) + 1`` (n
 the order of the key's curve, so d is in [1, n-2]); per-block choices (issuer, kind,
-synthetic document, tx nonce, tx timestamp, memo) come from a ``random.Random`` seeded with
-``SM3(enc(["hil-chain/1 block", seed, height]))``. Signing nonces come from the real signers
-(``appliance.gm``), so signatures differ between runs; headers contain no signatures, hence
-the same seed gives the same block_ids.
+synthetic document, holder, tx nonce, tx timestamp, memo) come from a ``random.Random``
+seeded with ``SM3(enc(["hil-chain/1 block", seed, height]))``. Signing nonces come from the
+real signers (``appliance.gm``), so signatures differ between runs; headers contain no
+signatures and tx_ids hash bodies only, hence the same seed gives the same block_ids.
 
 The chain:
 
@@ -28,18 +29,31 @@ The chain:
   oldest validator leaves and a new one joins. Header h carries ``validators_hash`` of the
   set signing h and ``next_validators_hash`` of the set signing h+1; the set-change header
   (h = (k+1)*M - 1) is committed by its own, old set (§5 rule 5).
+- District admins: one admin key per entry of ``districts`` (role ``admin``, index i,
+  label = the district), listed in the trust anchor's ``admins`` (§5).
+- Issuing offices: issuer key i (label = its office: ``offices[i]``, else ``office-i``) is
+  enrolled in block 0 by a ``device.enroll`` (role ``issuer``, its office, district
+  ``districts[i % len(districts)]``, hall ``hil``, not_after = start_ms + 400 days) signed
+  by that district's admin.
 - Blocks 0 .. blocks-1, genesis prev_hash = 32 zero bytes, timestamp ``start_ms + h *
-  interval_ms``; K ``evidence.deposit`` transactions per block signed by the issuing offices;
-  tx_root = RFC 9162 MTH of the tx_ids with SM3 (:mod:`hil.merkle`).
+  interval_ms``; K ``evidence.deposit`` transactions per block signed by the issuing offices,
+  each naming its issuer's enrollment and a ``holder`` (the identifier hash of a seeded
+  synthetic ID-card number); tx_root = RFC 9162 MTH of the tx_ids with SM3
+  (:mod:`hil.merkle`).
 - Commits over ``enc({"type": "commit", "chain_id", "height", "block_id"})``: by every
   validator, or with ``sign_quorum`` by just enough for 3 * power > 2 * total (starting at
   index ``height mod N``, so different heights have different signers). With
   ``commit_every`` C > 1 only heights ``h % C == 0``, set-change heights and the last
   generated block get one; :meth:`Chain.append_block` commits every block it appends.
 
+Builders of signed transactions and objects, for tests and the simulated hall:
+:func:`tx_body`, :func:`sign_tx`, :func:`enroll_tx`, :func:`deposit_tx`,
+:func:`signed_object`, :func:`matter_body`, :func:`identifier_hash`, :func:`tx_id_of`.
+
 On disk (``DIR``): ``chain.db`` (SQLite, schema in :data:`SCHEMA`), ``trust.cbor`` (the trust
-anchor of §5 for height 0) and ``chain.json`` (a summary at generation time). Generation
-writes ``chain.db.tmp`` and renames it last, so a ``chain.db`` is always complete.
+anchor of §5 for height 0, with ``admins``) and ``chain.json`` (a summary at generation
+time). Generation writes ``chain.db.tmp`` and renames it last, so a ``chain.db`` is always
+complete.
 """
 
 from __future__ import annotations
@@ -60,13 +74,16 @@ from typing import Any
 from appliance import wire
 from appliance.gm import ecdsa, sm2, sm3
 from hil import merkle
+from hil.ledger_rules import LIMIT_OFFICE, check_text, identifier_hash, tx_id_of
 
 __all__ = [
-    "ALG_MODES", "ALGS", "AppendedBlock", "Chain", "ChainParams", "FIXTURE_NOTICE", "FORMAT",
-    "KINDS", "Key", "SCHEMA", "derive_key", "generate", "sign", "sign_tx",
+    "ALG_MODES", "ALGS", "AppendedBlock", "Chain", "ChainParams", "DEFAULT_DISTRICTS",
+    "ENROLL_DAYS", "Enrollment", "FIXTURE_NOTICE", "FORMAT", "HALL", "KINDS", "Key", "SCHEMA",
+    "deposit_tx", "derive_key", "enroll_tx", "generate", "identifier_hash", "matter_body",
+    "sign", "sign_tx", "signed_object", "synthetic_identifier", "tx_body", "tx_id_of",
 ]
 
-FORMAT = "hil-chain/1"
+FORMAT = "hil-chain/2"
 FIXTURE_NOTICE = ("TEST FIXTURE: generated by appliance-hil make-chain; chain.db holds private "
                   "keys in the clear. Never use this chain or its keys outside tests.")
 ALGS = ("sm2", "ecdsa-p256")
@@ -81,6 +98,12 @@ DEFAULT_CHAIN_ID = "hil-devnet"
 DEFAULT_SEED = "0"
 DEFAULT_START_MS = 1_700_000_000_000  # 2023-11-14T22:13:20Z: fixed, so output is deterministic
 DEFAULT_INTERVAL_MS = 1000
+DEFAULT_DISTRICTS = ("haidian",)
+HALL = "hil"  # the hall of the generated issuer enrollments
+ENROLL_DAYS = 400  # generated enrollments: not_after = start_ms + 400 days (the §6 maximum)
+DAY_MS = 86_400_000
+MAX_SKEW_MS = 60_000  # §5: a tx's timestamp is within max_skew of its block's
+_ENROLL_TAG = wire.encode("device.enroll")  # to find enrollments in chain.db quickly
 _BATCH_BLOCKS = 2000  # blocks per SQLite transaction while generating
 _ORDER = {"sm2": sm2.N, "ecdsa-p256": ecdsa.N}
 _SIGN = {"sm2": sm2.sign, "ecdsa-p256": ecdsa.sign}
@@ -123,6 +146,8 @@ class ChainParams:
     issuers: int = 3
     start_ms: int = DEFAULT_START_MS
     interval_ms: int = DEFAULT_INTERVAL_MS
+    districts: tuple[str, ...] = DEFAULT_DISTRICTS  # one admin key per district
+    offices: tuple[str, ...] = ()  # issuer i's office: offices[i], else f"office-{i}"
 
     def check(self) -> None:
         """ValueError for parameters outside the protocol or the generator."""
@@ -143,6 +168,25 @@ class ChainParams:
             raise ValueError("issuers must be >= 1")
         if self.start_ms < 0 or self.interval_ms < 0:
             raise ValueError("start_ms and interval_ms must be >= 0")
+        if not self.districts or len(set(self.districts)) != len(self.districts):
+            raise ValueError("districts must be at least one, without repeats")
+        if len(self.offices) > self.issuers:
+            raise ValueError("more offices than issuers")
+        try:
+            for district in self.districts:
+                check_text(district, "district")
+            for office in self.offices:
+                check_text(office, "office", LIMIT_OFFICE)
+        except ValueError as exc:  # a Refusal: the text rules of §6
+            raise ValueError(str(exc)) from None
+
+    def office(self, index: int) -> str:
+        """The office of issuer ``index``."""
+        return self.offices[index] if index < len(self.offices) else f"office-{index}"
+
+    def issuer_district(self, index: int) -> str:
+        """The district in which issuer ``index`` is enrolled."""
+        return self.districts[index % len(self.districts)]
 
 
 @dataclass(frozen=True)
@@ -182,9 +226,85 @@ def sign_tx(key: Key, body: Mapping[str, Any]) -> dict[str, Any]:
     """signed_tx (§3) of ``body`` by ``key``; body["sender"] must be the key's peer_id."""
     if body.get("sender") != key.peer_id:
         raise ValueError("tx_body sender is not peer_id(public_key) of the signing key")
+    return signed_object(key, body)
+
+
+def signed_object(key: Key, body: Mapping[str, Any]) -> dict[str, Any]:
+    """``{body, alg, public_key, signature}`` with the signature by ``key`` over enc(body):
+    a signed_tx, signed_matter, signed_attestation or signed_confirmation (§3, §6)."""
     body = dict(body)
     return {"body": body, "alg": key.alg, "public_key": key.public_key,
             "signature": sign(key, wire.encode(body))}
+
+
+def tx_body(key: Key, kind: str, data: Mapping[str, Any], *, chain_id: str, timestamp: int,
+            nonce: bytes | None = None, memo: str | None = None) -> dict[str, Any]:
+    """A tx_body (§3) of type ``kind`` sent by ``key`` (nonce: 16 random bytes by default)."""
+    body: dict[str, Any] = {"chain_id": chain_id, "type": kind, "timestamp": timestamp,
+                            "sender": key.peer_id, "data": dict(data),
+                            "nonce": os.urandom(16) if nonce is None else nonce}
+    if memo is not None:
+        body["memo"] = memo
+    return body
+
+
+def enroll_tx(admin: Key, public_key: bytes, alg: str, role: str, *, district: str,
+              hall: str, office: str | None = None, staff: str | None = None,
+              min_score: int | None = None, not_after: int, timestamp: int, chain_id: str,
+              nonce: bytes | None = None) -> dict[str, Any]:
+    """A ``device.enroll`` signed_tx by ``admin`` (§6): terminal = SM3(public_key); the
+    optional fields only when given."""
+    data: dict[str, Any] = {"terminal": sm3.digest(public_key), "alg": alg,
+                            "public_key": public_key, "district": district, "hall": hall,
+                            "role": role, "not_after": not_after}
+    for name, value in (("office", office), ("staff", staff), ("min_score", min_score)):
+        if value is not None:
+            data[name] = value
+    return sign_tx(admin, tx_body(admin, "device.enroll", data, chain_id=chain_id,
+                                  timestamp=timestamp, nonce=nonce))
+
+
+def deposit_tx(issuer: Key, *, digest: bytes, kind: str, enrollment: bytes,
+               holder: bytes | None = None, timestamp: int, chain_id: str,
+               nonce: bytes | None = None, memo: str | None = None) -> dict[str, Any]:
+    """An ``evidence.deposit`` signed_tx by ``issuer`` (§6), naming its ``enrollment``."""
+    data: dict[str, Any] = {"digest": digest, "kind": kind, "enrollment": enrollment}
+    if holder is not None:
+        data["holder"] = holder
+    return sign_tx(issuer, tx_body(issuer, "evidence.deposit", data, chain_id=chain_id,
+                                   timestamp=timestamp, nonce=nonce, memo=memo))
+
+
+def matter_body(*, pad: bytes, enrollment: bytes, office: str, subject: bytes,
+                licenses: Sequence[bytes], issued_at: int, matter_id: bytes | None = None,
+                title: str = "HIL test matter", agencies: Sequence[str] | None = None,
+                purpose: str = "HIL test purpose", on_behalf_of: bytes | None = None,
+                expires_at: int | None = None, use_until: int | None = None
+                ) -> dict[str, Any]:
+    """A matter_body (§6). Defaults: a random matter_id, agencies = [office], expires_at =
+    issued_at + 1 h, use_until = issued_at + 30 days. Sign it with :func:`signed_object`."""
+    body: dict[str, Any] = {
+        "matter_id": os.urandom(16) if matter_id is None else matter_id, "title": title,
+        "office": office, "agencies": list(agencies) if agencies is not None else [office],
+        "purpose": purpose, "subject": subject, "licenses": list(licenses),
+        "issued_at": issued_at,
+        "expires_at": issued_at + 3_600_000 if expires_at is None else expires_at,
+        "use_until": issued_at + 30 * DAY_MS if use_until is None else use_until,
+        "pad": pad, "enrollment": enrollment}
+    if on_behalf_of is not None:
+        body["on_behalf_of"] = on_behalf_of
+    return body
+
+
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+
+
+def synthetic_identifier(rng: random.Random) -> str:
+    """A synthetic 18-character resident ID number (GB 11643: 17 digits and the ISO 7064
+    MOD 11-2 check character, which may be X), drawn from ``rng``. Not a real person's."""
+    digits = "11" + "".join(str(rng.randrange(10)) for _ in range(15))
+    total = sum(int(c) * w for c, w in zip(digits, _ID_WEIGHTS, strict=True))
+    return digits + "10X98765432"[total % 11]
 
 
 def _validator_alg(mode: str, index: int) -> str:
@@ -239,12 +359,31 @@ class _Producer:
     @functools.cached_property
     def issuer_keys(self) -> tuple[Key, ...]:
         return tuple(derive_key(self.p.seed, ROLE_ISSUER, i, _validator_alg(self.p.alg, i),
-                                label=f"office-{i}") for i in range(self.p.issuers))
+                                label=self.p.office(i)) for i in range(self.p.issuers))
 
     @functools.cached_property
-    def admin_key(self) -> Key:
-        return derive_key(self.p.seed, ROLE_ADMIN, 0, _admin_alg(self.p.alg),
-                          label="district-admin-0")
+    def admin_keys(self) -> tuple[Key, ...]:
+        return tuple(derive_key(self.p.seed, ROLE_ADMIN, i, _admin_alg(self.p.alg),
+                                label=district) for i, district in enumerate(self.p.districts))
+
+    @functools.cached_property
+    def issuer_enrollments(self) -> tuple[dict[str, Any], ...]:
+        """The device.enroll signed_tx of every issuer, in block 0 (signed once)."""
+        p = self.p
+        txs = []
+        for i, key in enumerate(self.issuer_keys):
+            admin = self.admin_keys[i % len(self.admin_keys)]
+            nonce = sm3.digest(wire.encode(["hil-chain/1 enroll", p.seed, i]))[:16]
+            txs.append(enroll_tx(admin, key.public_key, key.alg, ROLE_ISSUER,
+                                 district=p.issuer_district(i), hall=HALL, office=p.office(i),
+                                 not_after=p.start_ms + ENROLL_DAYS * DAY_MS,
+                                 timestamp=p.start_ms, chain_id=p.chain_id, nonce=nonce))
+        return tuple(txs)
+
+    @functools.cached_property
+    def issuer_enrollment_ids(self) -> tuple[bytes, ...]:
+        """tx_ids of :attr:`issuer_enrollments` (bodies only: no signing needed)."""
+        return tuple(tx_id_of(tx) for tx in self.issuer_enrollments)
 
     def set_index(self, height: int) -> int:
         m = self.p.set_change_every
@@ -295,23 +434,22 @@ class _Producer:
         p = self.p
         rng = random.Random(int.from_bytes(
             sm3.digest(wire.encode(["hil-chain/1 block", p.seed, height])), "big"))
+        spread = max(1, min(p.interval_ms, MAX_SKEW_MS))  # within max_skew of the block
         txs = []
         for i in range(count):
-            office = self.issuer_keys[rng.randrange(len(self.issuer_keys))]
+            index = rng.randrange(len(self.issuer_keys))
+            office = self.issuer_keys[index]
             kind = rng.choice(KINDS)
+            holder = synthetic_identifier(rng)
             document = (f"HIL synthetic document {p.chain_id} height={height} index={i} "
-                        f"kind={kind} ").encode() + rng.randbytes(32)
-            body: dict[str, Any] = {
-                "chain_id": p.chain_id,
-                "type": "evidence.deposit",
-                "timestamp": max(0, timestamp - rng.randrange(max(1, p.interval_ms))),
-                "sender": office.peer_id,
-                "data": {"digest": sm3.digest(document), "kind": kind, "issuer": office.label},
-                "nonce": rng.randbytes(16),
-            }
-            if rng.random() < 0.125:  # the optional field, now and then
-                body["memo"] = f"synthetic deposit {height}/{i}"
-            txs.append(sign_tx(office, body))
+                        f"kind={kind} holder={holder} ").encode() + rng.randbytes(32)
+            ts = max(0, timestamp - rng.randrange(spread))
+            nonce = rng.randbytes(16)
+            memo = f"synthetic deposit {height}/{i}" if rng.random() < 0.125 else None
+            txs.append(deposit_tx(office, digest=sm3.digest(document), kind=kind,
+                                  enrollment=self.issuer_enrollment_ids[index],
+                                  holder=identifier_hash(holder), timestamp=ts,
+                                  chain_id=p.chain_id, nonce=nonce, memo=memo))
         return txs
 
     def block(self, height: int, prev_id: bytes, timestamp: int,
@@ -420,7 +558,8 @@ def generate(out: str | os.PathLike[str], params: ChainParams, blocks: int,
         con.executescript(SCHEMA)
         con.execute("BEGIN")
         _store_meta(con, params)
-        _insert_key(con, producer.admin_key)
+        for key in producer.admin_keys:
+            _insert_key(con, key)
         for key in producer.issuer_keys:
             _insert_key(con, key)
         for k in range(producer.set_index(0), producer.set_index(tip + 1) + 1):
@@ -435,8 +574,10 @@ def generate(out: str | os.PathLike[str], params: ChainParams, blocks: int,
             ts = params.start_ms + h * params.interval_ms
             with_commit = (h % params.commit_every == 0 or producer.is_set_change(h)
                            or h == tip)
-            block = producer.block(h, prev_id, ts, producer.deposit_txs(h, ts, txs_per_block),
-                                   with_commit)
+            txs = producer.deposit_txs(h, ts, txs_per_block)
+            if h == 0:
+                txs = [*producer.issuer_enrollments, *txs]
+            block = producer.block(h, prev_id, ts, txs, with_commit)
             if h == 0:
                 genesis_id = block.block_id
             prev_id = block.block_id
@@ -457,12 +598,14 @@ def generate(out: str | os.PathLike[str], params: ChainParams, blocks: int,
                     progress(f"make-chain: {h + 1}/{blocks} blocks, {n_sigs} signatures, "
                              f"{(h + 1) / elapsed:.0f} blocks/s")
         anchor = {"chain_id": params.chain_id, "height": 0, "block_id": genesis_id,
-                  "validators": wire.decode(producer.vset(producer.set_index(0)).cbor)}
+                  "validators": wire.decode(producer.vset(producer.set_index(0)).cbor),
+                  "admins": [{"alg": k.alg, "public_key": k.public_key, "district": k.label}
+                             for k in producer.admin_keys]}
     finally:
         con.close()
 
     elapsed = time.monotonic() - started
-    summary = _summary(params, tmp_path, elapsed, n_sigs)
+    summary = _summary(params, tmp_path, elapsed, n_sigs, producer.issuer_enrollment_ids)
     _atomic_write(out / "trust.cbor", wire.encode(anchor))
     _atomic_write(out / "chain.json", (json.dumps(summary, indent=2) + "\n").encode())
     os.replace(tmp_path, db_path)
@@ -482,7 +625,7 @@ _MAX_SETS_IN_SUMMARY = 100
 
 
 def _summary(params: ChainParams, db_path: pathlib.Path, elapsed_s: float,
-             signatures: int) -> dict[str, Any]:
+             signatures: int, enrollments: Sequence[bytes]) -> dict[str, Any]:
     con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
         def scalar(sql: str) -> Any:
@@ -498,6 +641,12 @@ def _summary(params: ChainParams, db_path: pathlib.Path, elapsed_s: float,
                           for i, alg, label, power, peer, pub in con.execute(
                               "SELECT idx, alg, label, power, peer_id, public_key FROM keys "
                               "WHERE role = ? ORDER BY idx", (role,))]
+        for entry, enrollment in zip(keys[ROLE_ISSUER], enrollments, strict=True):
+            entry["office"] = params.office(entry["index"])
+            entry["district"] = params.issuer_district(entry["index"])
+            entry["enrollment"] = enrollment.hex()
+        for entry in keys[ROLE_ADMIN]:
+            entry["district"] = entry["label"]
         peers = {bytes.fromhex(v["peer_id"]): v["index"] for v in keys[ROLE_VALIDATOR]}
         sets = []
         rows = con.execute("SELECT r.first_height, r.last_height, r.set_hash, s.cbor "
@@ -536,6 +685,15 @@ def _summary(params: ChainParams, db_path: pathlib.Path, elapsed_s: float,
 
 
 @dataclass(frozen=True)
+class Enrollment:
+    """A ``device.enroll`` found in the chain: its tx_id, height and data."""
+
+    tx_id: bytes
+    height: int
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class AppendedBlock:
     """What :meth:`Chain.append_block` stored."""
 
@@ -564,8 +722,11 @@ class Chain:
         self._lock = threading.RLock()
         meta = {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta")}
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a {FORMAT} chain")
-        self.params = ChainParams(**meta["params"])
+            raise ValueError(f"{path}: not a {FORMAT} chain (format {meta.get('format')!r})")
+        params = dict(meta["params"])
+        for name in ("districts", "offices"):  # JSON lists back to tuples
+            params[name] = tuple(params[name])
+        self.params = ChainParams(**params)
         self._producer: _Producer | None = None
 
     @classmethod
@@ -675,8 +836,24 @@ class Chain:
                 "ORDER BY first_height")]
 
     def trust_anchor(self) -> bytes:
-        """DIR/trust.cbor: enc({"chain_id", "height": 0, "block_id", "validators"})."""
+        """DIR/trust.cbor: enc({"chain_id", "height": 0, "block_id", "validators",
+        "admins"})."""
         return (self.path / "trust.cbor").read_bytes()
+
+    def admins(self) -> list[dict[str, Any]]:
+        """The trust anchor's admins, ``[{alg, public_key, district}]``."""
+        return list(wire.decode(self.trust_anchor()).get("admins", []))
+
+    def admin_key(self, district: str | None = None) -> Key:
+        """The admin key of ``district`` (default: the first district's); KeyError if none."""
+        for key in self.keys(ROLE_ADMIN):
+            if district is None or key.label == district:
+                return key
+        raise KeyError(district)
+
+    def timestamp(self, height: int) -> int:
+        """The timestamp of block ``height``; KeyError if missing."""
+        return wire.decode(self.header(height))["timestamp"]
 
     # -- transactions -----------------------------------------------------------------------
 
@@ -707,6 +884,56 @@ class Chain:
         with self._lock:
             return [row[0] for row in self._con.execute(
                 "SELECT tx_id FROM txs WHERE digest = ? ORDER BY height, idx", (bytes(digest),))]
+
+    def enrollments(self, public_key: bytes | None = None, role: str | None = None
+                    ) -> list[Enrollment]:
+        """The ``device.enroll`` transactions in the chain (of ``public_key`` and ``role`` when
+        given), in chain order. Not checked: the district node checks what it admits."""
+        args: tuple[Any, ...] = (_ENROLL_TAG,)
+        sql = "SELECT tx_id, height, cbor FROM txs WHERE instr(cbor, ?) > 0"
+        if public_key is not None:
+            sql += " AND instr(cbor, ?) > 0"
+            args += (bytes(public_key),)
+        with self._lock:
+            rows = self._con.execute(sql + " ORDER BY height, idx", args).fetchall()
+        out = []
+        for tx_id, height, cbor in rows:
+            body = wire.decode(cbor)["body"]
+            data = body.get("data")
+            if body.get("type") != "device.enroll" or not isinstance(data, dict):
+                continue
+            if public_key is not None and data.get("public_key") != public_key:
+                continue
+            if role is not None and data.get("role") != role:
+                continue
+            out.append(Enrollment(tx_id, height, data))
+        return out
+
+    def txs_after(self, rowid: int, needles: Sequence[bytes]) -> tuple[int, list[bytes]]:
+        """``(top, [signed_tx CBOR])``: the txs stored after row ``rowid`` whose CBOR contains
+        one of ``needles`` (all of them with no needle), in storage order, and the row to
+        pass next time. Rows are only appended, so an incremental reader sees each tx once.
+        """
+        with self._lock:
+            con = self._con
+            con.execute("BEGIN")  # MAX(rowid) and the scan see the same rows
+            try:
+                top = con.execute("SELECT MAX(rowid) FROM txs").fetchone()[0] or 0
+                sql = "SELECT cbor FROM txs WHERE rowid > ? AND rowid <= ?"
+                if needles:
+                    sql += " AND (" + " OR ".join(["instr(cbor, ?) > 0"] * len(needles)) + ")"
+                rows = con.execute(sql + " ORDER BY rowid",
+                                   (rowid, top, *map(bytes, needles))).fetchall()
+            finally:
+                con.execute("COMMIT")
+        return max(top, rowid), [row[0] for row in rows]
+
+    def enrollment_of(self, public_key: bytes, role: str | None = None) -> bytes:
+        """tx_id of the latest enrollment of ``public_key`` (in ``role``); KeyError if none."""
+        found = self.enrollments(public_key, role)
+        if not found:
+            raise KeyError(public_key)
+        return found[-1].tx_id
 
     def keys(self, role: str) -> list[Key]:
         """The fixture keys of ``role`` (validator, issuer, admin), by index."""

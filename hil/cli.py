@@ -94,7 +94,9 @@ def _cmd_make_chain(args: argparse.Namespace) -> int:
                          alg=args.alg, power_max=args.power_max,
                          set_change_every=args.set_change_every, commit_every=args.commit_every,
                          sign_quorum=args.sign_quorum, issuers=args.issuers,
-                         start_ms=args.start_ms, interval_ms=args.interval_ms)
+                         start_ms=args.start_ms, interval_ms=args.interval_ms,
+                         districts=tuple(args.district or _CHAIN_DEFAULT_DISTRICTS),
+                         offices=tuple(args.office))
     try:
         summary = generate(args.out, params, args.blocks, args.txs_per_block, force=args.force,
                            progress=lambda line: print(line, file=sys.stderr, flush=True))
@@ -115,6 +117,7 @@ _CHAIN_DEFAULT_ID = "hil-devnet"
 _CHAIN_DEFAULT_SEED = "0"
 _CHAIN_DEFAULT_START_MS = 1_700_000_000_000
 _CHAIN_DEFAULT_INTERVAL_MS = 1000
+_CHAIN_DEFAULT_DISTRICTS = ("haidian",)
 
 
 def _add_make_chain(sub: argparse._SubParsersAction) -> None:
@@ -123,10 +126,10 @@ def _add_make_chain(sub: argparse._SubParsersAction) -> None:
         "district-node double (private keys stored in the clear)",
         description="TEST FIXTURE. Generate a chain of the ledger protocol v1 into DIR: "
         "chain.db (SQLite: headers, commits, txs, validator sets, and the validators', "
-        "issuing offices' and district admin's PRIVATE KEYS in the clear), trust.cbor (the "
-        "trust anchor at height 0) and chain.json (a summary). Everything but signature "
-        "bytes is a function of the options and --seed. Progress on stderr; a JSON summary "
-        "on stdout. Never use the chain or its keys outside tests and benchmarks.")
+        "issuing offices' and district admins' PRIVATE KEYS in the clear), trust.cbor (the "
+        "trust anchor at height 0, with the admins) and chain.json (a summary). Everything "
+        "but signature bytes is a function of the options and --seed. Progress on stderr; a "
+        "JSON summary on stdout. Never use the chain or its keys outside tests and benchmarks.")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
     p.add_argument("--validators", required=True, type=_positive_int, metavar="N",
                    help="validators per set (1..256)")
@@ -159,7 +162,15 @@ def _add_make_chain(sub: argparse._SubParsersAction) -> None:
                    help="1: every validator has power 1 (default); P > 1: seeded powers in "
                    "[1, P]")
     p.add_argument("--issuers", type=_positive_int, default=3, metavar="N",
-                   help="issuing-office keys that sign the deposits (default 3)")
+                   help="issuing-office keys that sign the deposits, each enrolled in block 0 "
+                   "(default 3)")
+    p.add_argument("--district", action="append", default=[], metavar="NAME",
+                   help="a district with its admin key in the trust anchor (repeatable; "
+                   f"default {', '.join(_CHAIN_DEFAULT_DISTRICTS)}); issuer i is enrolled in "
+                   "district i mod their number")
+    p.add_argument("--office", action="append", default=[], metavar="NAME",
+                   help="the office of the next issuer (repeatable, at most --issuers; the "
+                   "others are office-i)")
     p.add_argument("--force", action="store_true", help="replace an existing DIR/chain.db")
     p.set_defaults(func=_cmd_make_chain)
 
@@ -265,13 +276,14 @@ def _cmd_identity_service(args: argparse.Namespace) -> int:
 
     return run_cli(key_file=args.key, enroll=args.enroll, host=args.host, port=args.port,
                    mode=args.mode, service=args.service, threshold=args.threshold,
+                   enrollment=args.enrollment, represent=args.represent,
                    exit_with_parent=args.exit_with_parent)
 
 
 def _add_identity_service(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "identity-service", help="TEST FIXTURE: the identity-service double (opens capture "
-        "envelopes, toy face comparison, signed attestations)",
+        "envelopes, toy face comparison, signed attestations, ledger-protocol rev 2)",
         description="TEST FIXTURE, not a biometric matcher: serve the identity-service API "
         "(POST /v1/attest, GET /v1/info, POST /hil/mode). Opens the capture envelope with "
         "the --key private key, checks MAC and digest, compares the capture with the "
@@ -289,8 +301,17 @@ def _add_identity_service(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
                    help="address to listen on (default 127.0.0.1)")
     p.add_argument("--enroll", action="append", default=[], metavar="NAME=IMAGE",
-                   help="a citizen (subject = SM3(UTF-8 NAME)) and the reference photo: an "
-                   "image file or synthetic:astronaut / synthetic:camera (repeatable)")
+                   help="a citizen by identifier (ASCII; subject = SM3(\"GOVID1:\" || NAME "
+                   "upper-cased)) and the reference photo: an image file or "
+                   "synthetic:astronaut / synthetic:camera (repeatable)")
+    p.add_argument("--represent", action="append", default=[],
+                   metavar="SUBJECT_NAME=CREDIT_CODE",
+                   help="the registry: SUBJECT_NAME is the legal representative of the "
+                   "enterprise CREDIT_CODE, so attestations may carry represents (repeatable)")
+    p.add_argument("--enrollment", default=None, metavar="HEX",
+                   help="tx_id of the service key's device.enroll (role identity), named in "
+                   "every attestation; until set (here or POST /hil/enrollment) /v1/attest "
+                   "answers 503 not_enrolled")
     p.add_argument("--mode", choices=_IDENTITY_MODES, default="honest",
                    help="honest (default), no_match, timeout, wrong_key or down; changeable "
                    "at runtime with POST /hil/mode")

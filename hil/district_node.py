@@ -6,7 +6,8 @@ appends blocks with the transactions posted to it, optionally announces itself b
 loopback, and can misbehave in the ways a light client must survive. It is written from the
 protocol page alone and never imports ``appliance.node``: the light node and this double are
 two independent implementations, and their agreement is the interop test. It uses
-``appliance.wire`` (canonical CBOR), ``appliance.gm`` (signature checks) and ``hil.chain``.
+``appliance.wire`` (canonical CBOR), ``appliance.gm`` (hashes), ``hil.chain`` and
+``hil.ledger_rules`` (the §6 rules).
 
 **It is not a ledger node**: no consensus, no persistence of the pending pool, the
 validators' private keys are read from ``chain.db`` in the clear, and it signs whatever the
@@ -41,20 +42,17 @@ Responses (§7; every body canonical CBOR; errors ``{"error": code, "message": t
   404 ``not_found`` (also for a tx still pending); 400 for a malformed id.
 - ``GET /v1/lookup/{digest hex}`` -> ``{tx_ids}`` in chain order (empty list when none).
 - ``POST /v1/tx`` (signed_tx, <= 64 KiB, ``Content-Type: application/cbor``) -> 202
-  ``{tx_id}``; 413 ``too_large``, 415 ``unsupported_media_type``, 503 ``busy`` (pending pool
-  full), 400 with ``bad_tx`` (not canonical CBOR, a missing, extra or mistyped field, wrong
-  chain_id, public_key not hashing to sender, unknown type or malformed data),
-  ``bad_signature``, ``unknown_sender`` (see below) or ``duplicate`` (tx_id already in the
-  chain or pending). Checks in that order. Senders: ``evidence.deposit`` from an issuing
-  office of the chain (``keys("issuer")``); ``device.enroll`` from the district admin key
-  (``keys("admin")``), with ``data.terminal == SM3(data.public_key)``;
-  ``license.authorize`` from a terminal enrolled by a ``device.enroll`` in the chain or
-  already accepted into the pending pool, with ``data.terminal == sender`` (the attestation
-  is checked for shape only: the identity service's keys are not part of the fixture; an
-  unknown terminal makes the node read the enrollments added to the chain since it last
-  looked before it refuses, so a node serving another node's chain directory sees them);
-  ``authorization.revoke`` from the admin or the terminal that sent the referenced
-  ``license.authorize`` (in the chain or pending; an unknown one is ``bad_tx``).
+  ``{tx_id}``; 413 ``too_large``, 415 ``unsupported_media_type``, 400 with the code of the
+  first §6 rule the transaction breaks (:mod:`hil.ledger_rules`, checked in the order
+  ``bad_tx``, ``bad_signature``, ``unknown_sender``, ``duplicate``, ``duplicate_matter``,
+  ``bad_reference``; the message starts with the rule's name), 503 ``busy`` (pending pool
+  full). ``now`` is the node's clock (``clock_ms``); the admins are those of the chain
+  directory's trust anchor. References resolve to the chain and the pending pool (license
+  deposits and revoked authorizations must be in a block); sessions and ``(pad,
+  matter_id)`` pairs are indexed from the chain, read incrementally before each check (so a
+  node serving another node's chain directory sees what that node appends), and from the
+  pending pool. ``share_state_with`` makes nodes on one chain directory share the pool and
+  the indexes.
 - ``GET /v1/wait?height=H&timeout_ms=T`` (T 0..30000, default 30000) -> ``{height}`` (the
   tip) as soon as the tip is >= H, or when T ms have passed.
 
@@ -65,7 +63,8 @@ fraction of the CPU (it bounded the end-to-end header sync benchmark).
 
 Block production: every ``block_interval_ms`` (default 1000; 0 disables production) the
 pending transactions (at most 1000, in arrival order) become block tip+1 through
-:meth:`hil.chain.Chain.append_block`, which signs its commit. With ``empty_blocks`` an empty
+:meth:`hil.chain.Chain.append_block`, which signs its commit; the block's timestamp is the
+node's clock (never below the tip's). With ``empty_blocks`` an empty
 block is appended when nothing is pending, so the chain keeps growing; without it (the
 default) the chain only grows when something was posted.
 
@@ -130,16 +129,17 @@ import sqlite3
 import sys
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from appliance import wire
-from appliance.gm import ecdsa, sm2, sm3
+from appliance.gm import sm3
 from appliance.httpbody import read_capped
 from hil import chain as hc
+from hil import ledger_rules as lr
 from hil.process import FixtureProcess, serve_until_stopped
 
 __all__ = [
@@ -154,12 +154,10 @@ PROTOCOL = 1
 SOFTWARE = "appliance-hil district-node/1 (TEST FIXTURE, not a ledger node)"
 DEFAULT_DISTRICT = "hil-district"
 MAX_HEADERS = 1000  # §8 headers per response
-MAX_TX_BYTES = 64 * 1024  # §8 signed_tx
-MAX_TEXT_BYTES = 1024  # §8 text fields
+MAX_TX_BYTES = lr.MAX_TX_BYTES  # §8 signed_tx
 MAX_WAIT_MS = 30_000
 MAX_PENDING = 10_000
 MAX_TXS_PER_BLOCK = 1000
-MAX_LICENSES = 256
 CBOR = "application/cbor"
 
 MODES = ("forge-commit", "wrong-link", "set-hijack", "equivocate", "bad-proof", "garbage",
@@ -174,14 +172,8 @@ SLOW_CHUNK = 4
 SLOW_PERIOD_S = 0.5
 _SHUTDOWN_TIMEOUT_S = 2.0
 
-_VERIFY = {"sm2": sm2.verify, "ecdsa-p256": ecdsa.verify}
 _UINT = re.compile(r"[0-9]{1,19}")
 _HEX32 = re.compile(r"[0-9a-fA-F]{64}")
-_MAX_UINT = 2**64 - 1
-_TX_KEYS = {"body", "alg", "public_key", "signature"}
-_BODY_REQUIRED = {"chain_id", "type", "timestamp", "sender", "data", "nonce"}
-_BODY_OPTIONAL = {"recipient", "memo"}
-_ENROLL_TAG = wire.encode("device.enroll")  # to find enrollments in chain.db quickly
 
 
 # -- misbehaviour spec ----------------------------------------------------------------------
@@ -404,7 +396,7 @@ def _make_view(chain: hc.Chain, misbehave: Misbehaviour | None) -> _View:
     return _View(chain)
 
 
-# -- transaction checks -----------------------------------------------------------------------
+# -- transaction checks: the rules, the pool and the indexes --------------------------------
 
 
 class _ApiError(Exception):
@@ -413,92 +405,87 @@ class _ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def _bad_tx(message: str) -> _ApiError:
-    return _ApiError(400, "bad_tx", message)
+_INDEX_TAGS = (wire.encode("license.authorize"), wire.encode("authorization.revoke"))
 
 
-def _is_text(value: object, max_bytes: int = MAX_TEXT_BYTES) -> bool:
-    return isinstance(value, str) and len(value.encode("utf-8")) <= max_bytes
+class _SharedState:
+    """What nodes serving one chain directory share (:class:`DistrictNode`'s
+    ``share_state_with``): the pending pool, the batch being appended, the session and
+    matter indexes, the rules (with their cache) and the block-production lock.
+
+    The indexes cover the chain (read incrementally: rows of chain.db are only appended) and
+    the pending pool (entries added on admission, removed if their batch is dropped).
+    """
+
+    def __init__(self, chain: hc.Chain, rules: lr.LedgerRules) -> None:
+        self.chain_dir = chain.path.resolve()
+        self.chain_id = chain.chain_id
+        self.rules = rules
+        self.pending: dict[bytes, tuple[bytes, dict]] = {}  # tx_id -> (CBOR, signed_tx)
+        self.inflight: dict[bytes, tuple[bytes, dict]] = {}  # the batch being appended
+        self.sessions: dict[bytes, bytes] = {}  # session -> tx_id
+        self.matters: dict[tuple[bytes, bytes], bytes] = {}  # (pad, matter_id) -> tx_id
+        self.read_to = 0  # chain.db txs rowid up to which the indexes are read
+        self.produce_lock = asyncio.Lock()
+
+    def held(self, tx_id: bytes) -> tuple[bytes, dict] | None:
+        return self.pending.get(tx_id) or self.inflight.get(tx_id)
+
+    def refresh(self, chain: hc.Chain) -> None:
+        """Index the license.authorize and authorization.revoke txs stored since last time
+        (by whichever node appended them)."""
+        self.read_to, rows = chain.txs_after(self.read_to, _INDEX_TAGS)
+        for cbor in rows:
+            with contextlib.suppress(wire.WireError, KeyError, TypeError, AttributeError):
+                tx = wire.decode(cbor)
+                self.index(lr.tx_id_of(tx), tx)
+
+    def index(self, tx_id: bytes, tx: dict) -> None:
+        body = tx["body"]
+        if body["type"] not in ("license.authorize", "authorization.revoke"):
+            return
+        data = body["data"]
+        self.sessions.setdefault(data["session"], tx_id)
+        if body["type"] == "license.authorize":
+            matter = data["matter"]["body"]
+            self.matters.setdefault((matter["pad"], matter["matter_id"]), tx_id)
+
+    def admit(self, admitted: lr.Admitted, raw: bytes, tx: dict) -> None:
+        self.pending[admitted.tx_id] = (raw, tx)
+        if admitted.session is not None:
+            self.sessions.setdefault(admitted.session, admitted.tx_id)
+        if admitted.matter is not None:
+            self.matters.setdefault(admitted.matter, admitted.tx_id)
+
+    def forget(self, tx_ids: set[bytes]) -> None:
+        """Drop the index entries of txs that will never be in a block."""
+        for index in (self.sessions, self.matters):
+            for key in [k for k, v in index.items() if v in tx_ids]:
+                del index[key]
 
 
-def _is_bytes(value: object, size: int) -> bool:
-    return isinstance(value, bytes) and len(value) == size
+class _LedgerView:
+    """The rules' view (:class:`hil.ledger_rules.LedgerState`) of one node's chain and the
+    shared pool."""
 
+    def __init__(self, state: _SharedState, chain: hc.Chain) -> None:
+        self.state, self.chain = state, chain
 
-def _is_uint(value: object, high: int = _MAX_UINT) -> bool:
-    return type(value) is int and 0 <= value <= high
+    def find(self, tx_id: bytes) -> lr.Found | None:
+        held = self.state.held(tx_id)
+        if held is not None:
+            return lr.Found(held[1], None)
+        try:
+            raw, height, _ = self.chain.tx(tx_id)
+        except KeyError:
+            return None
+        return lr.Found(wire.decode(raw), self.chain.timestamp(height))
 
+    def session_used(self, session: bytes) -> bool:
+        return session in self.state.sessions
 
-def _check_fields(obj: object, what: str, spec: Mapping[str, Callable[[Any], bool]],
-                  optional: Mapping[str, Callable[[Any], bool]] | None = None) -> dict:
-    if not isinstance(obj, dict):
-        raise _bad_tx(f"{what} is not a map")
-    optional = optional or {}
-    missing = set(spec) - set(obj)
-    extra = set(obj) - set(spec) - set(optional)
-    if missing:
-        raise _bad_tx(f"{what} lacks {', '.join(sorted(missing))}")
-    if extra:
-        raise _bad_tx(f"{what} has unknown fields {', '.join(sorted(extra))}")
-    for key, check in (*spec.items(), *optional.items()):
-        if key in obj and not check(obj[key]):
-            raise _bad_tx(f"{what}.{key} is malformed")
-    return obj
-
-
-def _signed_shape(obj: object, what: str) -> dict:
-    return _check_fields(obj, what, {
-        "body": lambda v: isinstance(v, dict),
-        "alg": lambda v: v in _VERIFY,
-        "public_key": lambda v: _is_bytes(v, 65),
-        "signature": lambda v: _is_bytes(v, 64),
-    })
-
-
-_DATA_SPECS: dict[str, dict[str, Callable[[Any], bool]]] = {
-    "evidence.deposit": {
-        "digest": lambda v: _is_bytes(v, 32), "kind": _is_text, "issuer": _is_text},
-    "device.enroll": {
-        "terminal": lambda v: _is_bytes(v, 32), "alg": lambda v: v in _VERIFY,
-        "public_key": lambda v: _is_bytes(v, 65), "district": _is_text, "hall": _is_text,
-        "role": lambda v: v in ("kiosk", "pad")},
-    "license.authorize": {
-        "session": lambda v: _is_bytes(v, 16), "matter": _is_text, "agency": _is_text,
-        "licenses": lambda v: isinstance(v, list) and len(v) <= MAX_LICENSES
-        and all(_is_bytes(x, 32) for x in v),
-        "subject": lambda v: _is_bytes(v, 32), "attestation": lambda v: isinstance(v, dict),
-        "capture_digest": lambda v: _is_bytes(v, 32), "terminal": lambda v: _is_bytes(v, 32),
-        "not_after": _is_uint},
-    "authorization.revoke": {"authorization": lambda v: _is_bytes(v, 32)},
-}
-
-
-def _check_tx_shape(tx: object, chain_id: str) -> dict:
-    """The signed_tx, or _ApiError bad_tx (shape, chain_id, sender, data)."""
-    tx = _signed_shape(tx, "signed_tx")
-    body = _check_fields(tx["body"], "body", {
-        "chain_id": lambda v: _is_text(v, 64) and len(v) > 0,
-        "type": _is_text,
-        "timestamp": _is_uint,
-        "sender": lambda v: _is_bytes(v, 32),
-        "data": lambda v: isinstance(v, dict),
-        "nonce": lambda v: _is_bytes(v, 16),
-    }, {"recipient": _is_text, "memo": _is_text})
-    if body["chain_id"] != chain_id:
-        raise _bad_tx(f"chain_id {body['chain_id']!r} is not this chain's ({chain_id!r})")
-    if sm3.digest(tx["public_key"]) != body["sender"]:
-        raise _bad_tx("public_key does not hash to sender")
-    spec = _DATA_SPECS.get(body["type"])
-    if spec is None:
-        raise _bad_tx(f"unknown transaction type {body['type']!r}")
-    data = _check_fields(body["data"], "data", spec)
-    if body["type"] == "device.enroll" and sm3.digest(data["public_key"]) != data["terminal"]:
-        raise _bad_tx("data.terminal is not SM3(data.public_key)")
-    if body["type"] == "license.authorize":
-        if data["terminal"] != body["sender"]:
-            raise _bad_tx("data.terminal is not the sender")
-        _signed_shape(data["attestation"], "data.attestation")
-    return tx
+    def matter_used(self, pad: bytes, matter_id: bytes) -> bool:
+        return (pad, matter_id) in self.state.matters
 
 
 # -- the server -------------------------------------------------------------------------------
@@ -657,14 +644,27 @@ class DistrictNode:
     or ``async with DistrictNode(...) as node:``. ``misbehave`` is a
     :class:`Misbehaviour` or its text (``"withhold@10"``). ``log`` gets one line per request
     and per event (default: stderr). The chain directory is opened for writing (blocks are
-    appended to it): give each node its own copy.
+    appended to it): give each node its own copy, or share one between nodes with
+    ``share_state_with``.
+
+    ``share_state_with=other``: this node serves ``other``'s chain directory (the same
+    directory is required) and shares its pending pool, its session and matter indexes and
+    its block-production lock: a transaction accepted by either is pending in both and in
+    the next block either produces, and neither accepts what the other already holds. Make
+    blocks with one of them (``block_interval_ms=0`` on the others): two doubles each making
+    blocks from copies of one chain would fork it.
+
+    ``clock_ms``: the node's time in ms (default: the system clock), the ``now`` of the §6
+    rules at ``POST /v1/tx``.
     """
 
     def __init__(self, chain_dir: str | os.PathLike[str], *, host: str = "127.0.0.1",
                  port: int = 0, district: str = DEFAULT_DISTRICT, block_interval_ms: int = 1000,
                  empty_blocks: bool = False, misbehave: Misbehaviour | str | None = None,
                  peer_key_seed: str | None = None, advertise: bool = False,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None,
+                 share_state_with: DistrictNode | None = None,
+                 clock_ms: Callable[[], int] | None = None) -> None:
         if not 1 <= len(district.encode("utf-8")) <= 64:
             raise ValueError("district must be 1..64 UTF-8 bytes")
         if block_interval_ms < 0:
@@ -680,6 +680,12 @@ class DistrictNode:
         self.advertise = advertise
         self.log = log or _stderr_log
         self.chain = hc.Chain.open(self.chain_dir)
+        try:
+            self._state = self._shared_state(share_state_with)
+        except BaseException:
+            self.chain.close()
+            raise
+        self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self.chain_id = self.chain.chain_id
         self.peer_key = hc.derive_key(peer_key_seed if peer_key_seed is not None
                                       else f"{self.chain_id}/{district}",
@@ -691,17 +697,10 @@ class DistrictNode:
         self.port = 0
         self.url = ""
         self.blocks_produced = 0
-        self._admins = {k.peer_id for k in self.chain.keys(hc.ROLE_ADMIN)}
-        self._issuers = {k.peer_id for k in self.chain.keys(hc.ROLE_ISSUER)}
-        self._enrollments_read_to = 0  # txs rowid up to which enrollments were read
-        self._enrolled = self._enrolled_in_chain()
-        self._pending: dict[bytes, tuple[bytes, dict]] = {}  # tx_id -> (CBOR, signed_tx)
-        self._inflight: dict[bytes, tuple[bytes, dict]] = {}
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping: asyncio.Event | None = None
         self._tip_changed: asyncio.Event | None = None
-        self._produce_lock: asyncio.Lock | None = None
         self._zeroconf: Any = None
         self._service: Any = None
 
@@ -711,7 +710,6 @@ class DistrictNode:
         """Serve; return the URL. With ``advertise``, registers the mDNS service first."""
         self._stopping = asyncio.Event()
         self._tip_changed = asyncio.Event()
-        self._produce_lock = asyncio.Lock()
         app = web.Application(middlewares=[self._middleware])
         routes = [
             ("GET", "/v1/info", self._info),
@@ -769,8 +767,26 @@ class DistrictNode:
 
     @property
     def pending(self) -> list[bytes]:
-        """tx_ids accepted and not yet in a block, in arrival order."""
-        return [*self._inflight, *self._pending]
+        """tx_ids accepted and not yet in a block, in arrival order (shared with the nodes of
+        ``share_state_with``)."""
+        return [*self._state.inflight, *self._state.pending]
+
+    @property
+    def rules(self) -> lr.LedgerRules:
+        """The §6 rules this node admits transactions by (trust anchor of the chain dir)."""
+        return self._state.rules
+
+    def _shared_state(self, other: DistrictNode | None) -> _SharedState:
+        if other is None:
+            anchor = wire.decode(self.chain.trust_anchor())
+            rules = lr.LedgerRules(self.chain.chain_id, lr.parse_admins(anchor))
+            state = _SharedState(self.chain, rules)
+            state.refresh(self.chain)
+            return state
+        if other._state.chain_dir != self.chain_dir.resolve():
+            raise ValueError(f"share_state_with: {other.chain_dir} is another chain directory "
+                             f"than {self.chain_dir}")
+        return other._state
 
     # -- mDNS --------------------------------------------------------------------------------
 
@@ -815,7 +831,7 @@ class DistrictNode:
                 await asyncio.wait_for(self._stopping.wait(), self.block_interval_ms / 1000)
             if self._stopping.is_set():
                 return
-            if self._pending or self.empty_blocks:
+            if self._state.pending or self.empty_blocks:
                 try:
                     await self.produce_block()
                 except Exception as exc:  # keep serving; the log says why
@@ -824,86 +840,29 @@ class DistrictNode:
     async def produce_block(self) -> hc.AppendedBlock | None:
         """Append a block with (up to 1000 of) the pending txs now; None if nothing pending
         and not ``empty_blocks``. Used by the production loop; tests may call it directly."""
-        assert self._produce_lock is not None and self._tip_changed is not None
-        async with self._produce_lock:
-            if not self._pending and not self.empty_blocks:
+        assert self._tip_changed is not None
+        state = self._state
+        async with state.produce_lock:
+            if not state.pending and not self.empty_blocks:
                 return None
-            ids = list(self._pending)[:MAX_TXS_PER_BLOCK]
-            self._inflight = {i: self._pending.pop(i) for i in ids}
+            ids = list(state.pending)[:MAX_TXS_PER_BLOCK]
+            state.inflight = {i: state.pending.pop(i) for i in ids}
+            timestamp = max(self.clock_ms(), self.chain.timestamp(self.chain.tip_height))
             try:
                 block = await asyncio.to_thread(
-                    self.chain.append_block, [self._inflight[i][0] for i in ids])
+                    self.chain.append_block, [state.inflight[i][0] for i in ids], timestamp)
             except ValueError as exc:  # not expected: every tx was checked; drop the batch
                 self.log(f"append_block refused {len(ids)} txs, dropped: {exc}")
+                state.forget(set(ids))
                 return None
             finally:
-                self._inflight = {}
+                state.inflight = {}
             self.blocks_produced += 1
             self.log(f"block {block.height} {block.block_id.hex()[:16]} with "
                      f"{len(block.tx_ids)} txs")
             event, self._tip_changed = self._tip_changed, asyncio.Event()
             event.set()
             return block
-
-    # -- enrollment state --------------------------------------------------------------------
-
-    def _enrolled_in_chain(self) -> set[bytes]:
-        """Terminals enrolled by device.enroll txs from an admin in the chain and stored
-        after the last call (the first call reads them all; txs rows are only appended, so
-        their rowids grow)."""
-        db = self.chain_dir / "chain.db"
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        try:
-            with con:  # one read transaction: MAX(rowid) and the scan see the same rows
-                con.execute("BEGIN")
-                top = con.execute("SELECT MAX(rowid) FROM txs").fetchone()[0] or 0
-                rows = con.execute("SELECT cbor FROM txs WHERE rowid > ? AND rowid <= ? "
-                                   "AND instr(cbor, ?) > 0",
-                                   (self._enrollments_read_to, top, _ENROLL_TAG)).fetchall()
-        finally:
-            con.close()
-        self._enrollments_read_to = max(self._enrollments_read_to, top)
-        enrolled = set()
-        for (cbor,) in rows:
-            with contextlib.suppress(wire.WireError, KeyError, TypeError):
-                body = wire.decode(cbor)["body"]
-                if body["type"] == "device.enroll" and body["sender"] in self._admins:
-                    enrolled.add(body["data"]["terminal"])
-        return enrolled
-
-    def _is_enrolled(self, terminal: bytes) -> bool:
-        """Whether ``terminal`` is enrolled, in the chain or by a device.enroll accepted here.
-
-        An unknown terminal makes the node read the enrollments added to the chain since it
-        last looked before it says no: another node may be appending to the same chain
-        directory (a second node serving the producer's chain read-only, as the kiosk tests
-        and the simulated hall do), and its enrollments reach this node only through the
-        chain. Rare (a refusal), and cheap: only the txs stored since the last read are
-        scanned.
-        """
-        if terminal in self._enrolled:
-            return True
-        self._enrolled |= self._enrolled_in_chain()  # in place: the set may be shared
-        return terminal in self._enrolled
-
-    def _authorization_sender(self, tx_id: bytes) -> bytes | None:
-        """The sender of license.authorize ``tx_id`` (chain or pending), else None."""
-        entry = self._pending.get(tx_id) or self._inflight.get(tx_id)
-        if entry is not None:
-            body = entry[1]["body"]
-        else:
-            try:
-                body = wire.decode(self.chain.tx(tx_id)[0])["body"]
-            except KeyError:
-                return None
-        return body["sender"] if body.get("type") == "license.authorize" else None
-
-    def _in_chain(self, tx_id: bytes) -> bool:
-        try:
-            self.chain.tx(tx_id)
-        except KeyError:
-            return False
-        return True
 
     # -- HTTP plumbing -----------------------------------------------------------------------
 
@@ -1125,42 +1084,20 @@ class DistrictNode:
         data = await read_capped(request, MAX_TX_BYTES)
         if data is None:
             raise _ApiError(413, "too_large", f"a signed_tx is at most {MAX_TX_BYTES} bytes")
+        state = self._state
+        raw = bytes(data)
         try:
-            tx = wire.decode(bytes(data), MAX_TX_BYTES)
-        except wire.WireError as exc:
-            raise _bad_tx(f"not canonical CBOR: {exc}") from None
-        tx = _check_tx_shape(tx, self.chain_id)
-        body = tx["body"]
-        body_cbor = wire.encode(body)
-        if not _VERIFY[tx["alg"]](tx["public_key"], body_cbor, tx["signature"]):
-            raise _ApiError(400, "bad_signature", "the signature does not verify")
-        sender, kind, fields = body["sender"], body["type"], body["data"]
-        if kind == "evidence.deposit" and sender not in self._issuers:
-            raise _ApiError(400, "unknown_sender", "evidence.deposit from a key that is not "
-                            "an issuing office of this chain")
-        if kind == "device.enroll" and sender not in self._admins:
-            raise _ApiError(400, "unknown_sender", "device.enroll not signed by the district "
-                            "admin")
-        if kind == "license.authorize" and not self._is_enrolled(sender):
-            raise _ApiError(400, "unknown_sender", "license.authorize from a terminal that is "
-                            "not enrolled")
-        if kind == "authorization.revoke":
-            author = self._authorization_sender(fields["authorization"])
-            if author is None:
-                raise _bad_tx("data.authorization is not a known license.authorize")
-            if sender != author and sender not in self._admins:
-                raise _ApiError(400, "unknown_sender", "authorization.revoke from neither "
-                                "the authorizing terminal nor the admin")
-        tx_id = sm3.digest(body_cbor)
-        if tx_id in self._pending or tx_id in self._inflight or self._in_chain(tx_id):
-            raise _ApiError(400, "duplicate", "transaction already in the chain or pending")
-        if len(self._pending) >= MAX_PENDING:
+            state.refresh(self.chain)
+            admitted = state.rules.admit(raw, _LedgerView(state, self.chain), self.clock_ms())
+        except lr.Refusal as exc:
+            self.log(f"refused: {exc.code} {exc.message}")
+            raise _ApiError(400, exc.code, exc.message) from None
+        if len(state.pending) >= MAX_PENDING:
             raise _ApiError(503, "busy", "the pending pool is full")
-        self._pending[tx_id] = (bytes(data), tx)
-        if kind == "device.enroll":
-            self._enrolled.add(fields["terminal"])
-        self.log(f"accepted {kind} {tx_id.hex()[:16]} ({len(self._pending)} pending)")
-        return _Reply(202, {"tx_id": tx_id}, None)
+        state.admit(admitted, raw, wire.decode(raw))
+        self.log(f"accepted {admitted.type} {admitted.tx_id.hex()[:16]} "
+                 f"({len(state.pending)} pending)")
+        return _Reply(202, {"tx_id": admitted.tx_id}, None)
 
 
 # -- the CLI ----------------------------------------------------------------------------------

@@ -1,17 +1,30 @@
 """The identity-service double of the HIL rig: a TEST FIXTURE, not a biometric matcher.
 
-It speaks the identity-service HTTP API the terminal uses (``appliance.kiosk.identity``):
+It speaks the identity-service HTTP API the terminal uses (``appliance.kiosk.identity``),
+ledger-protocol §6 revision 2:
 
-- ``POST /v1/attest`` (``application/cbor``, body ``{envelope, subject, capture_digest}``,
-  at most 4 MiB, counted while reading) -> 200 ``signed_attestation`` (ledger-protocol §6),
-  signed with SM2 over ``enc(body)``. Errors ``{"error": code, "message": text}``, checked
-  in this order: 413 ``too_large`` (the connection is then closed, the rest not read),
-  400 ``bad_request`` (wrong content type, not canonical CBOR, wrong fields or types),
-  404 ``unknown_subject``, 400 ``bad_envelope`` (shape of the envelope, the key does not
-  open, MAC, padding), 400 ``digest_mismatch``, 400 ``bad_request`` (an image that does not
-  decode).
-- ``GET /v1/info`` -> ``{"service", "alg": "sm2", "public_key"}``.
+- ``POST /v1/attest`` (``application/cbor``, body ``{envelope, subject, capture_digest,
+  terminal, action, target}`` and optionally ``represents``, at most 4 MiB, counted while
+  reading) -> 200 ``signed_attestation`` (§6): ``{session (the envelope's), capture_digest,
+  subject, terminal, action, target, result, score, issued_at, service, enrollment}`` and
+  ``represents`` when asked, signed with SM2 over ``enc(body)``. Errors ``{"error": code,
+  "message": text}``, checked in this order: 413 ``too_large`` (the connection is then
+  closed, the rest not read), 503 ``unavailable`` (mode ``down``), 503 ``not_enrolled`` (the
+  service key's enrollment is not set yet), 400 ``bad_request`` (wrong content type, not
+  canonical CBOR, wrong fields or types, an action other than ``authorize``/``revoke``),
+  404 ``unknown_subject``, 403 ``not_representative`` (``represents`` given and the registry
+  does not say the subject is that enterprise's legal representative), 400 ``bad_envelope``
+  (shape of the envelope, the key does not open, MAC over session || iv || ciphertext,
+  padding), 400 ``digest_mismatch``, 400 ``bad_request`` (an image that does not decode).
+- ``GET /v1/info`` -> ``{"service", "alg": "sm2", "public_key", "enrollment"}``
+  (``enrollment`` null until set).
 - ``POST /hil/mode`` (fixture only) body ``{"mode": M}`` -> ``{"mode": M}``; ``GET /hil/mode``.
+- ``POST /hil/enrollment`` (fixture only) body ``{"enrollment": bytes(32)}`` -> the same: the
+  tx_id of the service key's ``device.enroll`` (role ``identity``), once it is on chain.
+
+Subjects and enterprises are identifier hashes (§6): an enrolled NAME is the citizen's
+identifier (ASCII, e.g. an ID-card number), subject = ``SM3("GOVID1:" || NAME upper-cased)``;
+``represents`` pairs ``SUBJECT_NAME=CREDIT_CODE`` are kept as the two hashes.
 
 How it "compares" (an honest toy, good enough to tell the astronaut from the cameraman, and
 nothing more): the largest Haar frontal face in each image (OpenCV's bundled cascade; fewer
@@ -28,7 +41,7 @@ generated at start and puts that key in ``public_key``), ``down`` (``/v1/attest`
 
 Captures are decrypted in memory only; the JPEG bytes and decoded pixel arrays are dropped
 (arrays overwritten) after the comparison; nothing is written to disk, and the log carries
-decisions and scores, never pixels. The subject of an enrolled NAME is SM3(UTF-8 NAME).
+decisions and scores, never pixels.
 
 Python API: :class:`IdentityService` (in this event loop) and
 :class:`IdentityServiceProcess` (the CLI as a subprocess). CLI: ``appliance-hil
@@ -43,7 +56,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +65,16 @@ import numpy as np
 from aiohttp import web
 
 from appliance import wire
-from appliance.gm import sm2, sm3
+from appliance.gm import sm2
 from appliance.httpbody import read_capped
 from appliance.kiosk.capture import envelope as env
+from hil.ledger_rules import identifier_hash
 from hil.process import FixtureProcess, serve_until_stopped
 
 __all__ = [
-    "DEFAULT_SERVICE", "DEFAULT_THRESHOLD", "MAX_BODY", "MODES", "IdentityService",
+    "ACTIONS", "DEFAULT_SERVICE", "DEFAULT_THRESHOLD", "MAX_BODY", "MODES", "IdentityService",
     "IdentityServiceProcess", "face_template", "load_key", "load_reference", "make_key",
-    "score", "subject_of",
+    "parse_enroll", "parse_represent", "score", "subject_of",
 ]
 
 MODES = ("honest", "no_match", "timeout", "wrong_key", "down")
@@ -69,7 +83,10 @@ DEFAULT_THRESHOLD = 600
 MAX_BODY = 4 * 1024 * 1024
 CBOR = "application/cbor"
 TEMPLATE_SIZE = 64
-_REQUEST_FIELDS = frozenset({"envelope", "subject", "capture_digest"})
+ACTIONS = ("authorize", "revoke")
+_REQUEST_FIELDS = frozenset({"envelope", "subject", "capture_digest", "terminal", "action",
+                             "target"})
+_REQUEST_OPTIONAL = frozenset({"represents"})
 _SYNTHETIC = ("astronaut", "camera")
 _TIMEOUT_HOLD_S = 3600.0
 _SHUTDOWN_TIMEOUT_S = 2.0
@@ -107,8 +124,9 @@ def load_key(path: str | os.PathLike[str]) -> bytes:
 
 
 def subject_of(name: str) -> bytes:
-    """The subject identifier of an enrolled NAME: SM3(UTF-8 NAME)."""
-    return sm3.digest(name.encode("utf-8"))
+    """The subject of an enrolled NAME (the citizen's identifier): its identifier hash,
+    ``SM3("GOVID1:" || NAME upper-cased)`` (§6); ValueError for a non-ASCII NAME."""
+    return identifier_hash(name)
 
 
 # -- the toy comparison ---------------------------------------------------------------------
@@ -189,10 +207,21 @@ class IdentityService:
     def __init__(self, private_key: bytes, enrolled: Mapping[str, np.ndarray], *,
                  host: str = "127.0.0.1", port: int = 0, mode: str = "honest",
                  service: str = DEFAULT_SERVICE, threshold: int = DEFAULT_THRESHOLD,
+                 enrollment: bytes | None = None,
+                 represents: Iterable[tuple[str, str]] = (),
                  clock_ms: Callable[[], int] | None = None,
                  log: Callable[[str], None] = _log) -> None:
+        """``enrollment``: the tx_id of the service key's device.enroll (role identity); until
+        it is set (here, :meth:`set_enrollment` or ``POST /hil/enrollment``) ``/v1/attest``
+        answers 503 ``not_enrolled``. ``represents``: (subject NAME, enterprise CREDIT_CODE)
+        pairs of the registry of legal representatives."""
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: choose one of {', '.join(MODES)}")
+        self.enrollment: bytes | None = None
+        if enrollment is not None:
+            self.set_enrollment(enrollment)
+        self.representatives: set[tuple[bytes, bytes]] = {
+            (identifier_hash(name), identifier_hash(code)) for name, code in represents}
         self.private_key = private_key
         self.public_key = sm2.public_key_of(private_key)
         self._wrong_private, self.wrong_public_key = sm2.generate_keypair()
@@ -215,6 +244,12 @@ class IdentityService:
         self._runner: web.AppRunner | None = None
         self._stopping: asyncio.Event | None = None
 
+    def set_enrollment(self, enrollment: bytes) -> None:
+        """The tx_id of the service key's device.enroll, named in every attestation."""
+        if type(enrollment) is not bytes or len(enrollment) != 32:
+            raise ValueError("an enrollment is a 32-byte tx_id")
+        self.enrollment = enrollment
+
     async def start(self) -> str:
         self._stopping = asyncio.Event()
         app = web.Application()
@@ -222,6 +257,7 @@ class IdentityService:
         app.router.add_get("/v1/info", self._info)
         app.router.add_post("/hil/mode", self._set_mode)
         app.router.add_get("/hil/mode", self._get_mode)
+        app.router.add_post("/hil/enrollment", self._set_enrollment)
         # lingering_time=0: a refused oversize body is not drained, the connection is closed.
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                      shutdown_timeout=_SHUTDOWN_TIMEOUT_S, lingering_time=0)
@@ -232,8 +268,10 @@ class IdentityService:
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.url = f"http://{host}:{self.port}"
         self.log(f"serving at {self.url}; service {self.service!r}; public key "
-                 f"{self.public_key.hex()}; enrolled {', '.join(self.names) or 'nobody'}; "
-                 f"mode {self.mode}; TEST FIXTURE, not a biometric matcher")
+                 f"{self.public_key.hex()}; key enrollment "
+                 f"{self.enrollment.hex() if self.enrollment else 'not set'}; enrolled "
+                 f"{', '.join(self.names) or 'nobody'}; {len(self.representatives)} "
+                 f"representatives; mode {self.mode}; TEST FIXTURE, not a biometric matcher")
         return self.url
 
     async def stop(self) -> None:
@@ -254,10 +292,23 @@ class IdentityService:
 
     async def _info(self, request: web.Request) -> web.Response:
         return _reply(200, {"service": self.service, "alg": "sm2",
-                            "public_key": self.public_key})
+                            "public_key": self.public_key, "enrollment": self.enrollment})
 
     async def _get_mode(self, request: web.Request) -> web.Response:
         return _reply(200, {"mode": self.mode})
+
+    async def _set_enrollment(self, request: web.Request) -> web.Response:
+        try:
+            obj = wire.decode(await request.content.read(1024 + 1), 1024)
+        except wire.WireError as exc:
+            return _reply(400, {"error": "bad_request", "message": f"not CBOR: {exc}"})
+        value = obj.get("enrollment") if type(obj) is dict and len(obj) == 1 else None
+        if type(value) is not bytes or len(value) != 32:
+            return _reply(400, {"error": "bad_request",
+                                "message": "body must be {enrollment: bytes(32)}"})
+        self.set_enrollment(value)
+        self.log(f"key enrollment {value.hex()}")
+        return _reply(200, {"enrollment": value})
 
     async def _set_mode(self, request: web.Request) -> web.Response:
         try:
@@ -295,22 +346,35 @@ class IdentityService:
         body = await self._read_body(request)
         if self.mode == "down":
             return _reply(503, {"error": "unavailable", "message": "mode down (TEST FIXTURE)"})
+        enrollment = self.enrollment
+        if enrollment is None:
+            return _reply(503, {"error": "not_enrolled", "message": "the service key's "
+                                "enrollment is not set (--enrollment, POST /hil/enrollment)"})
         try:
             obj = wire.decode(body, MAX_BODY)
         except wire.WireError as exc:
             raise _ApiError(400, "bad_request", f"not canonical CBOR: {exc.reason}") from None
-        if type(obj) is not dict or set(obj) != _REQUEST_FIELDS:
+        if type(obj) is not dict or not _REQUEST_FIELDS <= set(obj) <= \
+                _REQUEST_FIELDS | _REQUEST_OPTIONAL:
             raise _ApiError(400, "bad_request", "body must have exactly envelope, subject, "
-                            "capture_digest")
+                            "capture_digest, terminal, action, target and optionally "
+                            "represents")
         subject, digest, envelope = obj["subject"], obj["capture_digest"], obj["envelope"]
-        for key, value in (("subject", subject), ("capture_digest", digest)):
+        for key in ("subject", "capture_digest", "terminal", "target", "represents"):
+            value = obj.get(key, bytes(32))
             if type(value) is not bytes or len(value) != 32:
                 raise _ApiError(400, "bad_request", f"{key} must be 32 bytes")
+        if obj["action"] not in ACTIONS or type(obj["action"]) is not str:
+            raise _ApiError(400, "bad_request", f"action must be one of {', '.join(ACTIONS)}")
         if type(envelope) is not dict:
             raise _ApiError(400, "bad_request", "envelope must be a map")
         reference = self.templates.get(subject)
         if reference is None:
             raise _ApiError(404, "unknown_subject", "no reference photo for this subject")
+        represents = obj.get("represents")
+        if represents is not None and (subject, represents) not in self.representatives:
+            raise _ApiError(403, "not_representative", "the registry does not name this "
+                            "subject the enterprise's legal representative")
         try:
             image = env.open_envelope(self.private_key, envelope)
         except env.EnvelopeError as exc:
@@ -333,8 +397,12 @@ class IdentityService:
                 await asyncio.wait_for(self._stopping.wait(), _TIMEOUT_HOLD_S)
             raise _ApiError(503, "unavailable", "stopping")
         attestation_body = {"session": envelope["session"], "capture_digest": digest,
-                            "subject": subject, "result": result, "score": value,
-                            "issued_at": self.clock_ms(), "service": self.service}
+                            "subject": subject, "terminal": obj["terminal"],
+                            "action": obj["action"], "target": obj["target"],
+                            "result": result, "score": value, "issued_at": self.clock_ms(),
+                            "service": self.service, "enrollment": enrollment}
+        if represents is not None:
+            attestation_body["represents"] = represents
         key, public = self.private_key, self.public_key
         if self.mode == "wrong_key":
             key, public = self._wrong_private, self.wrong_public_key
@@ -365,20 +433,50 @@ def parse_enroll(items: Sequence[str]) -> dict[str, np.ndarray]:
         name, sep, spec = item.partition("=")
         if not sep or not name or not spec:
             raise ValueError(f"--enroll {item!r}: expected NAME=IMAGE")
+        if not name.isascii():
+            raise ValueError(f"--enroll {item!r}: NAME is the citizen's identifier (ASCII)")
         if name in enrolled:
             raise ValueError(f"--enroll: {name!r} given twice")
         enrolled[name] = load_reference(spec)
     return enrolled
 
 
+def parse_represent(items: Sequence[str]) -> list[tuple[str, str]]:
+    """``SUBJECT_NAME=CREDIT_CODE`` items -> pairs; ValueError with a clear message."""
+    pairs = []
+    for item in items:
+        name, sep, code = item.partition("=")
+        if not sep or not name or not code or not (name.isascii() and code.isascii()):
+            raise ValueError(f"--represent {item!r}: expected SUBJECT_NAME=CREDIT_CODE (ASCII "
+                             "identifiers)")
+        pairs.append((name, code))
+    return pairs
+
+
+def parse_enrollment(text: str | None) -> bytes | None:
+    """``--enrollment HEX`` (64 hex digits) -> 32 bytes; ValueError otherwise."""
+    if text is None:
+        return None
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        value = b""
+    if len(value) != 32:
+        raise ValueError(f"--enrollment {text!r}: expected 64 hex digits (a tx_id)")
+    return value
+
+
 def run_cli(*, key_file: str, enroll: Sequence[str], host: str, port: int, mode: str,
-            service: str, threshold: int, exit_with_parent: bool = False) -> int:
+            service: str, threshold: int, enrollment: str | None = None,
+            represent: Sequence[str] = (), exit_with_parent: bool = False) -> int:
     """``appliance-hil identity-service``: serve until SIGTERM/SIGINT; exit status."""
     try:
         private_key = load_key(key_file)
         enrolled = parse_enroll(enroll)
         double = IdentityService(private_key, enrolled, host=host, port=port, mode=mode,
-                                 service=service, threshold=threshold)
+                                 service=service, threshold=threshold,
+                                 enrollment=parse_enrollment(enrollment),
+                                 represents=parse_represent(represent))
     except (OSError, ValueError) as exc:
         _log(f"cannot start: {exc}")
         return 2
@@ -410,13 +508,17 @@ class IdentityServiceProcess(FixtureProcess):
 
     def __init__(self, key_file: str | os.PathLike[str], enroll: Sequence[str], *,
                  mode: str | None = None, service: str | None = None,
-                 threshold: int | None = None, port: int = 0, ready_timeout: float = 30.0,
+                 threshold: int | None = None, enrollment: bytes | None = None,
+                 represent: Sequence[str] = (), port: int = 0, ready_timeout: float = 30.0,
                  log_path: str | os.PathLike[str] | None = None) -> None:
         args = ["identity-service", "--key", str(key_file), "--port", str(port)]
         for item in enroll:
             args += ["--enroll", item]
+        for item in represent:
+            args += ["--represent", item]
         for flag, value in (("--mode", mode), ("--service", service),
-                            ("--threshold", threshold)):
+                            ("--threshold", threshold),
+                            ("--enrollment", enrollment.hex() if enrollment else None)):
             if value is not None:
                 args += [flag, str(value)]
         super().__init__(args, ready_timeout=ready_timeout, log_path=log_path)

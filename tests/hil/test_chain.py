@@ -24,11 +24,13 @@ from appliance import wire
 from appliance.gm import ecdsa, sm2, sm3
 from hil import chain as hc
 from hil import cli, merkle
+from hil import ledger_rules as lr
 
 H = sm3.digest
 HEADER_KEYS = {"chain_id", "height", "version", "prev_hash", "tx_root", "timestamp",
                "validators_hash", "next_validators_hash"}
 VERIFY = {"sm2": sm2.verify, "ecdsa-p256": ecdsa.verify}
+DAY_MS = 86_400_000
 
 
 # -- independent spec code ------------------------------------------------------------------
@@ -74,8 +76,11 @@ def check_chain(path: Path, *, all_commits_from: int | None = None) -> dict:
     summary = json.loads((path / "chain.json").read_text())
     params = summary["params"]
     chain_id = params["chain_id"]
-    facts: dict = {"block_ids": [], "commit_heights": [], "signers": [], "set_changes": []}
+    facts: dict = {"block_ids": [], "commit_heights": [], "signers": [], "set_changes": [],
+                   "enrollments": {}, "deposits": 0}
     with hc.Chain.open(path) as chain:
+        anchor = wire.decode((path / "trust.cbor").read_bytes())
+        admins = {(a["alg"], a["public_key"], a["district"]) for a in anchor["admins"]}
         tip = chain.tip_height
         prev = None
         for h in range(tip + 1):
@@ -114,11 +119,29 @@ def check_chain(path: Path, *, all_commits_from: int | None = None) -> dict:
                 assert set(body) - {"memo", "recipient"} == {
                     "chain_id", "type", "timestamp", "sender", "data", "nonce"}
                 assert VERIFY[tx["alg"]](tx["public_key"], wire.encode(body), tx["signature"])
-                if body["type"] == "evidence.deposit":
-                    data = body["data"]
-                    assert set(data) == {"digest", "kind", "issuer"}
-                    assert len(data["digest"]) == 32
+                assert abs(body["timestamp"] - header["timestamp"]) <= 60_000  # max_skew
+                data = body["data"]
+                if body["type"] == "device.enroll":  # §6: by the admin of its district
+                    assert (tx["alg"], tx["public_key"], data["district"]) in admins
+                    assert set(data) == {"terminal", "alg", "public_key", "district", "hall",
+                                         "role", "office", "not_after"}
+                    assert data["terminal"] == H(data["public_key"])
+                    assert data["role"] == "issuer" and data["office"]
+                    assert body["timestamp"] < data["not_after"] <= body["timestamp"] + \
+                        400 * DAY_MS
+                    facts["enrollments"][tx_id] = data
+                else:
+                    assert body["type"] == "evidence.deposit"
+                    assert set(data) == {"digest", "kind", "holder", "enrollment"}
+                    assert len(data["digest"]) == len(data["holder"]) == 32
                     assert tx_id in chain.lookup(data["digest"])
+                    # signed by the key its enrollment (in block 0, before the deposits)
+                    # enrolls, valid at this block's time
+                    enrollment = facts["enrollments"][data["enrollment"]]
+                    assert enrollment["public_key"] == tx["public_key"]
+                    assert enrollment["alg"] == tx["alg"] and enrollment["role"] == "issuer"
+                    assert enrollment["not_after"] > header["timestamp"]
+                    facts["deposits"] += 1
                 proof = chain.inclusion_proof(tx_id)
                 assert set(proof) == {"leaf_index", "tree_size", "path"}
                 assert rfc9162.verify(tx_id, proof, header["tx_root"])
@@ -136,9 +159,11 @@ def check_chain(path: Path, *, all_commits_from: int | None = None) -> dict:
             facts["block_ids"].append(block_id)
             prev = header
         # the trust anchor
-        anchor = wire.decode((path / "trust.cbor").read_bytes())
         assert anchor == wire.decode(chain.trust_anchor())
-        assert set(anchor) == {"chain_id", "height", "block_id", "validators"}
+        assert set(anchor) == {"chain_id", "height", "block_id", "validators", "admins"}
+        assert [(a["alg"], a["public_key"], a["district"]) for a in anchor["admins"]] == [
+            (k.alg, k.public_key, k.label) for k in chain.keys("admin")]
+        assert [a["district"] for a in anchor["admins"]] == list(params["districts"])
         assert anchor["chain_id"] == chain_id and anchor["height"] == 0
         assert anchor["block_id"] == facts["block_ids"][0]
         assert H(wire.encode(anchor["validators"])) == wire.decode(chain.header(0))[
@@ -254,7 +279,7 @@ def test_mixed_chain_is_consistent(mixed_chain: Path) -> None:
         assert [r[:2] for r in chain.set_ranges()] == [
             (0, 6), (7, 13), (14, 20), (21, 27), (28, None)]
         assert {k.alg for k in chain.keys("issuer")} == {"sm2", "ecdsa-p256"}
-        assert [k.label for k in chain.keys("admin")] == ["district-admin-0"]
+        assert [k.label for k in chain.keys("admin")] == ["haidian"]
 
 
 def test_keys_follow_the_documented_derivation(mixed_chain: Path) -> None:
@@ -292,9 +317,9 @@ def test_lookup_and_reader_edges(mixed_chain: Path) -> None:
         tx_id = chain.tx_ids(12)[1]
         digest = wire.decode(chain.tx(tx_id)[0])["body"]["data"]["digest"]
         assert chain.lookup(digest) == [tx_id]
-        issuers = {k.label: k.peer_id for k in chain.keys("issuer")}
         body = wire.decode(chain.tx(tx_id)[0])["body"]
-        assert issuers[body["data"]["issuer"]] == body["sender"]
+        enrollment = wire.decode(chain.tx(body["data"]["enrollment"])[0])["body"]["data"]
+        assert H(enrollment["public_key"]) == body["sender"]
         assert body["data"]["kind"] in hc.KINDS
 
 
@@ -377,14 +402,171 @@ def test_a_larger_chain_syncs_with_sparse_commits(tmp_path: Path) -> None:
     assert light_client_sync(tmp_path) == 19_999
 
 
+# -- districts, offices, enrollments, builders ----------------------------------------------
+
+
+def test_districts_offices_and_issuer_enrollments(tmp_path: Path) -> None:
+    params = hc.ChainParams(validators=2, issuers=4, seed="offices", alg="mixed",
+                            districts=("haidian", "chaoyang", "东城"),
+                            offices=("Haidian Tax", "朝阳区公安分局"))
+    summary = hc.generate(tmp_path, params, blocks=6, txs_per_block=3)
+    facts = check_chain(tmp_path)
+    assert facts["deposits"] == 18 and len(facts["enrollments"]) == 4
+    assert summary["txs"] == 22
+    with hc.Chain.open(tmp_path) as chain:
+        assert chain.params == params
+        assert [k.label for k in chain.keys("admin")] == ["haidian", "chaoyang", "东城"]
+        assert chain.admin_key("东城").index == 2 and chain.admin_key().label == "haidian"
+        with pytest.raises(KeyError):
+            chain.admin_key("xicheng")
+        assert [a["district"] for a in chain.admins()] == ["haidian", "chaoyang", "东城"]
+        issuers = chain.keys("issuer")
+        assert [k.label for k in issuers] == ["Haidian Tax", "朝阳区公安分局", "office-2",
+                                              "office-3"]
+        enrollments = chain.enrollments(role="issuer")
+        assert [e.height for e in enrollments] == [0] * 4
+        assert [(e.data["office"], e.data["district"], e.data["hall"]) for e in enrollments] \
+            == [("Haidian Tax", "haidian", "hil"), ("朝阳区公安分局", "chaoyang", "hil"),
+                ("office-2", "东城", "hil"), ("office-3", "haidian", "hil")]
+        for key, e in zip(issuers, enrollments, strict=True):
+            assert e.data["public_key"] == key.public_key and e.data["alg"] == key.alg
+            assert e.data["not_after"] == params.start_ms + 400 * DAY_MS
+            assert chain.enrollment_of(key.public_key) == e.tx_id
+            assert chain.enrollment_of(key.public_key, "issuer") == e.tx_id
+            with pytest.raises(KeyError):
+                chain.enrollment_of(key.public_key, "kiosk")
+        by_key = {e.tx_id: e.data["public_key"] for e in enrollments}
+        for h in range(6):
+            for tx_id in chain.tx_ids(h):
+                tx = wire.decode(chain.tx(tx_id)[0])
+                if tx["body"]["type"] == "evidence.deposit":
+                    assert by_key[tx["body"]["data"]["enrollment"]] == tx["public_key"]
+        assert {e["enrollment"] for e in summary["keys"]["issuer"]} == {
+            e.tx_id.hex() for e in enrollments}
+        assert chain.timestamp(5) == params.start_ms + 5 * params.interval_ms
+
+
+def test_every_generated_transaction_passes_the_double_rules(mixed_chain: Path) -> None:
+    """The chain the double serves is valid by the double's own §6 rules (hil.ledger_rules),
+    every transaction judged at its block's time."""
+    with hc.Chain.open(mixed_chain) as chain:
+        rules = lr.LedgerRules(chain.chain_id, lr.parse_admins(wire.decode(chain.trust_anchor())))
+
+        class State:
+            def find(self, tx_id: bytes) -> lr.Found | None:
+                try:
+                    raw, height, _ = chain.tx(tx_id)
+                except KeyError:
+                    return None
+                return lr.Found(wire.decode(raw), chain.timestamp(height))
+
+            def session_used(self, session: bytes) -> bool:
+                return False
+
+            def matter_used(self, pad: bytes, matter_id: bytes) -> bool:
+                return False
+
+        n = 0
+        for h in range(chain.tip_height + 1):
+            block_ms = chain.timestamp(h)
+            for tx_id in chain.tx_ids(h):
+                parsed = rules.parse(wire.decode(chain.tx(tx_id)[0]), block_ms)
+                rules._check_signatures(parsed)
+                rules._check_sender(parsed)
+                rules._check_references(parsed, State(), block_ms)
+                n += 1
+        assert n == 30 * 3 + 3
+
+
+def test_params_refused(tmp_path: Path) -> None:
+    for bad in (dict(districts=()), dict(districts=("a", "a")), dict(districts=("",)),
+                dict(districts=("tab\there",)), dict(offices=("o",) * 4),
+                dict(offices=("o" * 65,)), dict(offices=("e\u0301",)), dict(issuers=0)):
+        with pytest.raises(ValueError):
+            hc.generate(tmp_path / "bad", hc.ChainParams(**bad), blocks=1)
+    assert not (tmp_path / "bad" / "chain.db").exists()
+
+
+def test_a_chain_of_another_format_is_refused(mixed_chain: Path, tmp_path: Path) -> None:
+    out = tmp_path / "old"
+    shutil.copytree(mixed_chain, out)
+    con = sqlite3.connect(out / "chain.db")
+    with con:
+        con.execute("UPDATE meta SET value = ? WHERE key = 'format'", ('"hil-chain/1"',))
+    con.close()
+    with pytest.raises(ValueError, match="hil-chain/1"):
+        hc.Chain.open(out)
+
+
+def test_builders_make_what_the_spec_says() -> None:
+    admin = hc.derive_key("b", "admin", 0, "sm2")
+    device = hc.derive_key("b", "device", 0, "ecdsa-p256")
+    tx = hc.enroll_tx(admin, device.public_key, device.alg, "clerk", district="haidian",
+                      hall="h1", office="Tax", staff="007", not_after=2000, timestamp=1000,
+                      chain_id="c", nonce=bytes(16))
+    body = tx["body"]
+    assert body == {"chain_id": "c", "type": "device.enroll", "timestamp": 1000,
+                    "sender": H(admin.public_key), "nonce": bytes(16),
+                    "data": {"terminal": H(device.public_key), "alg": "ecdsa-p256",
+                             "public_key": device.public_key, "district": "haidian",
+                             "hall": "h1", "role": "clerk", "office": "Tax", "staff": "007",
+                             "not_after": 2000}}
+    assert sm2.verify(admin.public_key, wire.encode(body), tx["signature"])
+    assert hc.tx_id_of(tx) == H(wire.encode(body))
+    identity = hc.enroll_tx(admin, device.public_key, device.alg, "identity",
+                            district="d", hall="h", min_score=0, not_after=2, timestamp=1,
+                            chain_id="c")
+    assert identity["body"]["data"]["min_score"] == 0 and len(identity["body"]["nonce"]) == 16
+    assert "office" not in identity["body"]["data"]
+    deposit = hc.deposit_tx(device, digest=bytes(32), kind="k", enrollment=b"e" * 32,
+                            timestamp=5, chain_id="c", memo="m")
+    assert deposit["body"]["data"] == {"digest": bytes(32), "kind": "k",
+                                       "enrollment": b"e" * 32}
+    assert deposit["body"]["memo"] == "m" and deposit["public_key"] == device.public_key
+    assert ecdsa.verify(device.public_key, wire.encode(deposit["body"]),
+                        deposit["signature"])
+    matter = hc.matter_body(pad=H(device.public_key), enrollment=b"p" * 32, office="Tax",
+                            subject=hc.identifier_hash("110105194912310037"),
+                            licenses=[b"l" * 32], issued_at=10_000)
+    assert set(matter) == {"matter_id", "title", "office", "agencies", "purpose", "subject",
+                           "licenses", "issued_at", "expires_at", "use_until", "pad",
+                           "enrollment"}
+    assert matter["agencies"] == ["Tax"] and len(matter["matter_id"]) == 16
+    assert matter["expires_at"] == 10_000 + 3_600_000
+    assert matter["use_until"] == 10_000 + 30 * DAY_MS
+    assert "on_behalf_of" in hc.matter_body(
+        pad=b"p" * 32, enrollment=b"e" * 32, office="o", subject=b"s" * 32, licenses=[],
+        issued_at=0, on_behalf_of=b"b" * 32)
+    signed = hc.signed_object(device, matter)
+    assert set(signed) == {"body", "alg", "public_key", "signature"}
+    assert ecdsa.verify(device.public_key, wire.encode(matter), signed["signature"])
+    with pytest.raises(ValueError):
+        hc.sign_tx(device, body)  # sender is the admin's
+
+
+def test_synthetic_identifiers_carry_a_valid_check_character() -> None:
+    rng = random.Random(5)
+    weights = [2 ** (17 - i) % 11 for i in range(17)]  # ISO 7064 MOD 11-2
+    seen_x = False
+    for _ in range(300):
+        ident = hc.synthetic_identifier(rng)
+        assert len(ident) == 18 and ident[:17].isdigit()
+        check = (12 - sum(int(c) * w for c, w in zip(ident, weights, strict=False)) % 11) % 11
+        assert ident[17] == ("X" if check == 10 else str(check))
+        seen_x |= ident[17] == "X"
+    assert seen_x
+
+
 # -- the appender ---------------------------------------------------------------------------
 
 
-def _deposit(key: hc.Key, chain_id: str, digest: bytes, ts: int, nonce: bytes) -> dict:
+def _deposit(key: hc.Key, chain_id: str, digest: bytes, ts: int, nonce: bytes,
+             enrollment: bytes) -> dict:
     """An evidence.deposit signed_tx built from the spec (not with hil.chain.sign_tx)."""
     body = {"chain_id": chain_id, "type": "evidence.deposit", "timestamp": ts,
             "sender": H(key.public_key), "nonce": nonce,
-            "data": {"digest": digest, "kind": "business-license", "issuer": key.label}}
+            "data": {"digest": digest, "kind": "business-license", "holder": H(b"holder"),
+                     "enrollment": enrollment}}
     sign = sm2.sign if key.alg == "sm2" else ecdsa.sign
     return {"body": body, "alg": key.alg, "public_key": key.public_key,
             "signature": sign(key.private_key, wire.encode(body))}
@@ -397,19 +579,20 @@ def test_appender_extends_the_chain_across_a_set_change(tmp_path: Path) -> None:
     digests = [H(b"document %d" % i) for i in range(5)]
     with hc.Chain.open(tmp_path) as chain:
         issuer = chain.keys("issuer")[0]
+        enrollment = chain.enrollment_of(issuer.public_key, "issuer")
         tip_ts = wire.decode(chain.header(3))["timestamp"]
-        tx = _deposit(issuer, chain.chain_id, digests[0], tip_ts, b"n" * 16)
+        tx = _deposit(issuer, chain.chain_id, digests[0], tip_ts, b"n" * 16, enrollment)
         got = chain.append_block([wire.encode(tx)], timestamp=tip_ts + 5)
         assert got.height == 4 and got.block_id == chain.tip_id == H(got.header)
         assert got.tx_ids == [H(wire.encode(tx["body"]))]
         assert chain.lookup(digests[0]) == got.tx_ids and chain.commit(4) == got.commit
         assert chain.validator_set_for(5) != chain.validator_set_for(4)  # 4 was a set change
-        chain.append_block()  # empty, timestamp now (after the chain's start in 2023)
-        txs = [_deposit(issuer, chain.chain_id, d, tip_ts, bytes([i]) * 16)
+        chain.append_block(timestamp=tip_ts + 10)  # empty
+        txs = [_deposit(issuer, chain.chain_id, d, tip_ts + 20, bytes([i]) * 16, enrollment)
                for i, d in enumerate(digests[1:])]
-        chain.append_block(txs)  # dicts are accepted too
+        chain.append_block(txs, timestamp=tip_ts + 20)  # dicts are accepted too
         for _ in range(5):
-            chain.append_block()
+            chain.append_block()  # timestamp now (after the chain's start in 2023)
         assert chain.tip_height == 11
         # refusals leave the chain unchanged
         with pytest.raises(ValueError, match="already"):
@@ -441,6 +624,7 @@ def test_cli_defaults_match_the_module() -> None:
     assert cli._CHAIN_DEFAULT_SEED == hc.DEFAULT_SEED
     assert cli._CHAIN_DEFAULT_START_MS == hc.DEFAULT_START_MS
     assert cli._CHAIN_DEFAULT_INTERVAL_MS == hc.DEFAULT_INTERVAL_MS
+    assert cli._CHAIN_DEFAULT_DISTRICTS == hc.DEFAULT_DISTRICTS == hc.ChainParams().districts
     defaults = cli.build_parser().parse_args(
         ["make-chain", "--out", "x", "--validators", "1", "--blocks", "1",
          "--txs-per-block", "0"])
@@ -462,16 +646,19 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     args = ["make-chain", "--out", str(out), "--validators", "4", "--blocks", "12",
             "--txs-per-block", "2", "--set-change-every", "5", "--alg", "mixed", "--seed", "cli",
             "--chain-id", "district-7", "--start-ms", "1000", "--interval-ms", "10",
-            "--commit-every", "4", "--sign-quorum"]
+            "--commit-every", "4", "--sign-quorum", "--district", "haidian", "--district",
+            "chaoyang", "--office", "海淀区市场监督管理局"]
     done = _run_cli(*args)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["tip_height"] == 11 and summary["out"] == str(out)
     assert "TEST FIXTURE" in summary["notice"]
-    assert "make-chain: 12 blocks, 24 txs" in done.stderr
+    assert "make-chain: 12 blocks, 27 txs" in done.stderr  # 3 enrollments, 24 deposits
     facts = check_chain(out)
     assert facts["commit_heights"] == [0, 4, 8, 9, 11]
     assert set(facts["signers"]) == {3}
+    assert sorted((e["office"], e["district"]) for e in facts["enrollments"].values()) == [
+        ("office-1", "chaoyang"), ("office-2", "haidian"), ("海淀区市场监督管理局", "haidian")]
     with hc.Chain.open(out) as chain:
         assert wire.decode(chain.header(3))["timestamp"] == 1030
         assert chain.chain_id == "district-7"

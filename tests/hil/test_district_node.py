@@ -137,9 +137,12 @@ def verify_segment(trusted: dict, sets: dict[bytes, list], resp: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def base_chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Ends in the recent past: its issuers' enrollments (400 days from genesis) are valid
+    now, so the tests can post deposits."""
     out = tmp_path_factory.mktemp("dn-base")
+    start = int(time.time() * 1000) - 60_000
     hc.generate(out, hc.ChainParams(chain_id=CHAIN_ID, seed="dn", validators=4, alg="mixed",
-                                    set_change_every=10, commit_every=4),
+                                    set_change_every=10, commit_every=4, start_ms=start),
                 blocks=TIP + 1, txs_per_block=2)
     return out
 
@@ -245,40 +248,32 @@ async def sync(c: Client, trusted: dict, sets: dict, count: int = 1000) -> dict:
     return trusted
 
 
-def deposit(key: hc.Key, n: int, chain_id: str = CHAIN_ID) -> dict:
-    body = {"chain_id": chain_id, "type": "evidence.deposit",
-            "timestamp": int(time.time() * 1000), "sender": key.peer_id,
-            "data": {"digest": H(b"test document %d" % n), "kind": "tax-clearance",
-                     "issuer": key.label}, "nonce": n.to_bytes(16, "big")}
-    return hc.sign_tx(key, body)
+def deposit(chain_dir: Path, key: hc.Key, n: int, chain_id: str = CHAIN_ID,
+            enrollment: bytes | None = None, kind: str = "tax-clearance") -> dict:
+    """An evidence.deposit by the issuing office ``key`` naming its enrollment (or the given
+    one); kind audit.head has no holder."""
+    if enrollment is None:
+        with hc.Chain.open(chain_dir, readonly=True) as chain:
+            enrollment = chain.enrollment_of(key.public_key, "issuer")
+    return hc.deposit_tx(key, digest=H(b"test document %d" % n), kind=kind,
+                         enrollment=enrollment,
+                         holder=None if kind == "audit.head" else H(b"holder %d" % n),
+                         timestamp=int(time.time() * 1000), chain_id=chain_id,
+                         nonce=n.to_bytes(16, "big"))
 
 
-def enroll(admin: hc.Key, terminal: hc.Key) -> dict:
-    return hc.sign_tx(admin, {
-        "chain_id": CHAIN_ID, "type": "device.enroll", "timestamp": int(time.time() * 1000),
-        "sender": admin.peer_id, "nonce": H(terminal.public_key)[:16],
-        "data": {"terminal": terminal.peer_id, "alg": terminal.alg,
-                 "public_key": terminal.public_key, "district": "hil-district",
-                 "hall": "hall-1", "role": "kiosk"}})
-
-
-def authorize(terminal: hc.Key, n: int) -> dict:
+def enroll(admin: hc.Key, terminal: hc.Key, district: str = "haidian") -> dict:
     now = int(time.time() * 1000)
-    session = n.to_bytes(16, "big")
-    identity = hc.derive_key("test identity service", "identity", 0, "sm2")
-    att_body = {"session": session, "capture_digest": H(b"capture %d" % n),
-                "subject": H(b"subject"), "result": "match", "score": 910, "issued_at": now,
-                "service": "hil-identity"}
-    attestation = {"body": att_body, "alg": identity.alg, "public_key": identity.public_key,
-                   "signature": hc.sign(identity, wire.encode(att_body))}
-    return hc.sign_tx(terminal, {
-        "chain_id": CHAIN_ID, "type": "license.authorize", "timestamp": now,
-        "sender": terminal.peer_id, "nonce": H(b"authorize %d" % n)[:16],
-        "data": {"session": session, "matter": "business-license renewal",
-                 "agency": "market-supervision", "licenses": [H(b"license")],
-                 "subject": H(b"subject"), "attestation": attestation,
-                 "capture_digest": H(b"capture %d" % n), "terminal": terminal.peer_id,
-                 "not_after": now + 3_600_000}})
+    return hc.enroll_tx(admin, terminal.public_key, terminal.alg, "kiosk", district=district,
+                        hall="hall-1", not_after=now + 86_400_000, timestamp=now,
+                        chain_id=CHAIN_ID, nonce=H(terminal.public_key)[:16])
+
+
+def audit_head(terminal: hc.Key, enrollment: bytes, n: int) -> dict:
+    """A kiosk anchoring its audit log: evidence.deposit of kind audit.head."""
+    return hc.deposit_tx(terminal, digest=H(b"audit head %d" % n), kind="audit.head",
+                         enrollment=enrollment, timestamp=int(time.time() * 1000),
+                         chain_id=CHAIN_ID)
 
 
 def keys(chain_dir: Path, role: str) -> list[hc.Key]:
@@ -437,6 +432,9 @@ def test_tx_proofs_and_lookup(chain_dir: Path) -> None:
                         assert set(proof) == {"leaf_index", "tree_size", "path"}
                         assert (proof["leaf_index"], proof["tree_size"]) == (i, len(tx_ids))
                         assert rfc9162.verify(tx_id, proof, header["tx_root"])
+                        if got["tx"]["body"]["type"] == "device.enroll":
+                            assert h == 0  # the issuers' enrollments
+                            continue
                         digest = got["tx"]["body"]["data"]["digest"]
                         found = await c.ok(f"/v1/lookup/{digest.hex()}")
                         assert found == {"tx_ids": [tx_id]}
@@ -456,26 +454,29 @@ def test_post_tx_included_in_later_blocks(chain_dir: Path) -> None:
     issuer = keys(chain_dir, "issuer")[1]  # office-1: ecdsa-p256 in a mixed chain
     admin = keys(chain_dir, "admin")[0]
     terminal = terminal_key()
+    enrollment = enroll(admin, terminal)
+    enrollment_id = H(wire.encode(enrollment["body"]))
 
     async def body() -> None:
         node = await serve(chain_dir, block_interval_ms=150)
         try:
             async with aiohttp.ClientSession() as s:
                 c = Client(s, node.url)
-                tx = deposit(issuer, 1)
+                tx = deposit(chain_dir, issuer, 1)
                 tx_id = H(wire.encode(tx["body"]))
                 assert await c.post(tx) == (202, {"tx_id": tx_id})
                 assert (await c.post(tx))[1]["error"] == "duplicate"
-                # license.authorize before enrollment, enrollment by a non-admin
-                assert (await c.post(authorize(terminal, 1)))[1]["error"] == "unknown_sender"
+                # an audit head before the terminal's enrollment, an enrollment by a non-admin
+                assert (await c.post(audit_head(terminal, enrollment_id, 1)))[1]["error"] == \
+                    "bad_reference"
                 assert (await c.post(enroll(issuer, terminal)))[1]["error"] == "unknown_sender"
-                enrollment = enroll(admin, terminal)
                 status, got = await c.post(enrollment)
                 assert status == 202
-                auth = authorize(terminal, 1)
-                status, got = await c.post(auth)
-                assert status == 202 and got["tx_id"] == H(wire.encode(auth["body"]))
-                accepted = [tx_id, H(wire.encode(enrollment["body"])), got["tx_id"]]
+                # the enrollment is pending: it counts already
+                head = audit_head(terminal, enrollment_id, 1)
+                status, got = await c.post(head)
+                assert status == 202 and got["tx_id"] == H(wire.encode(head["body"]))
+                accepted = [tx_id, enrollment_id, got["tx_id"]]
                 # the wait answers when the block is there (within a few intervals)
                 started = time.monotonic()
                 waited = await c.ok(f"/v1/wait?height={TIP + 1}&timeout_ms=10000")
@@ -497,6 +498,8 @@ def test_post_tx_included_in_later_blocks(chain_dir: Path) -> None:
                     commit = await c.ok(f"/v1/commits/{h}")  # appended blocks: all committed
                     vset = (await c.ok(f"/v1/validators/{h}"))["validators"]
                     assert commit_valid(commit, h, block_id(header), vset)
+                    # a tx's timestamp is within max_skew of its block's
+                    assert abs(got["tx"]["body"]["timestamp"] - header["timestamp"]) <= 60_000
                 assert (await c.post(tx))[1]["error"] == "duplicate"  # now in the chain
                 found = await c.ok(f"/v1/lookup/{tx['body']['data']['digest'].hex()}")
                 assert found == {"tx_ids": [tx_id]}
@@ -507,54 +510,60 @@ def test_post_tx_included_in_later_blocks(chain_dir: Path) -> None:
         try:
             async with aiohttp.ClientSession() as s:
                 c = Client(s, node.url)
-                assert (await c.post(authorize(terminal, 2)))[0] == 202
-                assert (await c.post(authorize(terminal_key(1), 3)))[1]["error"] == \
-                    "unknown_sender"
+                assert (await c.post(audit_head(terminal, enrollment_id, 2)))[0] == 202
+                stranger = terminal_key(1)
+                assert (await c.post(audit_head(stranger, enrollment_id, 3)))[1]["error"] == \
+                    "bad_reference"
         finally:
             await node.stop()
     run(body())
 
 
 def test_second_node_on_the_chain_dir_sees_later_enrollments(chain_dir: Path) -> None:
-    """A node serving the producer's chain directory without producing learns enrollments
-    made after it started from the chain, before it refuses a license.authorize."""
+    """A node serving the producer's chain directory on its own learns enrollments made
+    after it started from the chain; one made with share_state_with sees the producer's
+    pending pool at once (the simulated hall's pair of nodes)."""
     admin = keys(chain_dir, "admin")[0]
-    early, late, never = terminal_key(0), terminal_key(1), terminal_key(2)
+    early, late = terminal_key(0), terminal_key(1)
 
     async def body() -> None:
         producer = await serve(chain_dir)
-        second = await serve(chain_dir, peer_key_seed="second node")  # started first
+        second = await serve(chain_dir, peer_key_seed="second node")  # started before
+        follower = await serve(chain_dir, peer_key_seed="follower", share_state_with=producer)
         try:
             async with aiohttp.ClientSession() as s:
                 p, c = Client(s, producer.url), Client(s, second.url)
-                assert (await p.post(enroll(admin, early)))[0] == 202
+                f = Client(s, follower.url)
+                e_early, e_late = enroll(admin, early), enroll(admin, late)
+                id_early, id_late = (H(wire.encode(e["body"])) for e in (e_early, e_late))
+                assert (await p.post(e_early))[0] == 202
                 assert await producer.produce_block() is not None
                 # accepted by the producer and pending there: not in the chain yet
-                assert (await p.post(enroll(admin, late)))[0] == 202
-                assert (await c.post(authorize(late, 1)))[1]["error"] == "unknown_sender"
-                assert (await c.post(authorize(early, 2)))[0] == 202
-                assert await producer.produce_block() is not None
-                assert (await c.post(authorize(late, 3)))[0] == 202
-                assert (await c.post(authorize(never, 4)))[1]["error"] == "unknown_sender"
-                assert (await p.post(authorize(never, 5)))[1]["error"] == "unknown_sender"
-                # an admin's revoke of a license.authorize the second node only knows from
-                # the chain (the producer included it)
-                auth = authorize(late, 6)
-                assert (await p.post(auth))[0] == 202
-                assert await producer.produce_block() is not None
-                revoke = hc.sign_tx(late, {
-                    "chain_id": CHAIN_ID, "type": "authorization.revoke",
-                    "timestamp": int(time.time() * 1000), "sender": late.peer_id,
-                    "nonce": H(b"revoke")[:16],
-                    "data": {"authorization": H(wire.encode(auth["body"]))}})
-                assert (await c.post(revoke))[0] == 202
+                assert (await p.post(e_late))[0] == 202
+                assert (await c.post(audit_head(late, id_late, 1)))[1]["error"] == \
+                    "bad_reference"
+                assert (await c.post(audit_head(early, id_early, 2)))[0] == 202
+                # the follower shares the producer's pool: the pending enrollment counts,
+                # and what it accepts is pending at the producer (one pool)
+                head = audit_head(late, id_late, 3)
+                assert (await f.post(head))[0] == 202
+                assert H(wire.encode(head["body"])) in producer.pending
+                assert follower.pending == producer.pending
+                assert (await p.post(head))[1]["error"] == "duplicate"
+                block = await producer.produce_block()
+                assert block is not None and H(wire.encode(head["body"])) in block.tx_ids
+                assert follower.pending == [] and second.pending != []
+                assert (await c.post(audit_head(late, id_late, 4)))[0] == 202
         finally:
+            await follower.stop()
             await second.stop()
             await producer.stop()
     run(body())
 
 
 def test_post_tx_rejections(chain_dir: Path) -> None:
+    """The generic refusals at POST /v1/tx (each §6 rule has its own test in
+    test_ledger_rules.py)."""
     issuer = keys(chain_dir, "issuer")[0]
     other = keys(chain_dir, "issuer")[2]
     admin = keys(chain_dir, "admin")[0]
@@ -566,27 +575,31 @@ def test_post_tx_rejections(chain_dir: Path) -> None:
         tx.update(over)
         return tx
 
-    good = deposit(issuer, 7)
+    good = deposit(chain_dir, issuer, 7)
     bad_sig = dict(good, signature=bytes([good["signature"][0] ^ 1]) + good["signature"][1:])
+    enrollment = enroll(admin, terminal)
     cases: list[tuple[Any, int, str]] = [
         (b"\xff", 400, "bad_tx"),  # not CBOR
         (wire.encode(good) + b"\x00", 400, "bad_tx"),  # trailing byte
         (wire.encode([good]), 400, "bad_tx"),  # not a map
-        (deposit(issuer, 7, chain_id="another-chain"), 400, "bad_tx"),
+        (deposit(chain_dir, issuer, 7, chain_id="another-chain"), 400, "bad_tx"),
         (resigned({**good["body"], "sender": other.peer_id}), 400, "bad_tx"),  # key != sender
         (resigned({**good["body"], "extra": 1}), 400, "bad_tx"),
         (resigned({**good["body"], "type": "coin.transfer"}), 400, "bad_tx"),
-        (resigned({**good["body"], "data": {"digest": b"short", "kind": "k", "issuer": "i"}}),
+        (resigned({**good["body"], "data": {**good["body"]["data"], "digest": b"short"}}),
          400, "bad_tx"),
         (resigned({**good["body"], "nonce": bytes(15)}), 400, "bad_tx"),
+        (resigned({**good["body"], "timestamp": good["body"]["timestamp"] - 120_000}),
+         400, "bad_tx"),  # more than max_skew from the node's time
         (dict(good, alg="rsa"), 400, "bad_tx"),
         (bad_sig, 400, "bad_signature"),
         (dict(good, signature=hc.sign(other, wire.encode(good["body"]))), 400, "bad_signature"),
-        (deposit(terminal, 8), 400, "unknown_sender"),  # deposits only from issuing offices
+        # deposits only by a key its enrollment enrolls as an issuer
+        (deposit(chain_dir, terminal, 8, enrollment=good["body"]["data"]["enrollment"]),
+         400, "bad_reference"),
         (enroll(issuer, terminal), 400, "unknown_sender"),
-        (authorize(terminal, 9), 400, "unknown_sender"),
-        (resigned({**enroll(admin, terminal)["body"], "data": {
-            **enroll(admin, terminal)["body"]["data"], "terminal": bytes(32)}}, admin),
+        (resigned({**enrollment["body"], "data": {
+            **enrollment["body"]["data"], "terminal": bytes(32)}}, admin),
          400, "bad_tx"),  # terminal is not SM3(public_key)
     ]
 
@@ -601,14 +614,12 @@ def test_post_tx_rejections(chain_dir: Path) -> None:
                 assert (await c.post(good, content_type="application/json"))[0] == 415
                 status, got = await c.post(b"\x00" * (64 * 1024 + 1))
                 assert (status, got["error"]) == (413, "too_large")
-                # an existing chain tx is a duplicate
-                with hc.Chain.open(chain_dir, readonly=True) as chain:
-                    old = chain.tx(chain.tx_ids(3)[0])[0]
-                assert (await c.post(old))[1]["error"] == "duplicate"
                 assert (await c.post(good))[0] == 202
                 assert node.pending == [H(wire.encode(good["body"]))]
                 # block production disabled: nothing is appended
                 assert await c.ok("/v1/wait?height=26&timeout_ms=300") == {"height": TIP}
+                assert await node.produce_block() is not None
+                assert (await c.post(good))[1]["error"] == "duplicate"  # in the chain
         finally:
             await node.stop()
     run(body())
@@ -810,7 +821,7 @@ def test_bad_proof(chain_dir: Path) -> None:
                     assert got["height"] == h and len(got["proof"]["path"]) == 1
                     assert rfc9162.verify(tx_id, got["proof"], headers[h]["tx_root"]) == good
                 # a one-tx block: an empty path gets an extra element
-                tx = deposit(issuer, 11)
+                tx = deposit(chain_dir, issuer, 11)
                 tx_id = (await c.post(tx))[1]["tx_id"]
                 await c.ok(f"/v1/wait?height={TIP + 1}&timeout_ms=5000")
                 got = await c.ok(f"/v1/tx/{tx_id.hex()}")
