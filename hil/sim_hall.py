@@ -214,7 +214,7 @@ class SimHall:
         return {"dir": str(self.dir), "trust": str(self.trust_path), "peers": self.peer_urls,
                 "identity": self.identity_url, "samples": len(self.samples),
                 "ready": bool(self._ready) and self._ready["all"].is_set(),
-                "terminals": {t.role: t.info() for t in self.terminals},
+                "terminals": {t.role: t.terminal_info() for t in self.terminals},
                 "timings_s": self.timings}
 
     # -- the chain and the district nodes ----------------------------------------------------
@@ -369,7 +369,7 @@ class SimHall:
             lg = logging.getLogger("hil.sim_hall.identity")
             return ids.IdentityService(private, enrolled, service=SERVICE,
                                        enrollment=self.identity_enrollment,
-                                       represent=[f"{CITIZEN_ID}={ENTERPRISE_ID}"],
+                                       represents=[(CITIZEN_ID, ENTERPRISE_ID)],
                                        log=lambda line: lg.info("%s", line))
 
         self._identity = await asyncio.to_thread(make)
@@ -485,6 +485,10 @@ class SimTerminal:
         await self.hall.wait("identity")
 
     def info(self) -> dict[str, Any]:
+        """The hall's :meth:`SimHall.info` and which terminal this is (for /api/health)."""
+        return {**self.hall.info(), "role": self.role}
+
+    def terminal_info(self) -> dict[str, Any]:
         return {"url": self.url, "enrollment": None if self.enrollment is None
                 else self.enrollment.hex(), "device_public_key": None if
                 self.device_public_key is None else self.device_public_key.hex()}

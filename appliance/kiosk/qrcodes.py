@@ -4,15 +4,17 @@ QR codes a camera sees. Used for the matter (``GOVAUTH1:``), the clerk's confirm
 their formats are :mod:`appliance.node.objects`.
 
 :func:`render_qr` uses ``cv2.QRCodeEncoder`` (quiet zone of four modules, as ISO/IEC 18004
-asks); :class:`QrReader` uses ``cv2.QRCodeDetector`` on camera frames, falling back to
-OpenCV's ``QRCodeDetectorAruco``, which finds the dense high-version codes that the first one
-misses. Nothing here writes an image anywhere.
+asks); :class:`QrReader` reads camera frames with ZXing (the ``zxing-cpp`` package):
+OpenCV's own detectors failed on about one code in thirteen of the sizes a matter takes,
+depending on the data (docs/decisions.md). Nothing
+here writes an image anywhere.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+import zxingcpp
 
 __all__ = ["QrError", "QrReader", "read_qr", "render_qr"]
 
@@ -30,34 +32,48 @@ def render_qr(text: str, *, module_px: int = 6) -> np.ndarray:
     """A greyscale uint8 image of ``text`` (a matter, a receipt's tx id, any text) as a QR
     code, ``module_px`` pixels per module, with a quiet zone of four modules (the encoder's
     own margin is two). :class:`QrError` when it cannot be encoded."""
-    encoder = cv2.QRCodeEncoder.create(cv2.QRCodeEncoder.Params())
-    try:
-        small = encoder.encode(text)
-    except cv2.error as exc:
-        raise QrError(f"the QR encoder refused the text: {exc.msg}") from None
-    if small is None or small.size == 0:
-        raise QrError("the QR encoder could not encode the text")
+    small = _encode(text)
+    if small.shape[0] == 17 + 4 * BROKEN_VERSION + 4:  # the encoder's 2-module margin
+        small = _encode(text, BROKEN_VERSION + 1)
     margin = (QUIET_MODULES - 2) * module_px
     big = cv2.resize(small, None, fx=module_px, fy=module_px, interpolation=cv2.INTER_NEAREST)
     return cv2.copyMakeBorder(big, margin, margin, margin, margin, cv2.BORDER_CONSTANT,
                               value=255)
 
 
-class QrReader:
-    """Reads QR texts from camera frames; keeps its two OpenCV detectors between frames."""
+#: OpenCV 4.x's encoder makes version-21 codes that no reader decodes (neither ZXing nor
+#: OpenCV's own detectors; every other version from 1 to 40 reads back): :func:`render_qr`
+#: makes such a text one version larger.
+BROKEN_VERSION = 21
 
-    def __init__(self) -> None:
-        self._plain = cv2.QRCodeDetector()
-        self._aruco = cv2.QRCodeDetectorAruco()
+
+def _encode(text: str, version: int | None = None) -> np.ndarray:
+    params = cv2.QRCodeEncoder.Params()
+    if version is not None:
+        params.version = version
+    try:
+        small = cv2.QRCodeEncoder.create(params).encode(text)
+    except cv2.error as exc:
+        raise QrError(f"the QR encoder refused the text: {exc.msg}") from None
+    if small is None or small.size == 0:
+        raise QrError("the QR encoder could not encode the text")
+    return small
+
+
+class QrReader:
+    """Reads the QR texts of camera frames (BGR or greyscale)."""
 
     def read(self, frame: np.ndarray) -> str | None:
-        for detector in (self._plain, self._aruco):
-            try:
-                text, _points, _straight = detector.detectAndDecode(frame)
-            except cv2.error:
-                continue
-            if text:
-                return text
+        """The text of the first QR code found in ``frame``, or None."""
+        grey = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        try:
+            found = zxingcpp.read_barcodes(grey, formats=zxingcpp.BarcodeFormat.QRCode)
+        finally:
+            if grey is not frame:
+                grey.fill(0)
+        for code in found:
+            if code.valid and code.text:
+                return code.text
         return None
 
 

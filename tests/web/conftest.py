@@ -29,20 +29,28 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
 @dataclass
 class Hall:
     proc: subprocess.Popen[str]
-    url: str  # the UI's address, no key: a request to it alone is refused
-    kiosk_url: str  # the launch URLs the daemon printed (with this start's key)
+    url: str  # the kiosk's UI address, no key: a request to it alone is refused
+    kiosk_url: str  # the launch URLs the two daemons printed (with this start's keys)
     pad_url: str
     tmp: Path  # the daemon's TMPDIR (the simulated hall's directory is inside)
     cwd: Path
     log: list[str] = field(default_factory=list)
     _ui: UiClient | None = None
+    _pad: UiClient | None = None
 
     @property
     def ui(self) -> UiClient:
-        """A client with the session cookie, as the terminal's browser has it."""
+        """The kiosk's UI with the session cookie, as the kiosk's browser has it."""
         if self._ui is None:
             self._ui = UiClient(self.kiosk_url)
         return self._ui
+
+    @property
+    def pad(self) -> UiClient:
+        """The PAD's UI with its session cookie (another daemon, another key)."""
+        if self._pad is None:
+            self._pad = UiClient(self.pad_url)
+        return self._pad
 
     def get(self, path: str) -> Any:
         return self.ui.get(path)
@@ -51,10 +59,11 @@ class Hall:
         return self.get("/api/health")
 
     def wait_ready(self, timeout: float = 120.0) -> dict[str, Any]:
+        """Both terminals ready; the kiosk's health."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             h = self.health()
-            if h["ready"]:
+            if h["ready"] and self.pad.get("/api/health")["ready"]:
                 return h
             if self.proc.poll() is not None:
                 break
@@ -83,20 +92,23 @@ def start_hall(base: Path, *, record_writes: Path | None = None) -> Hall:
     assert proc.stderr is not None
     log: list[str] = []
     deadline = time.monotonic() + 60
-    url = launch = None
-    while launch is None and time.monotonic() < deadline:
+    url = kiosk = pad = None
+    while (url is None or kiosk is None or pad is None) and time.monotonic() < deadline:
         line = proc.stderr.readline()
         if not line:
             break
         log.append(line)
-        if m := re.search(r"UI on (http://\S+)", line):
+        if m := re.search(r"kiosk UI on (http://\S+)", line):
             url = m.group(1)
-        launch = re.search(r"kiosk (http://\S+) , clerk PAD (http://\S+) ;", line)
-    if url is None or launch is None:
+        if m := re.search(r"hall, kiosk: open (http://\S+)", line):
+            kiosk = m.group(1)
+        if m := re.search(r"hall, clerk PAD: open (http://\S+)", line):
+            pad = m.group(1)
+    if url is None or kiosk is None or pad is None:
         proc.kill()
         raise AssertionError("appliance run --sim printed no UI lines:\n" + "".join(log))
     threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True).start()
-    return Hall(proc, url, launch.group(1), launch.group(2), tmp, cwd, log)
+    return Hall(proc, url, kiosk, pad, tmp, cwd, log)
 
 
 def stop_hall(hall: Hall) -> int:
