@@ -165,6 +165,7 @@ class FlowRunner:
                  capture_config: CaptureConfig | None = None, identity: Any, signer: Any,
                  node: Any, audit: Any | None = None, references: Any | None = None,
                  signed_matters: Any | None = None, verify_timeout_s: float | None = None,
+                 admins: tuple[Any, ...] | None = None,
                  clock: Callable[[], int] = wall_clock_ms,
                  monotonic: Callable[[], int] = monotonic_ms,
                  service_public_key: bytes | None = None,
@@ -188,6 +189,7 @@ class FlowRunner:
 
             references = References(node)
         self.references = references
+        self._admins = admins
         if signed_matters is None:
             from .signed_matters import SignedMatters
 
@@ -548,6 +550,8 @@ class FlowRunner:
     @property
     def admins(self) -> tuple[Any, ...]:
         """The district admin keys of the trust anchor (who may enroll keys, §5-§6)."""
+        if self._admins is not None:
+            return self._admins
         return tuple(self.node.anchor.admins)
 
     async def _verify_matter(self, e: fl.VerifyMatter) -> None:

@@ -2,11 +2,13 @@
 
 The rig: a generated chain served by two district-node doubles on loopback (one produces a
 block every 200 ms, the other serves the same chain directory read-only), the terminal's key
-generated inside the crypto-module emulator on a pty and enrolled by the district admin, a
-NodeSync synced from the trust anchor, the identity-service double (honest comparison of the
-capture with the astronaut reference photo), and an emulated camera that first shows the
-matter QR code and then plays the synthetic genuine citizen, who answers each challenge.
-The audit log is the real one (appliance.audit).
+generated inside the crypto-module emulator on a pty and enrolled by the district admin (role
+kiosk), a PAD's key enrolled for an office, the identity service's key enrolled (role
+identity), the citizen's two licenses deposited by the chain's issuing offices, a NodeSync
+synced from the trust anchor, the identity-service double (honest comparison of the capture
+with the astronaut reference photo), and an emulated camera that first shows the PAD's signed
+matter QR code and then plays the synthetic genuine citizen, who answers each challenge. The
+audit log is the real one (appliance.audit).
 
 Failure paths end on their screen with nothing signed: the module's signature counter (read
 from the module itself before and after) has not moved.
@@ -30,31 +32,34 @@ import pytest
 
 from appliance import wire
 from appliance.audit import AuditLog
-from appliance.gm import sm2, sm3
+from appliance.gm import sm2
 from appliance.hsm.client import Client
 from appliance.kiosk import flow as fl
+from appliance.kiosk import identity as ident
 from appliance.kiosk.capture.config import CaptureConfig
 from appliance.kiosk.capture.sources import Camera, EmulatedCamera
-from appliance.kiosk.identity import IdentityClient, verify_attestation
-from appliance.kiosk.matter import License, Matter, encode_qr
+from appliance.kiosk.identity import IdentityClient
 from appliance.kiosk.runner import FlowRunner
+from appliance.node import objects as ob
 from appliance.node import sync
 from appliance.node.client import NodeSync
 from appliance.node.model import peer_id
 from appliance.node.store import HeaderStore
-from appliance.node.tx import ModuleSigner
+from appliance.node.tx import ModuleSigner, SoftwareSigner
 from hil import chain as hc
 from hil.district_node import DistrictNodeProcess
 from hil.hsm_emulator import HsmEmulator
 from hil.identity_service import IdentityService, load_reference
-from hil.sim_hall import qr_frame
+from hil.sim_hall import PIN, provision, qr_frame
 from hil.synthetic_face import StaticPrint, Subject
 
 pytestmark = pytest.mark.timeout(300)
 
-PIN = "123456"
 SLOT = 1
-NAME = "ASTRONAUT"
+CITIZEN_ID = "110108198001010015"
+OFFICE = "朝阳区政务服务中心 Chaoyang hall"
+DISTRICT = "haidian"
+DAY = 86_400_000
 FPS = 15.0
 TERMINAL_SCREENS = {"receipt", "error", "blocked"}
 
@@ -69,6 +74,12 @@ class Hall:
     terminal_key: bytes
     emulator: HsmEmulator | None = None
     nodes: list[DistrictNodeProcess] = field(default_factory=list)
+    enrollment: bytes = b""  # the kiosk's device.enroll
+    pad: Any = None  # the PAD's key (a software key: its module is another test's)
+    pad_enrollment: bytes = b""
+    identity_key: tuple[bytes, bytes] = (b"", b"")
+    identity_enrollment: bytes = b""
+    licenses: tuple[bytes, ...] = ()
 
     def start_module(self) -> None:
         self.emulator = HsmEmulator(self.root / "gmcrypto0", self.root / "store.bin").start()
@@ -111,35 +122,58 @@ def post_tx(url: str, tx: dict[str, Any]) -> bytes:
         return wire.decode(resp.read())["tx_id"]
 
 
-@pytest.fixture(scope="module")
-def hall(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("hall")
-    chain = root / "chain"
-    hc.generate(chain, hc.ChainParams(seed="kiosk runner", validators=4), 6)
-    h = Hall(root, chain, (chain / "trust.cbor").read_bytes(), b"")
-    h.start_module()
-    with Client(h.port, pin=PIN) as c:
-        h.terminal_key = c.generate_key(SLOT)  # generated inside the module; never leaves it
-    h.start_nodes(producer_only=True)
-    try:
-        with hc.Chain.open(chain, readonly=True) as c:
-            admin = c.keys("admin")[0]
-        body = {"chain_id": hc.DEFAULT_CHAIN_ID, "type": "device.enroll",
-                "timestamp": int(time.time() * 1000), "sender": admin.peer_id,
-                "nonce": os.urandom(16),
-                "data": {"terminal": peer_id(h.terminal_key), "alg": "sm2",
-                         "public_key": h.terminal_key, "district": "hil-district",
-                         "hall": "hall-1", "role": "kiosk"}}
-        tx_id = post_tx(h.nodes[0].url, hc.sign_tx(admin, body))
-        deadline = time.monotonic() + 30
-        with hc.Chain.open(chain, readonly=True) as c:
+def wait_included(chain: Path, tx_ids: list[bytes], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    with hc.Chain.open(chain, readonly=True) as c:
+        for tx_id in tx_ids:
             while True:
                 try:
                     c.tx(tx_id)
                     break
                 except KeyError:
-                    assert time.monotonic() < deadline, "the enrollment was not included"
+                    assert time.monotonic() < deadline, "not included in time"
                     time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def hall(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("hall")
+    chain = root / "chain"
+    now = int(time.time() * 1000)
+    hc.generate(chain, hc.ChainParams(seed="kiosk runner", validators=4, districts=(DISTRICT,),
+                                      start_ms=now - 60_000), 6)
+    h = Hall(root, chain, (chain / "trust.cbor").read_bytes(), b"")
+    h.start_module()
+    # set up as a technician would: PIN changed, key generated inside the module
+    h.terminal_key = provision(h.port, PIN, slot=SLOT)
+    h.start_nodes(producer_only=True)
+    try:
+        with hc.Chain.open(chain, readonly=True) as c:
+            admin = c.keys("admin")[0]
+            issuers = [(k, c.enrollment_of(k.public_key, "issuer"))
+                       for k in c.keys("issuer")[:2]]
+        url = h.nodes[0].url
+        now = int(time.time() * 1000)
+
+        def enroll(public_key: bytes, role: str, **kw: Any) -> bytes:
+            return post_tx(url, hc.enroll_tx(admin, public_key, "sm2", role, district=DISTRICT,
+                                             hall="hall-1", not_after=now + 100 * DAY,
+                                             timestamp=now, chain_id=hc.DEFAULT_CHAIN_ID, **kw))
+
+        private, public = sm2.generate_keypair()
+        h.pad = SoftwareSigner("sm2", private, public)
+        h.identity_key = sm2.generate_keypair()
+        h.enrollment = enroll(h.terminal_key, "kiosk")
+        h.pad_enrollment = enroll(public, "pad", office=OFFICE)
+        h.identity_enrollment = enroll(h.identity_key[1], "identity", min_score=600)
+        holder = ob.identifier_hash(CITIZEN_ID)
+        h.licenses = tuple(post_tx(url, hc.deposit_tx(
+            key, digest=os.urandom(32), kind=kind, enrollment=enrollment, holder=holder,
+            timestamp=now, chain_id=hc.DEFAULT_CHAIN_ID))
+            for (key, enrollment), kind in zip(issuers, ("business_license", "lease"),
+                                               strict=True))
+        wait_included(chain, [h.enrollment, h.pad_enrollment, h.identity_enrollment,
+                              *h.licenses])
         h.start_nodes()
         yield h
     finally:
@@ -167,16 +201,17 @@ class Scene:
         self.person.on_events(events, ts)
 
 
-def sample_matter(**changes: Any) -> Matter:
-    fields: dict[str, Any] = {
-        "matter": "企业开办 business registration", "agency": "market-supervision",
-        "office": "朝阳区政务服务中心 Chaoyang hall",
-        "licenses": (License(sm3.digest(b"business licence of ZHANG SAN"), "营业执照"),
-                     License(sm3.digest(b"lease contract"), "租赁合同")),
-        "subject": sm3.digest(NAME.encode()),
-        "not_after": int(time.time() * 1000) + 3_600_000}
-    fields.update(changes)
-    return Matter(**fields)
+def sample_matter(hall: Hall, **changes: Any) -> ob.Signed[ob.MatterBody]:
+    """A matter signed by the hall's PAD, issued now (a new matter_id each time)."""
+    now = int(time.time() * 1000)
+    body = ob.MatterBody(
+        matter_id=os.urandom(16), title="企业开办 business registration", office=OFFICE,
+        agencies=("市场监管局 market supervision",), purpose="开办企业 starting a business",
+        subject=ob.identifier_hash(CITIZEN_ID), licenses=hall.licenses, issued_at=now,
+        expires_at=now + 3_600_000, use_until=now + 30 * DAY, pad=peer_id(hall.pad.public_key),
+        enrollment=hall.pad_enrollment)
+    body = __import__("dataclasses").replace(body, **changes)
+    return ob.Signed.sign(body, hall.pad)
 
 
 # -- one walk through the flow -----------------------------------------------------------------
@@ -218,7 +253,7 @@ async def synced_node(hall: Hall, path: Path, urls: list[str] | None = None
 
 
 async def walk(hall: Hall, tmp_path: Path, *, person: Any | None = None,
-               matter: Matter | None = None, identity_mode: str = "honest",
+               matter: ob.Signed[ob.MatterBody] | None = None, identity_mode: str = "honest",
                identity_url: str | None = None,
                on_screen: dict[str, Callable[[FlowRunner, Any], Any]] | None = None,
                config: fl.FlowConfig | None = None, consent: bool = True,
@@ -226,15 +261,16 @@ async def walk(hall: Hall, tmp_path: Path, *, person: Any | None = None,
                **runner_kw: Any) -> Walk:
     """Run the runner from attract until a final screen; return what the UI saw."""
     on_screen = dict(on_screen or {})
-    matter = matter or sample_matter()
+    matter = matter or sample_matter(hall)
     person = person or Subject(7)
-    scene = Scene(encode_qr(matter), person)
+    scene = Scene(ob.encode_qr(ob.MATTER_PREFIX, matter), person)
     ns, store = await synced_node(hall, tmp_path / "headers.sqlite", urls)
     stop = asyncio.Event()
     sync_task = asyncio.create_task(ns.run(stop_at_tip=False, stall_timeout_s=None, stop=stop))
-    key, _ = sm2.generate_keypair()
-    identity = IdentityService(key, {NAME: load_reference("synthetic:astronaut")},
-                               mode=identity_mode, log=lambda _m: None)
+    identity = IdentityService(hall.identity_key[0],
+                               {CITIZEN_ID: load_reference("synthetic:astronaut")},
+                               mode=identity_mode, enrollment=hall.identity_enrollment,
+                               log=lambda _m: None)
     await identity.start()
     client = Client(hall.port, pin=PIN, reconnect_timeout=1.0)
     idc = IdentityClient(identity_url or identity.url, service_public_key=identity.public_key,
@@ -244,7 +280,8 @@ async def walk(hall: Hall, tmp_path: Path, *, person: Any | None = None,
         signer = await asyncio.to_thread(signer_cls, client, SLOT)  # as the daemon does
         flow = fl.AuthorizationFlow(config or fl.FlowConfig(),
                                     terminal_id=peer_id(signer.public_key),
-                                    new_session=lambda: os.urandom(16))
+                                    new_session=lambda: os.urandom(16),
+                                    enrollment=hall.enrollment)
         camera = Camera(EmulatedCamera(scene.frame, fps=FPS))
         runner = FlowRunner(flow, frames=camera, capture_config=CaptureConfig(),
                             identity=idc, signer=signer, node=ns, audit=audit,
@@ -299,22 +336,25 @@ def run(coro: Any) -> Any:
 
 def test_qr_to_verified_receipt(hall: Hall, tmp_path: Path) -> None:
     before = hall.counter()
-    m = sample_matter()
+    m = sample_matter(hall)
 
     async def scenario() -> None:
         w = await walk(hall, tmp_path, matter=m)
         assert w.last["screen"] == "receipt", (w.screens(), w.last["error"])
-        assert w.screens() == ["attract", "scan", "consent", "capture", "verifying", "signing",
-                               "submitting", "waiting", "receipt"]
+        assert w.screens() == ["attract", "scan", "checking", "consent", "capture",
+                               "verifying", "signing", "submitting", "waiting", "receipt"]
         assert w.guidance > 0 and w.frames > 0  # live guidance and preview were published
         receipt = w.last["receipt"]
         session = bytes.fromhex(w.last["session"])
         tx_id = bytes.fromhex(receipt["tx_id"])
         assert receipt["qr"] == "GOVTX1:" + receipt["tx_id"]
-        assert (receipt["office"], receipt["agency"], receipt["matter"]) == (
-            m.office, m.agency, m.matter)
+        assert (receipt["office"], receipt["agencies"], receipt["title"]) == (
+            OFFICE, list(m.body.agencies), m.body.title)
         consent = next(v for v in w.views if v["screen"] == "consent")
-        assert consent["matter"] == m.display()
+        shown = consent["matter"]
+        assert shown["office"] == OFFICE and shown["use_until"] == m.body.use_until
+        assert [lic["kind"] for lic in shown["licenses"]] == ["business_license", "lease"]
+        assert all(lic["issuer"].startswith("office-") for lic in shown["licenses"])
 
         # fetch it again, through a second light node synced from the trust anchor alone
         ns2, store2 = await synced_node(hall, tmp_path / "again.sqlite")
@@ -329,7 +369,7 @@ def test_qr_to_verified_receipt(hall: Hall, tmp_path: Path) -> None:
         assert inc.block_id.hex() == receipt["block_id"]
         assert store2.block_id(inc.height) == inc.block_id  # in the verified store
         header = wire.decode(store2.header(inc.height))
-        assert header["timestamp"] == receipt["time_ms"]
+        assert header["timestamp"] == receipt["time_ms"] == inc.time_ms
         store2.close()
         # ...and check what was signed, independently of the runner
         tx = inc.tx
@@ -337,14 +377,16 @@ def test_qr_to_verified_receipt(hall: Hall, tmp_path: Path) -> None:
         assert body.type == "license.authorize" and body.chain_id == hc.DEFAULT_CHAIN_ID
         assert tx.public_key == hall.terminal_key and body.sender == peer_id(hall.terminal_key)
         assert sm2.verify(hall.terminal_key, body.encoded, tx.signature)
-        d = body.data
-        assert d["session"] == session and d["matter"] == m.matter and d["agency"] == m.agency
-        assert d["licenses"] == [lic.id for lic in m.licenses] and d["subject"] == m.subject
-        assert d["terminal"] == peer_id(hall.terminal_key) and d["not_after"] == m.not_after
-        att = verify_attestation(d["attestation"], service_public_key=w.identity_key,
-                                 service_name="hil-identity", session_id=session,
-                                 subject=m.subject, capture_digest=d["capture_digest"],
-                                 now_ms=int(time.time() * 1000))
+        d = ob.AuthorizeData.from_obj(body.data)
+        assert d.matter == m  # the very matter the consent screen showed
+        assert d.session == session and d.terminal == peer_id(hall.terminal_key)
+        assert d.enrollment == hall.enrollment and d.way == "face"
+        request = ident.Request(session, m.body.subject, d.capture_digest,
+                                peer_id(hall.terminal_key), m.digest)
+        att = ident.verify_attestation(d.attestation.to_obj(),
+                                       service_public_key=w.identity_key,
+                                       service_name="hil-identity", request=request,
+                                       now_ms=int(time.time() * 1000))
         assert att.result == "match"
         # the audit log: key use and the authorization, chained and verifiable
         entries = w.audit.tail(20)
@@ -456,6 +498,10 @@ def after_signing_walk(hall: Hall, tmp_path: Path, code: str, **node_kw: Any) ->
     with ``node_kw``; the flow signs and submits, then must end on ``code``, no receipt."""
     where = tmp_path / "chain"
     shutil.copytree(hall.chain, where)  # the producer is idle: nothing is pending
+    with hc.Chain.open(where, readonly=True) as c:
+        tip = c.tip_height  # what the matter refers to is below: its proofs are good
+    if "misbehave" in node_kw:
+        node_kw["misbehave"] = f"{node_kw['misbehave']}@{tip + 1}"
 
     async def scenario() -> Walk:
         w = await walk(hall, tmp_path, urls=[node.url], inclusion_timeout_s=3.0)

@@ -5,7 +5,8 @@ in memory only while scanning or capturing, and no file is written by a whole se
 
 The identity service, the module and the node are not reached in these tests (the flows end
 before): ``identity`` is an object carrying the service key, as the runner reads only that
-before the attestation step.
+before the attestation step; the matter is one of a §6 world judged now
+(tests/node/world.py), whose references the world holds.
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ import cv2
 import numpy as np
 import pytest
 
-from appliance.gm import sm2, sm3
+from appliance.gm import sm2
 from appliance.kiosk import flow as fl
 from appliance.kiosk.capture.config import CaptureConfig
 from appliance.kiosk.capture.session import CaptureSession
-from appliance.kiosk.matter import License, Matter, encode_qr
 from appliance.kiosk.runner import FlowRunner
+from appliance.node import objects as ob
 from hil.sim_hall import qr_frame
+from tests.node.world import make_world
+
+WORLD = make_world(time.time_ns() // 1_000_000)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -51,12 +55,8 @@ class KeyOnly:
 
 
 def matter_text(**changes: Any) -> str:
-    fields: dict[str, Any] = {
-        "matter": "m", "agency": "a", "office": "o",
-        "licenses": (License(sm3.digest(b"l"), "licence"),), "subject": sm3.digest(b"s"),
-        "not_after": 2**62}
-    fields.update(changes)
-    return encode_qr(Matter(**fields))
+    """A matter QR of the world's PAD (a new matter_id each time: a kiosk signs one once)."""
+    return ob.encode_qr(ob.MATTER_PREFIX, WORLD.matter(matter_id=os.urandom(16), **changes))
 
 
 class Frames:
@@ -85,8 +85,10 @@ class Frames:
 
 def make(frames: Any, config: fl.FlowConfig | None = None, **kw: Any) -> FlowRunner:
     flow = fl.AuthorizationFlow(config or fl.FlowConfig(), terminal_id=bytes(32),
-                                new_session=lambda: os.urandom(16))
-    return FlowRunner(flow, frames=frames, identity=KeyOnly(), signer=None, node=None, **kw)
+                                new_session=lambda: os.urandom(16),
+                                enrollment=WORLD.enrollments["kiosk"])
+    return FlowRunner(flow, frames=frames, identity=KeyOnly(), signer=None, node=None,
+                      references=WORLD, admins=WORLD.anchor_admins, **kw)
 
 
 async def screens_until(runner: FlowRunner, final: str, actions: dict[str, Any] | None = None,
@@ -157,8 +159,8 @@ def test_qr_read_from_frames_then_extend_and_cancel() -> None:
             "consent": on_consent})
 
     seen = run_with(runner, body)
-    assert seen == ["attract", "scan", "consent", "error"]
-    assert views[0]["matter"]["matter"] == "m"
+    assert seen == ["attract", "scan", "checking", "consent", "error"]
+    assert views[0]["matter"]["title"] == WORLD.matter_body().title
     assert views[1]["extends_left"] == views[0]["extends_left"] - 1
     assert runner.flow.view()["error"]["code"] == "cancelled"
 
@@ -173,7 +175,7 @@ def test_the_camera_ending_fails_the_capture() -> None:
             "consent": lambda: runner.post({"type": "consent"})})
 
     seen = run_with(runner, body)
-    assert seen == ["attract", "consent", "capture", "error"]
+    assert seen == ["attract", "checking", "consent", "capture", "error"]
     assert runner.flow.view()["error"]["code"] == "camera_unavailable"
     assert runner.signatures == 0 and runner.identity.calls == 0
 
@@ -201,7 +203,8 @@ def test_an_unusable_frame_fails_the_capture_and_the_runner_goes_on() -> None:
         return first + again
 
     seen = run_with(runner, body)
-    assert seen == ["attract", "consent", "capture", "error", "attract", "consent"]
+    assert seen == ["attract", "checking", "consent", "capture", "error", "attract", "checking",
+                    "consent"]
 
 
 def test_the_ui_cannot_post_results() -> None:
@@ -332,6 +335,8 @@ def test_a_frame_in_flight_cannot_keep_pixels_after_the_wipe(how: str) -> None:
         task = asyncio.create_task(runner.run())
         await asyncio.sleep(0)
         runner.post({"type": "matter_text", "text": text})
+        while runner.flow.screen == "checking":  # the runner verifies the matter
+            await asyncio.sleep(0.01)
         runner.post({"type": "consent"})
         assert runner.flow.screen == "capture" and len(sessions) == 1
         s = sessions[0]
@@ -410,18 +415,20 @@ def hook(event, args):
 
 import numpy as np
 from hil.synthetic_face import Subject
-from appliance.gm import sm2, sm3
+from appliance.gm import sm2
 from appliance.kiosk import flow as fl
 from appliance.kiosk.capture.sources import Camera, EmulatedCamera
-from appliance.kiosk.matter import License, Matter, encode_qr
 from appliance.kiosk.runner import FlowRunner
-from hil.sim_hall import qr_frame
+from appliance.node import objects as ob
+from tests.node.world import make_world
+import time
+WORLD = make_world(time.time_ns() // 1_000_000)
 
 class Identity:
     def __init__(self):
         self.service_public_key = sm2.generate_keypair()[1]
         self.envelopes = 0
-    async def attest(self, envelope, **kw):
+    async def attest(self, envelope, request, **kw):
         self.envelopes += 1
         from appliance.kiosk.identity import IdentityUnavailable
         raise IdentityUnavailable("the double stops here")
@@ -430,7 +437,8 @@ async def main():
     person = Subject(5)
     camera = Camera(EmulatedCamera(lambda i: person.frame(i / 15), fps=15))
     flow = fl.AuthorizationFlow(fl.FlowConfig(capture_attempts=1), terminal_id=bytes(32),
-                                new_session=lambda: os.urandom(16))
+                                new_session=lambda: os.urandom(16),
+                                enrollment=WORLD.enrollments["kiosk"])
     identity = Identity()
     def listener(evs, ts):
         person.on_events(evs, ts)
@@ -439,9 +447,10 @@ async def main():
                 f.write(b"\xff\xd8")
 
     runner = FlowRunner(flow, frames=camera, identity=identity, signer=None, node=None,
-                        preview_fps=30, capture_listener=listener)
+                        preview_fps=30, capture_listener=listener, references=WORLD,
+                        admins=WORLD.anchor_admins)
     task = asyncio.create_task(runner.run())
-    m = Matter("m", "a", "o", (License(sm3.digest(b"l"), "n"),), sm3.digest(b"s"), 2**62)
+    m = ob.encode_qr(ob.MATTER_PREFIX, WORLD.matter())
     seen, frames = [], 0
     sys.addaudithook(hook)
     async for msg in runner.subscribe():
@@ -454,7 +463,7 @@ async def main():
         if not seen or seen[-1] != screen:
             seen.append(screen)
         if screen == "attract" and len(seen) == 1:
-            runner.post({"type": "matter_text", "text": encode_qr(m)})
+            runner.post({"type": "matter_text", "text": m})
         elif screen == "consent":
             runner.post({"type": "consent"})
         elif screen == "error":
@@ -481,7 +490,8 @@ def child(tmp_path: Path, **env_vars: str) -> dict[str, Any]:
 def test_a_session_writes_no_file(tmp_path: Path) -> None:
     """Capture with previews, seal, send: the process opens nothing for writing."""
     result = child(tmp_path)
-    assert result["screens"] == ["attract", "consent", "capture", "verifying", "error"]
+    assert result["screens"] == ["attract", "checking", "consent", "capture", "verifying",
+                                 "error"]
     assert result["error"] == "identity_unavailable"
     assert result["envelopes"] == 1 and result["frames"] > 0
     assert result["writes"] == []

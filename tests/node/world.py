@@ -39,6 +39,7 @@ class World:
     enrollments: dict[str, bytes] = field(default_factory=dict)  # name -> tx_id
     licenses: list[bytes] = field(default_factory=list)
     height: int = 0
+    t0: int = T0  # the time the world is judged at
 
     @property
     def anchor_admins(self) -> tuple[Admin, ...]:
@@ -52,13 +53,16 @@ class World:
         self.refs[tx.tx_id] = rules.Ref(tx, self.height, time_ms)
         return tx.tx_id
 
-    def tx(self, key: Any, kind: str, data: dict[str, Any], timestamp: int = T0) -> SignedTx:
-        return build_tx(key, chain_id=CHAIN, type=kind, data=data, timestamp_ms=timestamp)
+    def tx(self, key: Any, kind: str, data: dict[str, Any], timestamp: int | None = None
+           ) -> SignedTx:
+        return build_tx(key, chain_id=CHAIN, type=kind, data=data,
+                        timestamp_ms=self.t0 if timestamp is None else timestamp)
 
     def enroll(self, name: str, role: str, *, district: str = "haidian", office: str | None
                = None, staff: str | None = None, min_score: int | None = None,
-               at: int = T0 - DAY, not_after: int | None = None, key: Any = None,
+               at: int | None = None, not_after: int | None = None, key: Any = None,
                admin: str | None = None) -> bytes:
+        at = self.t0 - DAY if at is None else at
         key = key or self.keys.get(name) or signer()
         self.keys[name] = key
         e = ob.Enrollment(peer_id(key.public_key), key.alg, key.public_key, district,
@@ -70,7 +74,8 @@ class World:
         return tx_id
 
     def deposit(self, issuer: str, holder: bytes | None, kind: str = "business_license",
-                at: int = T0 - DAY // 2) -> bytes:
+                at: int | None = None) -> bytes:
+        at = self.t0 - DAY // 2 if at is None else at
         d = ob.Deposit(os.urandom(32), kind, self.enrollments[issuer], holder)
         return self.put(self.tx(self.keys[issuer], "evidence.deposit", d.to_obj(), at), at)
 
@@ -80,7 +85,8 @@ class World:
             matter_id=b"\x01" * 16, title="开办餐饮店 Open a restaurant", office=OFFICE,
             agencies=("海淀区市场监管局", "海淀区卫生健康委"), purpose="食品经营许可 Food licence",
             subject=ob.identifier_hash(CITIZEN_ID), licenses=tuple(self.licenses),
-            issued_at=T0 - 10 * MIN, expires_at=T0 + 60 * MIN, use_until=T0 + 30 * DAY,
+            issued_at=self.t0 - 10 * MIN, expires_at=self.t0 + 60 * MIN,
+            use_until=self.t0 + 30 * DAY,
             pad=peer_id(pad.public_key), enrollment=self.enrollments["pad"])
         return dataclasses.replace(body, **changes)
 
@@ -92,7 +98,7 @@ class World:
         body = ob.AttestationBody(
             session=session, capture_digest=capture, subject=matter.body.subject,
             terminal=peer_id(self.keys["kiosk"].public_key), action="authorize",
-            target=matter.digest, result="match", score=800, issued_at=T0 - MIN,
+            target=matter.digest, result="match", score=800, issued_at=self.t0 - MIN,
             service="identity", enrollment=self.enrollments["identity"],
             represents=matter.body.on_behalf_of)
         return ob.Signed.sign(dataclasses.replace(body, **changes), self.keys[key])
@@ -103,11 +109,12 @@ class World:
             session=session, terminal=peer_id(self.keys["kiosk"].public_key),
             action="authorize", target=matter.digest,
             method="id_card+registration" if matter.body.on_behalf_of else "id_card",
-            issued_at=T0 - MIN, enrollment=self.enrollments[key])
+            issued_at=self.t0 - MIN, enrollment=self.enrollments[key])
         return ob.Signed.sign(dataclasses.replace(body, **changes), self.keys[key])
 
     def authorize(self, matter: ob.Signed[Any], *, way: str = "face", session: bytes = None,
-                  timestamp: int = T0, kiosk: str = "kiosk", **proof: Any) -> SignedTx:
+                  timestamp: int | None = None, kiosk: str = "kiosk", **proof: Any
+                  ) -> SignedTx:
         session = session or os.urandom(16)
         capture = proof.get("capture") or os.urandom(32)
         terminal = peer_id(self.keys[kiosk].public_key)
@@ -121,12 +128,17 @@ class World:
                                     confirmation=conf)
         return self.tx(self.keys[kiosk], "license.authorize", data.to_obj(), timestamp)
 
-    def check(self, tx: SignedTx, at: int = T0) -> Any:
-        return rules.check_tx(tx, self.lookup, self.anchor_admins, at=at, chain_id=CHAIN)
+    def check(self, tx: SignedTx, at: int | None = None) -> Any:
+        return rules.check_tx(tx, self.lookup, self.anchor_admins,
+                              at=self.t0 if at is None else at, chain_id=CHAIN)
+
+    async def resolve(self, obj: Any, *, timeout_s: float) -> Any:
+        """As appliance.node.references.References.resolve: here everything is at hand."""
+        return self.lookup
 
 
-def make_world() -> World:
-    w = World()
+def make_world(t0: int = T0) -> World:
+    w = World(t0=t0)
     w.admins = {"haidian": signer(), "chaoyang": signer("ecdsa-p256")}
     w.enroll("kiosk", "kiosk")
     w.enroll("pad", "pad", office=OFFICE)
