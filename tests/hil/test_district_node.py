@@ -1012,10 +1012,14 @@ def test_cli_process_ready_log_and_sigterm(chain_dir: Path) -> None:
             events.append((name, state_change))
             seen.notify_all()
 
+    def ours(name: str) -> bool:  # other fixtures may advertise on loopback too
+        return name.startswith("hil proc-test ")
+
     def wait_for(state: ServiceStateChange, timeout: float = 10) -> str:
         with seen:
-            assert seen.wait_for(lambda: any(st is state for _, st in events), timeout), events
-            return next(n for n, st in events if st is state)
+            assert seen.wait_for(lambda: any(st is state and ours(n) for n, st in events),
+                                 timeout), events
+            return next(n for n, st in events if st is state and ours(n))
 
     browser = ServiceBrowser(zc, SERVICE_TYPE, handlers=[on_change])
     try:
