@@ -319,6 +319,20 @@ class _Parsed:
     def sender(self) -> bytes:
         return self.tx.body["sender"]
 
+    @property
+    def session(self) -> bytes | None:
+        """The session of a license.authorize or authorization.revoke (unique on chain)."""
+        if self.kind in ("license.authorize", "authorization.revoke"):
+            return self.data["session"]
+        return None
+
+    @property
+    def matter_key(self) -> tuple[bytes, bytes] | None:
+        """(pad, matter_id) of a license.authorize (unique on chain)."""
+        if self.matter is None:
+            return None
+        return self.matter.body["pad"], self.matter.body["matter_id"]
+
 
 def _signed(obj: Any, what: str) -> _Signed:
     obj = _fields(obj, what, {"body": _is_map, "alg": _alg, "public_key": _B65,
@@ -429,20 +443,25 @@ class LedgerRules:
         if state.find(p.tx_id) is not None:
             _refuse("duplicate", "tx.duplicate", "the transaction is already on the chain or "
                     "pending")
-        session = p.data.get("session") if p.kind in ("license.authorize",
-                                                      "authorization.revoke") else None
-        if session is not None and state.session_used(session):
+        if p.session is not None and state.session_used(p.session):
             _refuse("duplicate", "session.duplicate", "this session is already on the chain "
                     "or pending (a session appears at most once)")
-        matter = None
-        if p.kind == "license.authorize":
-            assert p.matter is not None
-            matter = (p.matter.body["pad"], p.matter.body["matter_id"])
-            if state.matter_used(*matter):
-                _refuse("duplicate_matter", "matter.duplicate", "(pad, matter_id) is already "
-                        "in a license.authorize (a matter is authorized at most once)")
+        if p.matter_key is not None and state.matter_used(*p.matter_key):
+            _refuse("duplicate_matter", "matter.duplicate", "(pad, matter_id) is already in a "
+                    "license.authorize (a matter is authorized at most once)")
         self._check_references(p, state, now_ms)
-        return Admitted(p.tx_id, p.kind, session, matter)
+        return Admitted(p.tx_id, p.kind, p.session, p.matter_key)
+
+    def check_in_block(self, tx: Mapping[str, Any], state: LedgerState,
+                       block_ms: int) -> Admitted:
+        """Every rule but the uniqueness ones (duplicate, duplicate_matter: they depend on
+        what came before) on a decoded signed_tx in a block of timestamp ``block_ms``: what a
+        verifier checks of a transaction it fetches. :class:`Refusal` if it breaks one."""
+        p = self.parse(tx, block_ms)
+        self._check_signatures(p)
+        self._check_sender(p)
+        self._check_references(p, state, block_ms)
+        return Admitted(p.tx_id, p.kind, p.session, p.matter_key)
 
     # -- phase 1: shape, text, internal rules, times -------------------------------------------
 

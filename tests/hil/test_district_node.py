@@ -964,14 +964,22 @@ def test_mdns_advertisement(chain_dir: Path, other_chain: Path, tmp_path: Path) 
                 serve(chain_dir, advertise=True, district="east-3"),
                 serve(other_dir, advertise=True, district="west-1"))
             added = lambda: {n for n, st in events if st is ServiceStateChange.Added}  # noqa: E731
-            await until(lambda: len(added()) >= 2)
-            txt = {}
-            for name in added():
-                info = AsyncServiceInfo(SERVICE_TYPE, name)
-                assert await info.async_request(zc.zeroconf, 3000)
-                props = {k.decode(): v.decode() for k, v in info.properties.items()}
-                assert info.parsed_addresses() == ["127.0.0.1"]
-                txt[props["chain"]] = (props, info.port, name)
+            # Other fixtures on this machine may advertise on loopback too: keep our two
+            # nodes' instances (by peer id), whatever else comes and goes.
+            peers = {ours.peer_id.hex(), theirs.peer_id.hex()}
+            txt: dict[str, tuple[dict, int, str]] = {}
+            seen: set[str] = set()
+            while {entry[0]["peer"] for entry in txt.values()} != peers:
+                await until(lambda: bool(added() - seen))
+                for name in added() - seen:
+                    seen.add(name)
+                    info = AsyncServiceInfo(SERVICE_TYPE, name)
+                    if not await info.async_request(zc.zeroconf, 3000):
+                        continue  # a stranger gone already
+                    props = {k.decode(): v.decode() for k, v in info.properties.items()}
+                    if props.get("peer") in peers:
+                        assert info.parsed_addresses() == ["127.0.0.1"]
+                        txt[props["chain"]] = (props, info.port, name)
             assert set(txt) == {CHAIN_ID, "hil-other-chain"}
             props, port, our_name = txt[CHAIN_ID]
             assert props == {"chain": CHAIN_ID, "proto": "1", "district": "east-3",
@@ -1004,10 +1012,14 @@ def test_cli_process_ready_log_and_sigterm(chain_dir: Path) -> None:
             events.append((name, state_change))
             seen.notify_all()
 
+    def ours(name: str) -> bool:  # other fixtures may advertise on loopback too
+        return name.startswith("hil proc-test ")
+
     def wait_for(state: ServiceStateChange, timeout: float = 10) -> str:
         with seen:
-            assert seen.wait_for(lambda: any(st is state for _, st in events), timeout), events
-            return next(n for n, st in events if st is state)
+            assert seen.wait_for(lambda: any(st is state and ours(n) for n, st in events),
+                                 timeout), events
+            return next(n for n, st in events if st is state and ours(n))
 
     browser = ServiceBrowser(zc, SERVICE_TYPE, handlers=[on_change])
     try:
