@@ -301,6 +301,7 @@ REFUSALS: dict[str, dict[str, str]] = {
         **{r: "clerk_not_enrolled" for r in RULE_CODES if r.startswith("enrollment_")},
     },
     "sign": {"already_authorized": "matter_already_authorized"},
+    "submit": {"duplicate_matter": "matter_already_authorized"},
 }
 
 # which failure codes each waiting step accepts from the runner (anything else: the default)
@@ -316,7 +317,8 @@ _STEP_CODES: dict[str, tuple[str, frozenset[str]]] = {
     "nodes": ("node_unavailable", frozenset({"node_unavailable"})),
     "sign": ("module_unavailable", frozenset({"module_unavailable",
                                               "matter_already_authorized"})),
-    "submit": ("node_unavailable", frozenset({"node_unavailable"})),
+    "submit": ("node_unavailable", frozenset({"node_unavailable",
+                                              "matter_already_authorized"})),
     "include": ("inclusion_timeout", frozenset({"inclusion_timeout", "proof_invalid",
                                                 "node_unavailable"})),
 }

@@ -743,9 +743,9 @@ class FlowRunner:
             return
         try:
             await self.node.submit_tx(tx, timeout_s=self.submit_timeout_s)
-        except TxError as exc:
-            self._handle(fl.StepFailed(e.session, "submit", "node_unavailable",
-                                       f"{exc.code}: {exc}"))
+        except TxError as exc:  # the chain's duplicate_matter has its own screen
+            code = exc.code if exc.code == "duplicate_matter" else "node_unavailable"
+            self._handle(fl.StepFailed(e.session, "submit", code, f"{exc.code}: {exc}"))
             return
         self._handle(fl.Submitted(e.session, e.tx_id))
 

@@ -129,9 +129,10 @@ class TxError(Exception):
 
 
 class TxRejected(TxError):
-    """The transaction itself is refused: ``code`` is ``bad_tx``, ``bad_signature`` or
-    ``unknown_sender`` (§7), from the district node ``peer``, or found here before sending it
-    (``peer`` None: its signature, sender or chain_id is wrong, or it is too large)."""
+    """The transaction itself is refused: ``code`` is ``bad_tx``, ``bad_signature``,
+    ``unknown_sender``, ``bad_reference`` or ``duplicate_matter`` (§7), from the district node
+    ``peer``, or found here before sending it (``peer`` None: its signature, sender or
+    chain_id is wrong, or it is too large)."""
 
 
 class NoPeers(TxError):
@@ -437,7 +438,8 @@ class NodeSync:
 
         Checked here first (chain_id, sender, signature, the 64 KiB limit): what the chain
         would refuse is never sent (:class:`TxRejected`, ``peer`` None). A node's 400
-        ``bad_tx`` / ``bad_signature`` / ``unknown_sender`` is :class:`TxRejected` with that
+        ``bad_tx`` / ``bad_signature`` / ``unknown_sender`` / ``bad_reference`` /
+        ``duplicate_matter`` is :class:`TxRejected` with that
         code (every honest node would say the same); 400 ``duplicate`` means it is already
         there: submitted. A peer that fails in transport or answers anything else is banned
         and the next one asked; 503 (busy) is no fault. Only usable peers are asked (they

@@ -135,7 +135,8 @@ MAX_LOOKUP_IDS = 10_000
 MAX_LOOKUP_BYTES = len(wire.encode({"tx_ids": [bytes(32)] * MAX_LOOKUP_IDS}))
 #: The codes of a 400 to POST /v1/tx that mean "this transaction is refused" (§7); the fourth,
 #: ``duplicate``, means it is already there.
-SUBMIT_REJECTIONS = frozenset({"bad_tx", "bad_signature", "unknown_sender"})
+SUBMIT_REJECTIONS = frozenset({"bad_tx", "bad_signature", "unknown_sender", "bad_reference",
+                               "duplicate_matter"})
 #: A commitless range is joined with the next ones from the same node up to this many headers.
 MAX_JOINED_HEADERS = 10 * MAX_HEADERS_PER_RESPONSE
 
@@ -578,7 +579,8 @@ class SubmitVerdict:
     """What one peer's answer to ``POST /v1/tx`` means (:func:`judge_submit`).
 
     ``outcome``: ``accepted`` (202, or 400 ``duplicate``: it is already there; ``code`` is then
-    ``duplicate``), ``rejected`` (400 ``bad_tx``/``bad_signature``/``unknown_sender``: ``code``
+    ``duplicate``), ``rejected`` (400 ``bad_tx``/``bad_signature``/``unknown_sender``/
+    ``bad_reference``/``duplicate_matter``: ``code``
     names it; the transaction itself is refused, asking another node will not help), ``retry``
     (503: the node is busy; try another, no fault) or ``ban`` (anything else: ``code`` is the
     ban reason, as the machine words them). ``message`` is the node's text, for people.

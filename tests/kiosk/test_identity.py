@@ -20,6 +20,7 @@ from appliance.kiosk.identity import (
     REASONS,
     Attestation,
     AttestationInvalid,
+    Request,
     decode_attestation,
     verify_attestation,
 )
@@ -29,15 +30,20 @@ OTHER_PRIV, OTHER_PUB = sm2.generate_keypair()
 SESSION = bytes(range(16))
 SUBJECT = b"\x11" * 32
 DIGEST = b"\x22" * 32
+TERMINAL = b"\x33" * 32
+TARGET = b"\x44" * 32
+ENROLLMENT = b"\x55" * 32
 NOW = 1_800_000_000_000
 NAME = "hil-identity"
+REQUEST = Request(SESSION, SUBJECT, DIGEST, TERMINAL, TARGET)
 
 
 def body(**changes):
     b = {"session": SESSION, "capture_digest": DIGEST, "subject": SUBJECT, "result": "match",
-         "score": 912, "issued_at": NOW - 1500, "service": NAME}
+         "score": 912, "issued_at": NOW - 1500, "service": NAME, "terminal": TERMINAL,
+         "action": "authorize", "target": TARGET, "enrollment": ENROLLMENT}
     b.update(changes)
-    return b
+    return {k: v for k, v in b.items() if v is not None}
 
 
 def signed(b=None, *, key=SERVICE_PRIV, public=SERVICE_PUB, **outer):
@@ -49,8 +55,8 @@ def signed(b=None, *, key=SERVICE_PRIV, public=SERVICE_PUB, **outer):
 
 
 def check(obj, **kw):
-    args = dict(service_public_key=SERVICE_PUB, service_name=NAME, session_id=SESSION,
-                subject=SUBJECT, capture_digest=DIGEST, now_ms=NOW)
+    args = dict(service_public_key=SERVICE_PUB, service_name=NAME, request=REQUEST,
+                now_ms=NOW)
     args.update(kw)
     return verify_attestation(obj, **args)
 
@@ -101,9 +107,20 @@ def test_public_key_not_the_configured_one():
 
 
 @pytest.mark.parametrize("field,value", [
-    ("session", bytes(16)), ("subject", b"\x12" * 32), ("capture_digest", b"\x23" * 32)])
+    ("session", bytes(16)), ("subject", b"\x12" * 32), ("capture_digest", b"\x23" * 32),
+    ("terminal", b"\x34" * 32), ("action", "revoke"), ("target", b"\x45" * 32),
+    ("represents", b"\x66" * 32)])
 def test_body_field_not_what_was_sent(field, value):
     rejected(signed(body(**{field: value})), field)
+
+
+def test_an_enterprise_attestation_must_name_the_enterprise_asked():
+    import dataclasses
+
+    enterprise = b"\x66" * 32
+    asked = dataclasses.replace(REQUEST, represents=enterprise)
+    assert check(signed(body(represents=enterprise)), request=asked).matched
+    rejected(signed(body()), "represents", request=asked)
 
 
 def test_service_name_mismatch():
@@ -119,14 +136,24 @@ def test_stale_and_future_issued_at():
     rejected(signed(body(issued_at=NOW - 10_001)), "stale", max_skew_ms=10_000)
 
 
-@pytest.mark.parametrize("alg", ["ecdsa-p256", "SM2", "none", ""])
-def test_wrong_alg(alg):
-    rejected(signed(alg=alg), "alg")
+@pytest.mark.parametrize("alg", ["SM2", "none", ""])
+def test_unknown_alg(alg):
+    rejected(signed(alg=alg), "malformed")
+
+
+def test_an_ecdsa_key_is_not_the_configured_sm2_key():
+    from appliance.gm import ecdsa
+
+    priv, pub = ecdsa.generate_keypair()
+    b = body()
+    obj = {"body": b, "alg": "ecdsa-p256", "public_key": pub,
+           "signature": ecdsa.sign(priv, wire.encode(b))}
+    rejected(obj, "wrong_key")
 
 
 @pytest.mark.parametrize("value", [1001, 2**32])
 def test_score_out_of_range(value):
-    rejected(signed(body(score=value)), "score")
+    rejected(signed(body(score=value)), "malformed")
 
 
 def test_score_bounds_accepted():
@@ -136,7 +163,7 @@ def test_score_bounds_accepted():
 
 @pytest.mark.parametrize("value", ["MATCH", "matched", "", "no-match"])
 def test_result_not_match_or_no_match(value):
-    rejected(signed(body(result=value)), "result")
+    rejected(signed(body(result=value)), "malformed")
 
 
 def test_non_canonical_cbor():
@@ -190,8 +217,9 @@ def test_oversize_before_decoding():
 
 def test_reasons_documented():
     assert set(REASONS) >= {"bad_signature", "wrong_key", "session", "subject",
-                            "capture_digest", "service", "stale", "future", "alg", "score",
-                            "result", "not_canonical", "malformed", "oversize"}
+                            "capture_digest", "terminal", "action", "target", "represents",
+                            "service", "stale", "future", "not_canonical", "malformed",
+                            "oversize"}
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)

@@ -22,6 +22,7 @@ from appliance.kiosk.identity import (
     IdentityClient,
     IdentityRejected,
     IdentityUnavailable,
+    Request,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -31,6 +32,10 @@ NAME = "svc"
 SESSION = os.urandom(16)
 SUBJECT = os.urandom(32)
 DIGEST = os.urandom(32)
+TERMINAL = os.urandom(32)
+TARGET = os.urandom(32)
+ENROLLMENT = os.urandom(32)
+REQUEST = Request(SESSION, SUBJECT, DIGEST, TERMINAL, TARGET)
 ENVELOPE = {"session": SESSION, "key": b"k" * 100, "iv": b"i" * 16, "ciphertext": b"c" * 32,
             "mac": b"m" * 32}
 
@@ -42,8 +47,10 @@ def now_ms() -> int:
 def attestation(request_body: dict) -> bytes:
     body = {"session": request_body["envelope"]["session"],
             "capture_digest": request_body["capture_digest"],
-            "subject": request_body["subject"], "result": "match", "score": 800,
-            "issued_at": now_ms(), "service": NAME}
+            "subject": request_body["subject"], "terminal": request_body["terminal"],
+            "action": request_body["action"], "target": request_body["target"],
+            "result": "match", "score": 800, "issued_at": now_ms(), "service": NAME,
+            "enrollment": ENROLLMENT}
     return wire.encode({"body": body, "alg": "sm2", "public_key": PUB,
                         "signature": sm2.sign(PRIV, wire.encode(body))})
 
@@ -77,8 +84,7 @@ async def call(behaviour, *, timeout_s: float = 10.0, envelope=ENVELOPE):
     server = Server(behaviour)
     async with server as url, IdentityClient(url, service_public_key=PUB,
                                              service_name=NAME) as client:
-        result = await client.attest(envelope, subject=SUBJECT, capture_digest=DIGEST,
-                                     session_id=SESSION, now_ms=now_ms(), timeout_s=timeout_s)
+        result = await client.attest(envelope, REQUEST, now_ms=now_ms(), timeout_s=timeout_s)
     return result, server
 
 
@@ -90,7 +96,8 @@ def test_sends_the_contract_body_and_verifies_the_answer():
     a, server = asyncio.run(call(ok))
     assert (a.result, a.score) == ("match", 800)
     assert server.requests == [{"envelope": ENVELOPE, "subject": SUBJECT,
-                                "capture_digest": DIGEST}]
+                                "capture_digest": DIGEST, "terminal": TERMINAL,
+                                "action": "authorize", "target": TARGET}]
 
 
 def test_envelope_of_another_session_is_not_sent():

@@ -26,15 +26,18 @@ CHAIN_ID = "tx-test-chain"
 @pytest.fixture(scope="module")
 def chain_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("chain")
-    hc.generate(out, hc.ChainParams(chain_id=CHAIN_ID, commit_every=8), blocks=40)
+    # issuers enrolled 40 s ago (enrollments expire: a chain of 2023 has none valid now)
+    start = int(time.time() * 1000) - 40_000
+    hc.generate(out, hc.ChainParams(chain_id=CHAIN_ID, commit_every=8, start_ms=start),
+                blocks=40)
     return out
 
 
-def _deposit(signer, **kw):
+def _deposit(signer, enrollment: bytes = bytes(32), **kw):
     document = b"a business licence " + str(time.time_ns()).encode()
     return build_tx(signer, chain_id=CHAIN_ID, type="evidence.deposit",
                     data={"digest": sm3.digest(document), "kind": "business-licence",
-                          "issuer": "Haidian market regulation"},
+                          "enrollment": enrollment},
                     timestamp_ms=int(time.time() * 1000), **kw)
 
 
@@ -74,7 +77,7 @@ def test_module_signer_signs_inside_the_crypto_module(tmp_path):
         verify_tx(short, CHAIN_ID)
         # A body over the module's 3 KiB message limit is hashed here, signed inside.
         long = build_tx(signer, chain_id=CHAIN_ID, type="evidence.deposit",
-                        data={"digest": bytes(32), "kind": "k", "issuer": "i",
+                        data={"digest": bytes(32), "kind": "k" * 1000, "enrollment": bytes(32),
                               "attachment": bytes(5000)}, timestamp_ms=1)
         assert len(long.body.encoded) > 3072
         verify_tx(long, CHAIN_ID)
@@ -85,8 +88,9 @@ def test_the_district_double_accepts_our_transactions(chain_dir):
     async def main():
         with hc.Chain.open(chain_dir) as chain:
             issuer = chain.keys("issuer")[0]
+            enrollment = chain.enrollment_of(issuer.public_key, "issuer")
         signer = SoftwareSigner(issuer.alg, issuer.private_key, issuer.public_key)
-        good, forged = _deposit(signer), _deposit(signer)
+        good, forged = _deposit(signer, enrollment), _deposit(signer, enrollment)
         forged = type(forged)(forged.body, forged.alg, forged.public_key,
                               bytes(reversed(forged.signature)))
         node = DistrictNode(chain_dir, block_interval_ms=0)

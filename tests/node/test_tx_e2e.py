@@ -45,7 +45,10 @@ CHAIN_ID = "hil-devnet"
 @pytest.fixture(scope="module")
 def chain_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("chain") / "chain"
-    generate(out, ChainParams(seed="tx-e2e", validators=4), BLOCKS, txs_per_block=1)
+    # the blocks end now: the issuers' enrollments (block 0) are valid for what is sent now
+    start = int(time.time() * 1000) - BLOCKS * 1000
+    generate(out, ChainParams(seed="tx-e2e", validators=4, start_ms=start), BLOCKS,
+             txs_per_block=1)
     return out
 
 
@@ -72,7 +75,11 @@ def producer(chain_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 def issuer(chain_dir: Path) -> SoftwareSigner:
     with Chain.open(chain_dir, readonly=True) as c:
         key = c.keys("issuer")[0]
+        ENROLLMENTS[key.public_key] = c.enrollment_of(key.public_key, "issuer")
     return SoftwareSigner(key.alg, key.private_key, key.public_key)
+
+
+ENROLLMENTS: dict[bytes, bytes] = {}  # an issuer's public key -> its device.enroll
 
 
 def generated_tx(chain_dir: Path, height: int) -> tuple[bytes, bytes]:
@@ -80,13 +87,17 @@ def generated_tx(chain_dir: Path, height: int) -> tuple[bytes, bytes]:
     from appliance import wire
 
     with Chain.open(chain_dir, readonly=True) as c:
-        [tx_id] = c.tx_ids(height)
-        raw = c.tx(tx_id)[0]
-    return tx_id, wire.decode(raw)["body"]["data"]["digest"]
+        for tx_id in c.tx_ids(height):  # block 0 also holds the issuers' enrollments
+            body = wire.decode(c.tx(tx_id)[0])["body"]
+            if body["type"] == "evidence.deposit":
+                return tx_id, body["data"]["digest"]
+    raise AssertionError(f"no deposit at height {height}")
 
 
 def deposit(signer: Any, digest: bytes, **data: Any) -> SignedTx:
-    fields = {"digest": digest, "kind": "business-licence", "issuer": "office-0", **data}
+    """An evidence.deposit naming the issuer's enrollment (a stranger names the first one)."""
+    enrollment = ENROLLMENTS.get(signer.public_key, next(iter(ENROLLMENTS.values()), None))
+    fields = {"digest": digest, "kind": "business-licence", "enrollment": enrollment, **data}
     return build_tx(signer, chain_id=CHAIN_ID, type="evidence.deposit",
                     data={k: v for k, v in fields.items() if v is not None},
                     timestamp_ms=int(time.time() * 1000))
@@ -174,9 +185,9 @@ def test_submission_errors_are_typed(producer: tuple[DistrictNodeProcess, Path],
     forged = SignedTx(good.body, good.alg, good.public_key, bytes(reversed(good.signature)))
     stranger = SoftwareSigner("sm2", signatures.generate_keypair("sm2")[0])
     unknown = deposit(stranger, fresh_digest("from nobody"))
-    no_issuer = deposit(issuer, fresh_digest("no issuer"), issuer=None)  # §6: data incomplete
+    no_issuer = deposit(issuer, fresh_digest("no issuer"), enrollment=None)  # §6: incomplete
     other_chain = build_tx(issuer, chain_id="another-chain", type="evidence.deposit",
-                           data={"digest": bytes(32), "kind": "k", "issuer": "i"},
+                           data={"digest": bytes(32), "kind": "k", "enrollment": bytes(32)},
                            timestamp_ms=1)
 
     async def scenario() -> None:
@@ -184,7 +195,8 @@ def test_submission_errors_are_typed(producer: tuple[DistrictNodeProcess, Path],
             async with running(store, anchor, [node.url]) as ns:
                 for tx, code, peer in ((forged, "bad_signature", None),
                                        (other_chain, "bad_tx", None),
-                                       (unknown, "unknown_sender", node.url),
+                                       # another's enrollment: not the stranger's key
+                                       (unknown, "bad_reference", node.url),
                                        (no_issuer, "bad_tx", node.url)):
                     with pytest.raises(TxRejected) as e:
                         await ns.submit_tx(tx, timeout_s=15)
