@@ -116,8 +116,9 @@ class Client:
                 self._call("logout", self._with_session("logout", {}))
             except errors.AccessDenied:
                 pass  # the open session is not ours (the module restarted): nothing to end
-            self._pin = None
-            self._session = None
+            finally:
+                self._pin = None
+                self._session = None
 
     def change_pin(self, old: str, new: str) -> None:
         with self._lock:
