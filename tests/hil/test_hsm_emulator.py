@@ -377,6 +377,27 @@ def test_device_node_and_key_store_are_owner_only_whatever_the_umask(tmp_path, e
         assert _mode(store) == 0o600 and store.stat().st_size > 0
 
 
+def test_the_pty_is_made_owner_only_whatever_devpts_gives(tmp_path, monkeypatch):
+    """devpts gives new ptys the mode of its mount option (0620 on many systems, 0600 on
+    others): the emulator sets 0600 itself."""
+    real_openpty = os.openpty
+
+    def openpty_0620():
+        master, slave = real_openpty()
+        os.fchmod(slave, 0o620)
+        return master, slave
+
+    monkeypatch.setattr(os, "openpty", openpty_0620)
+    emu = hsm_emulator.Emulator(str(tmp_path / "gm"), str(tmp_path / "store.bin"))
+    try:
+        emu._open_pty()
+        assert _mode(emu._slave_name) == 0o600
+    finally:
+        emu._remove_link()
+        for fd in (emu._master, emu._slave):
+            os.close(fd)
+
+
 def test_a_fresh_key_store_written_by_the_firmware_itself_is_owner_only(tmp_path):
     from appliance.hsm.firmware import keystore
 

@@ -574,6 +574,17 @@ def test_a_failed_login_keeps_the_session(emu):
         assert client.info()["pin_retries"] == 4
 
 
+def test_driver_never_sends_a_wrong_pin_twice(emu):
+    with Client(emu.port, pin=PIN) as client:
+        client.login(PIN)
+        session = client._session
+        with pytest.raises(errors.AccessDenied) as denied:
+            client.change_pin("99999999", "24680135")
+        assert denied.value.details["retries"] == 4
+        # a wrong PIN is not a lost session: no new login, no second try with it
+        assert client._session == session and client.info()["pin_retries"] == 4
+
+
 def test_logout_and_reset_end_the_session(emu):
     with Client(emu.port, pin=PIN) as client:
         client.generate_key(0)
