@@ -43,7 +43,7 @@ from appliance.config import Config
 log = logging.getLogger("hil.sim_hall")
 
 CITIZEN = "astronaut"  # enrolled with the identity double; subject = SM3(b"astronaut")
-PIN = "123456"  # the crypto module's factory PIN
+PIN = "20240917"  # the PIN the hall's technician sets on its crypto module (not the factory's)
 CHAIN_ID = "sim-hall"
 SERVICE = "hil-identity"
 DISTRICT = "haidian"
@@ -254,16 +254,14 @@ class SimHall:
     # -- the crypto module ---------------------------------------------------------------------
 
     def _start_emulator(self) -> None:
-        from appliance.hsm.client import Client
-        from hil.hsm_emulator import HsmEmulator
+        from hil.hsm_emulator import HsmEmulator, provision
 
         emu = HsmEmulator(self.hsm_device, self.dir / "module.bin",
                           log_path=self.dir / "hsm-emulator.log")
         emu.start()
         self._emulator = emu
-        with Client(emu.port, pin=PIN) as client:
-            client.login(PIN)
-            self.device_public_key = client.generate_key(self.config.hsm.slot)
+        # as a technician sets up a new module: the factory PIN changed, the device key made
+        self.device_public_key, _ = provision(emu.port, slot=self.config.hsm.slot, pin=PIN)
 
     async def _enroll(self) -> None:
         from appliance.gm import sm3

@@ -45,14 +45,14 @@ from appliance.node.store import HeaderStore
 from appliance.node.tx import ModuleSigner
 from hil import chain as hc
 from hil.district_node import DistrictNodeProcess
-from hil.hsm_emulator import HsmEmulator
+from hil.hsm_emulator import PROVISIONED_PIN, HsmEmulator, provision
 from hil.identity_service import IdentityService, load_reference
 from hil.sim_hall import qr_frame
 from hil.synthetic_face import StaticPrint, Subject
 
 pytestmark = pytest.mark.timeout(300)
 
-PIN = "123456"
+PIN = PROVISIONED_PIN  # set when the module is provisioned (the factory PIN cannot sign)
 SLOT = 1
 NAME = "ASTRONAUT"
 FPS = 15.0
@@ -118,8 +118,8 @@ def hall(tmp_path_factory: pytest.TempPathFactory):
     hc.generate(chain, hc.ChainParams(seed="kiosk runner", validators=4), 6)
     h = Hall(root, chain, (chain / "trust.cbor").read_bytes(), b"")
     h.start_module()
-    with Client(h.port, pin=PIN) as c:
-        h.terminal_key = c.generate_key(SLOT)  # generated inside the module; never leaves it
+    # generated inside the module; never leaves it
+    h.terminal_key, _ = provision(h.port, slot=SLOT, pin=PIN)
     h.start_nodes(producer_only=True)
     try:
         with hc.Chain.open(chain, readonly=True) as c:
