@@ -723,6 +723,7 @@ class Appliance:
 
     async def _hsm_task(self) -> None:
         from .hsm.client import AsyncClient, Client
+        from .hsm.errors import PinDefault
 
         if self.sim is not None:
             await self.sim.wait_hsm()
@@ -732,7 +733,15 @@ class Appliance:
         self._hsm_client = client
         try:
             aclient = AsyncClient(client)
-            await aclient.info()
+            if (await aclient.info()).get("default_pin"):
+                # It would refuse every signature (PIN_DEFAULT): say what to do, once, free
+                # the port for the technician, and wait (a new PIN takes a restart).
+                log.error("the crypto module on %s still has its factory PIN and refuses to "
+                          "sign. %s", device, PinDefault.advice)
+                self.readiness.set("hsm", "starting", "crypto module on its factory PIN")
+                await asyncio.to_thread(client.close)
+                await self.stop.wait()
+                return
             if pin is not None:
                 await aclient.login(pin)
                 self.audit_event("login", device=device)

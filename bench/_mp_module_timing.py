@@ -36,15 +36,20 @@ def main():
     mod = module.Module(keystore.KeyStore(sys.argv[4]), crypto.load(None), os.urandom,
                         lambda: now_us() // 1000)
     mod.boot()
-    mod.handle(mcbor.encode({"op": "login", "pin": "123456"}))
-    mod.handle(mcbor.encode({"op": "generate_key", "slot": 0, "alg": "sm2", "overwrite": True}))
-    sign = mcbor.encode({"op": "sign", "slot": 0, "message": b"m" * 32})
+    session = mcbor.decode(mod.handle(mcbor.encode({"op": "login", "pin": "123456"})))["session"]
+    mod.handle(mcbor.encode({"op": "change_pin", "old": "123456", "new": "20240917",
+                             "session": session}))  # the factory PIN cannot sign
+    mod.handle(mcbor.encode({"op": "generate_key", "slot": 0, "alg": "sm2", "overwrite": True,
+                             "session": session}))
+    sign = mcbor.encode({"op": "sign", "slot": 0, "message": b"m" * 32, "session": session})
     t0 = now_us()
     for _ in range(n):
         mod.handle(sign)
     print("sign_us %d" % (took(t0) // n))
-    rsp = mcbor.decode(mod.handle(mcbor.encode({"op": "hash_init", "alg": "sm3"})))
-    update = mcbor.encode({"op": "hash_update", "context": rsp["context"], "data": b"x" * 3072})
+    rsp = mcbor.decode(mod.handle(mcbor.encode({"op": "hash_init", "alg": "sm3",
+                                                "session": session})))
+    update = mcbor.encode({"op": "hash_update", "context": rsp["context"], "data": b"x" * 3072,
+                           "session": session})
     t0 = now_us()
     for _ in range(n):
         mod.handle(update)

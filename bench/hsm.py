@@ -34,6 +34,7 @@ from hil.hsm_emulator import (  # noqa: E402
     PURE_DIR,
     HsmEmulator,
     find_micropython,
+    provision_store,
 )
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
@@ -70,14 +71,16 @@ def timed(fn, seconds: float) -> tuple[float, float]:
 
 def bench(runtime: str, baud: int, tmp: Path, compute: tuple[float, float]) -> None:
     store = tmp / f"store-{runtime}-{baud}.bin"
+    pin = provision_store(store)
     with HsmEmulator(tmp / f"gm-{runtime}-{baud}", store, runtime=runtime, baud=baud) as emu, \
-            Client(emu.port, baudrate=baud, pin="123456", response_timeout=2.0) as client:
+            Client(emu.port, baudrate=baud, pin=pin, response_timeout=2.0) as client:
         client.generate_key(0, overwrite=True)
         message = b"m" * 32
         sample = client.sign(0, message)
         per_sign, driver_cpu = timed(lambda: client.sign(0, message), SECONDS)
         bits = 10 / baud
-        sign_wire = wire_bytes({"op": "sign", "slot": 0, "message": message},
+        sign_wire = wire_bytes({"op": "sign", "slot": 0, "message": message,
+                                "session": bytes(16)},
                                {"ok": True, "signature": sample.signature,
                                 "counter": sample.counter}) * bits
         label = f"{runtime} @ {baud}"
@@ -97,8 +100,8 @@ def bench(runtime: str, baud: int, tmp: Path, compute: tuple[float, float]) -> N
         throughput = size / (time.perf_counter() - start)
         report(f"sm3 stream B/s {label}", throughput, "B/s", "wire byte rate (baud/10)",
                baud / 10, goal=0.9)
-        per_chunk_wire = wire_bytes({"op": "hash_update", "context": 1, "data": data[:MAX_CHUNK]},
-                                    {"ok": True}) * bits
+        per_chunk_wire = wire_bytes({"op": "hash_update", "context": 1, "data": data[:MAX_CHUNK],
+                                     "session": bytes(16)}, {"ok": True}) * bits
         report(f"  of which framing-limited {label}", MAX_CHUNK / per_chunk_wire, "B/s",
                "wire byte rate (baud/10)", baud / 10)
         report(f"  module compute per 3 KiB {label}", compute[1] * 1e3, "ms",

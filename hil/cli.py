@@ -38,7 +38,8 @@ def _cmd_hsm_emulator(args: argparse.Namespace) -> int:
     emulator = Emulator(args.link, args.store, runtime=args.runtime, baud=args.baud,
                         faults=args.faults, seed=args.seed, serial=args.serial,
                         slow_ms=args.slow_ms, kat_fail=args.kat_fail, firmware=args.firmware,
-                        micropython=args.micropython, exit_with_parent=args.exit_with_parent)
+                        micropython=args.micropython, exit_with_parent=args.exit_with_parent,
+                        presence=args.presence)
     return emulator.run()
 
 
@@ -68,6 +69,9 @@ def _add_hsm_emulator(sub: argparse._SubParsersAction) -> None:
                    help="passed to the firmware: make operations take N ms longer")
     p.add_argument("--kat-fail", action="store_true",
                    help="passed to the firmware: fail the power-up self test")
+    p.add_argument("--presence", default=None, metavar="FILE",
+                   help="the module's reset button: held while FILE exists (create it to "
+                   "press, remove it to release); default: no button")
     p.add_argument("--firmware", default=None, metavar="MAIN_PY",
                    help="firmware entry point (default: appliance/hsm/firmware/main.py)")
     p.add_argument("--micropython", default=None, metavar="EXE",

@@ -11,6 +11,11 @@ The property checked by :func:`run_campaign`: every command ends in a correct re
 typed failure, no wrong result is accepted, and no command is executed twice (the slot's
 signature counter advances by exactly one per signature the host received, except across
 failures whose outcome is unknown).
+
+The simulated host does what the driver does with sessions: it keeps the session its last
+successful login returned, sends it with every command that carries one, and logs in again
+when the module refuses it (the module restarted: a BOOT it may not have seen). The module is
+provisioned first, as a technician does (its factory PIN changed), on a clean line.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from appliance.hsm.firmware.module import Module
 from appliance.hsm.proto.hostlink import HostLink
 from appliance.hsm.proto.modlink import ModuleLink
 from hil.faults import FaultSpec, LineFaults
+from hil.hsm_emulator import provision_store
 
 
 class CampaignFailure(AssertionError):
@@ -40,6 +46,9 @@ def check(condition: bool, what: str) -> None:
 
 SM4_KEY = bytes(range(16))
 SM4_IV = bytes(16)
+PIN = "13572468"  # set at provisioning
+_CARRY_SESSION = ("change_pin", "generate_key", "delete_key", "sign", "sign_digest", "decrypt",
+                  "logout", "reset", "hash_init", "hash_update", "hash_final")
 
 
 class SimulatedRig:
@@ -59,11 +68,16 @@ class SimulatedRig:
         self.resets = 0
         self.host = HostLink(response_timeout=response_timeout, max_retries=3)
         self.crypto = fw_crypto.load(fast=True)
+        self.session: bytes | None = None  # the host's: what its last login returned
+        provision_store(store_path, PIN)
         self._boot()
+
+    def _sleep_ms(self, ms: int) -> None:
+        self.now += ms / 1000  # the module pauses in simulated time too
 
     def _boot(self) -> None:
         self.module = Module(KeyStore(str(self.store_path)), self.crypto, os.urandom,
-                             lambda: int(self.now * 1000))
+                             lambda: int(self.now * 1000), sleep_ms=self._sleep_ms)
         self.mlink = ModuleLink()
         info = self.module.boot()
         self._send("m", self.mlink.boot(wire.encode(info)))
@@ -94,8 +108,19 @@ class SimulatedRig:
                 response = self.module.handle(payload)
                 self._send("m", self.mlink.respond(seq, payload, response))
 
+    def login(self, pin: str = PIN) -> tuple[str, object]:
+        """Log in; the session is kept only when the login succeeded."""
+        status, r = self.call("login", pin=pin)
+        if status == "ok" and r["ok"]:
+            check(isinstance(r["session"], bytes) and len(r["session"]) == 16, "bad session")
+            self.session = r["session"]
+        return status, r
+
     def call(self, op: str, **args) -> tuple[str, object]:
-        """("ok", response) or ("failed", reason) for one command."""
+        """("ok", response) or ("failed", reason) for one command; the host's session goes
+        with the commands that carry one."""
+        if op in _CARRY_SESSION and self.session is not None:
+            args["session"] = self.session
         self._send("h", self.host.request(wire.encode({"op": op, **args}), self.now))
         while True:
             deadline = self.host.deadline()
@@ -113,6 +138,8 @@ class SimulatedRig:
             for event in events:
                 if event[0] == "send":
                     self._send("h", event[1])
+                elif event[0] == "boot":
+                    self.session = None  # the module forgot it
                 elif event[0] == "response":
                     return "ok", wire.decode(event[1], max_size=8192)
                 elif event[0] == "failed":
@@ -131,7 +158,7 @@ def run_campaign(store_path, spec: str, seed: int, min_frames: int):
         step += 1
         kind = step % 5
         if public_key is None:
-            status, r = rig.call("login", pin="123456")
+            status, r = rig.login()
             if status == "ok" and r["ok"]:
                 status, r = rig.call("generate_key", slot=0, alg="sm2", overwrite=True)
                 if status == "ok" and r["ok"]:
@@ -146,9 +173,10 @@ def run_campaign(store_path, spec: str, seed: int, min_frames: int):
                     check(r["counter"] == last_counter + 1, "a sign executed twice or skipped")
                 last_counter = r["counter"]
             elif status == "ok" and r["error"] == "PARDENY":
-                # The module restarted unseen (its BOOT lost): a copy of an earlier sign may
-                # have run before it, so the count goes on from an unknown value.
-                rig.call("login", pin="123456")
+                # The module restarted unseen (its BOOT lost) and forgot the session: a copy
+                # of an earlier sign may have run before it, so the count goes on from an
+                # unknown value.
+                rig.login()
                 last_counter = None
             else:
                 last_counter = None

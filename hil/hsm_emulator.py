@@ -32,13 +32,24 @@ so a restarted module does not replay the random choices (including where a cut 
 start before it. Without ``--seed`` the emulator picks one and logs it: every run can be
 replayed.
 
+- **The reset button** (``presence``): the module's button for physical presence (a
+  ``factory_reset`` once the PIN is locked) is held while the file ``presence`` exists; the
+  firmware gets ``--presence FILE`` and looks when the command arrives. A rig (or
+  :meth:`HsmEmulator.hold_button`) creates the file to press it and removes it to let go.
+
+Permissions: the pty's device node and the key store are made mode 0600 explicitly (owner
+only, whatever the umask), as the image's udev rule makes ``/dev/gmcrypto0``: the module's
+session is a bearer value on the link, and the key store holds the private keys.
+
 The emulator prints ``ready PATH`` on stdout once the firmware's first BOOT frame has been
 written to the pty (so the module answers), logs one line per event on stderr, and on
 SIGTERM or SIGINT stops the firmware, removes the symlink and exits 0. The pty's slave stays
 open inside the emulator so that a host closing and reopening the port never makes the
 master side fail with EIO; the slave is in raw mode (no echo, no line discipline).
 
-:class:`HsmEmulator` runs the emulator as a subprocess for tests and benchmarks.
+:class:`HsmEmulator` runs the emulator as a subprocess for tests and benchmarks;
+:func:`provision` does what a technician does to a new module (change the factory PIN,
+generate the device key).
 """
 
 from __future__ import annotations
@@ -57,6 +68,7 @@ import sys
 import termios
 import time
 import tty
+from collections.abc import Iterator
 from typing import IO, Any
 
 from hil.faults import FaultSpec, FrameCounter, LineFaults
@@ -71,6 +83,9 @@ FIRMWARE_MAIN = FIRMWARE_DIR / "main.py"
 RUNTIMES = ("cpython", "micropython")
 EXIT_POWER_CUT = 75  # the firmware's exit status after a simulated power cut (EX_TEMPFAIL)
 FRAME_BOOT = 0x05
+FACTORY_PIN = "123456"  # the PIN of a new module (or one after factory_reset)
+PROVISIONED_PIN = "20240917"  # the PIN :func:`provision` sets: test fixtures only
+OWNER_ONLY = 0o600
 _MAX_FRAME_SCAN = 16 * 1024  # longer than any legal encoded frame: stop looking for its end
 _MAX_MASTER_BUFFER = 64 * 1024  # bytes the host does not read: beyond this a UART overruns
 _READ_SIZE = 65536
@@ -96,7 +111,8 @@ def firmware_seed(seed: int, start: int) -> int:
 def firmware_command(runtime: str, store: str, *, main: str | os.PathLike = FIRMWARE_MAIN,
                      micropython: str | None = None, serial: str | None = None,
                      seed: int | None = None, cut_write: float = 0.0, kat_fail: bool = False,
-                     slow_ms: int | None = None) -> tuple[list[str], dict[str, str]]:
+                     slow_ms: int | None = None, presence: str | os.PathLike | None = None
+                     ) -> tuple[list[str], dict[str, str]]:
     """(argv, environment) that run the firmware's entry point on ``runtime``.
 
     MicroPython imports the firmware flat: firmware/, proto/ and gm/pure/ go on MICROPYPATH.
@@ -129,7 +145,18 @@ def firmware_command(runtime: str, store: str, *, main: str | os.PathLike = FIRM
         argv.append("--kat-fail")
     if slow_ms is not None:
         argv += ["--slow-ms", str(slow_ms)]
+    if presence is not None:
+        argv += ["--presence", str(presence)]
     return argv, env
+
+
+def secure_store(path: str | os.PathLike) -> None:
+    """Create the key store if missing and make it mode 0600, whatever the umask."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, OWNER_ONLY)
+    try:
+        os.fchmod(fd, OWNER_ONLY)
+    finally:
+        os.close(fd)
 
 
 class _Pacer:
@@ -283,6 +310,7 @@ class Emulator:
                  serial: str | None = None, slow_ms: int | None = None,
                  kat_fail: bool = False, firmware: str | os.PathLike | None = None,
                  micropython: str | None = None, exit_with_parent: bool = False,
+                 presence: str | os.PathLike | None = None,
                  log: IO[str] | None = None, out: IO[str] | None = None) -> None:
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
@@ -301,6 +329,7 @@ class Emulator:
         self.firmware = pathlib.Path(firmware) if firmware else FIRMWARE_MAIN
         self.micropython = micropython
         self.exit_with_parent = exit_with_parent
+        self.presence = str(presence) if presence is not None else None
         self._log_file = log or sys.stderr
         self._out = out or sys.stdout
         self._t0 = time.monotonic()
@@ -342,6 +371,7 @@ class Emulator:
 
     def _open_pty(self) -> None:
         self._master, self._slave = os.openpty()
+        os.fchmod(self._slave, OWNER_ONLY)  # the device node: its owner only, like the udev rule
         tty.setraw(self._slave, termios.TCSANOW)
         attrs = termios.tcgetattr(self._slave)
         attrs[3] &= ~termios.ECHO
@@ -365,7 +395,7 @@ class Emulator:
         argv, env = firmware_command(
             self.runtime, self.store, main=self.firmware, micropython=self.micropython,
             serial=self.serial, seed=fw_seed, cut_write=self.spec.cut_write,
-            kat_fail=self.kat_fail, slow_ms=self.slow_ms)
+            kat_fail=self.kat_fail, slow_ms=self.slow_ms, presence=self.presence)
         self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       env=env, bufsize=0, preexec_fn=_set_pdeathsig)
         assert self._proc.stdin is not None and self._proc.stdout is not None
@@ -539,6 +569,12 @@ class Emulator:
         status = 0
         try:
             try:
+                secure_store(self.store)
+            except OSError as exc:
+                self.log("ERROR: cannot open the key store %s: %s" % (self.store, exc))
+                status = 1
+                return status
+            try:
                 self._open_pty()
             except OSError as exc:
                 self.log("ERROR: cannot create the link %s: %s" % (self.link, exc))
@@ -546,10 +582,12 @@ class Emulator:
                 return status
             self._sel.register(wake_r, selectors.EVENT_READ, "wake")
             self._sel.register(self._master, selectors.EVENT_READ, "master")
-            self.log("link %s -> %s runtime=%s baud=%s faults=%s seed=%d%s store=%s"
+            self.log("link %s -> %s runtime=%s baud=%s faults=%s seed=%d%s store=%s "
+                     "presence=%s"
                      % (self.link, self._slave_name, self.runtime, self.baud or "unpaced",
                         str(self.spec) or "none", self.seed,
-                        "" if self.seed_given else " (picked)", self.store))
+                        "" if self.seed_given else " (picked)", self.store,
+                        self.presence or "none"))
             self._start_firmware()
             status = self._loop(wake_r)
         except FileNotFoundError as exc:
@@ -634,7 +672,8 @@ class HsmEmulator(FixtureProcess):
 
     Starts ``python -m hil.cli hsm-emulator ...``, waits for its ``ready`` line and on exit
     stops it (:class:`hil.process.FixtureProcess`); the emulator's log and the firmware's
-    stderr are in :meth:`log_text`.
+    stderr are in :meth:`log_text`. The module's reset button is the file ``presence``
+    (default: the link's path + ``.presence``), pressed by :meth:`hold_button`.
     """
 
     name = "hsm-emulator"
@@ -644,12 +683,15 @@ class HsmEmulator(FixtureProcess):
                  seed: int | None = None, serial: str | None = None,
                  slow_ms: int | None = None, kat_fail: bool = False,
                  firmware: str | os.PathLike | None = None, micropython: str | None = None,
-                 ready_timeout: float = 120.0, log_path: str | os.PathLike | None = None
-                 ) -> None:
+                 ready_timeout: float = 120.0, log_path: str | os.PathLike | None = None,
+                 presence: str | os.PathLike | None = None) -> None:
         self.link = pathlib.Path(link)
         self.store = pathlib.Path(store)
+        self.presence = pathlib.Path(presence if presence is not None
+                                     else str(self.link) + ".presence")
+        self.release_button()  # a file left by an earlier run must not hold it
         args = ["hsm-emulator", "--link", str(link), "--store", str(store), "--runtime",
-                runtime, "--baud", str(baud)]
+                runtime, "--baud", str(baud), "--presence", str(self.presence)]
         spec = str(faults) if isinstance(faults, FaultSpec) else faults
         if spec:
             args += ["--faults", spec]
@@ -666,6 +708,84 @@ class HsmEmulator(FixtureProcess):
         """The path to open with pyserial (the symlink to the pty)."""
         return str(self.link)
 
+    def hold_button(self) -> None:
+        """Press the module's reset button (and keep it held)."""
+        fd = os.open(self.presence, os.O_WRONLY | os.O_CREAT, OWNER_ONLY)
+        os.close(fd)
 
-__all__ = ["EXIT_POWER_CUT", "Emulator", "HsmEmulator", "find_micropython", "firmware_command",
-           "firmware_seed", "require_micropython"]
+    def release_button(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.presence)
+
+    @contextlib.contextmanager
+    def button_held(self) -> Iterator[None]:
+        """The reset button held for the duration of the ``with`` block."""
+        self.hold_button()
+        try:
+            yield
+        finally:
+            self.release_button()
+
+
+def provision_store(store: str | os.PathLike, pin: str = PROVISIONED_PIN) -> str:
+    """:func:`change_factory_pin` done on a key store file with no emulator running (the
+    firmware's command processor on CPython), for rigs that start the emulator with line
+    faults. Returns ``pin``."""
+    from appliance import wire
+    from appliance.hsm.firmware import crypto, keystore, module
+
+    secure_store(store)
+    mod = module.Module(keystore.KeyStore(str(store)), crypto.load(None), os.urandom,
+                        lambda: int(time.monotonic() * 1000))
+    mod.boot()
+
+    def call(op: str, **args: Any) -> dict[str, Any]:
+        response = wire.decode(mod.handle(wire.encode({"op": op, **args})))
+        if not response.get("ok"):
+            raise RuntimeError(f"provisioning {store}: {op} refused: {response.get('error')}")
+        return response
+
+    if call("info")["default_pin"]:
+        session = call("login", pin=FACTORY_PIN)["session"]
+        call("change_pin", old=FACTORY_PIN, new=pin, session=session)
+    return pin
+
+
+def change_factory_pin(port: str, pin: str = PROVISIONED_PIN,
+                       factory_pin: str = FACTORY_PIN) -> str:
+    """The technician's first step on a new module: its factory PIN changed to ``pin``
+    (nothing to do when it is not on its factory PIN any more). Returns ``pin``."""
+    from appliance.hsm.client import Client
+
+    with Client(port) as client:
+        if client.info().get("default_pin"):
+            client.login(factory_pin)
+            client.change_pin(factory_pin, pin)
+            client.logout()
+    return pin
+
+
+def provision(port: str, *, slot: int = 0, pin: str = PROVISIONED_PIN,
+              factory_pin: str = FACTORY_PIN, overwrite: bool = False) -> tuple[bytes, str]:
+    """Set up a new module as a technician does: change the factory PIN to ``pin``
+    (:func:`change_factory_pin`), generate the device key in ``slot``. Returns (the key's
+    public key, the PIN now set).
+
+    On a module already set up with ``pin`` (an emulator restarted on its store) the key is
+    generated only if the slot is empty or ``overwrite`` is set; else the existing one is
+    returned.
+    """
+    from appliance.hsm import errors
+    from appliance.hsm.client import Client
+
+    change_factory_pin(port, pin, factory_pin)
+    with Client(port, pin=pin) as client:
+        try:
+            return client.generate_key(slot, overwrite=overwrite), pin
+        except errors.SlotOccupied:
+            return client.public_key(slot).public_key, pin
+
+
+__all__ = ["EXIT_POWER_CUT", "FACTORY_PIN", "PROVISIONED_PIN", "Emulator", "HsmEmulator",
+           "change_factory_pin", "find_micropython", "firmware_command", "firmware_seed",
+           "provision", "provision_store", "require_micropython", "secure_store"]

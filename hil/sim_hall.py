@@ -51,8 +51,7 @@ log = logging.getLogger("hil.sim_hall")
 CITIZEN = "astronaut"  # the synthetic face of the citizen
 CITIZEN_ID = "110108198001010015"  # the citizen's (synthetic) ID number
 ENTERPRISE_ID = "91110108MA01SIMHAL"  # the enterprise the citizen represents
-FACTORY_PIN = "123456"  # every module's factory PIN, changed at set-up
-PIN = "246810"  # the terminals' PIN after set-up (a technician's choice)
+PIN = "246810"  # the terminals' PIN after set-up (a technician's choice, not the factory's)
 CLERK_PIN = "135790"  # the clerk's staff-card PIN (typed on the PAD to confirm)
 CLERK_STAFF = "S-0001"
 CHAIN_ID = "sim-hall"
@@ -281,7 +280,7 @@ class SimHall:
     # -- the crypto modules ----------------------------------------------------------------------
 
     def _start_emulators(self) -> None:
-        from hil.hsm_emulator import HsmEmulator
+        from hil.hsm_emulator import HsmEmulator, provision
 
         for name, device in (("kiosk", self.kiosk.hsm_device), ("pad", self.pad.hsm_device),
                              ("clerk", self.clerk_card)):
@@ -289,9 +288,10 @@ class SimHall:
                               log_path=self.dir / f"{name}-module.log")
             emu.start()
             self._emulators.append(emu)
-        self.kiosk.device_public_key = provision(self.kiosk.hsm_device, PIN, slot=0)
-        self.pad.device_public_key = provision(self.pad.hsm_device, PIN, slot=0)
-        self.clerk_public_key = provision(self.clerk_card, CLERK_PIN, slot=0)
+        # set up as a technician sets up a new module: the factory PIN changed, the key made
+        self.kiosk.device_public_key, _ = provision(self.kiosk.hsm_device, slot=0, pin=PIN)
+        self.pad.device_public_key, _ = provision(self.pad.hsm_device, slot=0, pin=PIN)
+        self.clerk_public_key, _ = provision(self.clerk_card, slot=0, pin=CLERK_PIN)
 
     async def _enroll(self, identity_public_key: bytes) -> list[bytes]:
         from hil import chain as hc
@@ -396,21 +396,6 @@ def _keypair() -> tuple[bytes, bytes]:
     from appliance.gm import sm2
 
     return sm2.generate_keypair()
-
-
-def provision(device: str, pin: str, *, slot: int) -> bytes:
-    """A technician's set-up of a factory-fresh module: change the PIN from the factory one,
-    generate the key in ``slot`` (inside the module); its public key."""
-    from appliance.hsm.client import Client
-
-    with Client(device) as client:
-        client.login(FACTORY_PIN)
-        client.change_pin(FACTORY_PIN, pin)
-        client.login(pin)
-        try:
-            return client.generate_key(slot)
-        finally:
-            client.logout()
 
 
 class SimTerminal:

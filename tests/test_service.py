@@ -351,3 +351,35 @@ def test_run_moves_a_damaged_header_store_aside(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+def test_run_with_a_module_on_its_factory_pin_says_what_to_do_once(tmp_path: Path) -> None:
+    """The module would refuse every signature (PIN_DEFAULT): the hsm task logs one plain
+    line saying what to do, does not crash-loop, and frees the port for the technician."""
+    from appliance.hsm.client import Client
+    from hil.hsm_emulator import FACTORY_PIN, HsmEmulator
+
+    with HsmEmulator(tmp_path / "gmcrypto0", tmp_path / "module.bin") as emu:
+        cfg = tmp_path / "appliance.toml"
+        cfg.write_text(f'state_dir = "{tmp_path / "state"}"\n[node]\ndiscover = false\n'
+                       f'[hsm]\ndevice = "{emu.port}"\n')
+        proc, url = _start_daemon(tmp_path, "--config", str(cfg), "--port", "0",
+                                  env_extra={"APPLIANCE_HSM_PIN": FACTORY_PIN})
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                health = json.load(urllib.request.urlopen(url + "/api/health", timeout=10))
+                if "factory PIN" in health["detail"].get("hsm", ""):
+                    break
+                time.sleep(0.2)
+            assert "factory PIN" in health["detail"].get("hsm", ""), health
+            assert health["parts"]["hsm"] != "ready"
+            with Client(emu.port) as technician:  # the port is free for change-pin
+                assert technician.info()["default_pin"] is True
+            assert health["tasks"]["hsm"]["restarts"] == 0
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+    lines = [line for line in err.splitlines() if "factory PIN" in line]
+    assert len(lines) == 1 and "appliance hsm change-pin" in lines[0], err
+    assert "Traceback" not in err and "task hsm crashed" not in err

@@ -5,10 +5,16 @@ is the thin adapter that owns the port, feeds it bytes and time, and turns its e
 return values and typed errors. One lock serialises commands, so a :class:`Client` can be
 shared between threads; :class:`AsyncClient` runs the same calls off the event loop.
 
+Sessions (protocol revision 2): ``login`` returns a session, a 16-byte bearer value, which
+the driver keeps and sends with every command that needs it (those that need login, and
+``logout``, ``reset`` and ``hash_*`` while it has one); callers never see it. A tty is opened
+exclusively (:mod:`.transport`), so no other process shares the link.
+
 Recovery: NAKs, timeouts and line noise are handled by HostLink's retransmissions; a module
-reset (BOOT) fails the request in flight with :class:`ModuleReset` and the driver logs in
-again, with the PIN it was given, before the next command that needs it; a port that fails
-(unplugged) is closed and reopened by the next call, waiting up to ``reconnect_timeout``.
+reset (BOOT) fails the request in flight with :class:`ModuleReset` and the driver drops its
+session and logs in again, with the PIN it was given, before the next command that needs it;
+a port that fails (unplugged) is closed and reopened by the next call, waiting up to
+``reconnect_timeout``.
 """
 
 from __future__ import annotations
@@ -28,8 +34,11 @@ from .proto.hostlink import HostLink
 from .transport import DEFAULT_BAUDRATE, default_device, open_port
 
 MAX_CHUNK = 3072  # the largest message / data argument the module takes
+SESSION_SIZE = 16
 _NEEDS_LOGIN = frozenset({"change_pin", "generate_key", "delete_key", "sign", "sign_digest",
                           "decrypt"})
+# commands that carry the session while one is open
+_CARRY_SESSION = _NEEDS_LOGIN | {"logout", "reset", "hash_init", "hash_update", "hash_final"}
 _FAILURES: dict[str, type[errors.LinkError]] = {
     "module_reset": errors.ModuleReset,
     "timeout": errors.LinkTimeout,
@@ -70,7 +79,7 @@ class Client:
         self._lock = threading.RLock()
         self._port: serial.SerialBase | None = None
         self._pin = pin
-        self._logged_in = False
+        self._session: bytes | None = None  # what the last successful login returned
 
     # -- session ---------------------------------------------------------------------------
 
@@ -86,7 +95,8 @@ class Client:
 
     @property
     def logged_in(self) -> bool:
-        return self._logged_in
+        """The driver holds a session (the module may have lost it since: a restart)."""
+        return self._session is not None
 
     # -- commands --------------------------------------------------------------------------
 
@@ -94,18 +104,26 @@ class Client:
         return self.call("info")
 
     def login(self, pin: str) -> None:
-        self.call("login", pin=pin)
-        self._pin = pin
-        self._logged_in = True
+        """Log in; a wrong PIN raises and leaves the session the driver had (as the module
+        does)."""
+        with self._lock:
+            self._login(pin)
+            self._pin = pin
 
     def logout(self) -> None:
-        self.call("logout")
-        self._pin = None
-        self._logged_in = False
+        with self._lock:
+            try:
+                self._call("logout", self._with_session("logout", {}))
+            except errors.AccessDenied:
+                pass  # the open session is not ours (the module restarted): nothing to end
+            finally:
+                self._pin = None
+                self._session = None
 
     def change_pin(self, old: str, new: str) -> None:
-        self.call("change_pin", old=old, new=new)
-        self._pin = new
+        with self._lock:
+            self.call("change_pin", old=old, new=new)
+            self._pin = new
 
     def generate_key(self, slot: int, alg: str = "sm2", overwrite: bool = False) -> bytes:
         return _bytes(self.call("generate_key", slot=slot, alg=alg, overwrite=overwrite),
@@ -195,36 +213,62 @@ class Client:
 
     def reset(self) -> None:
         """Restart the module; the BOOT that follows is consumed by the next call."""
-        self.call("reset")
-        self._logged_in = False
+        with self._lock:
+            self.call("reset")
+            self._session = None
 
-    def factory_reset(self) -> None:
-        self.call("factory_reset", confirm="erase")
-        self._logged_in = False
-        self._pin = None
+    def factory_reset(self, pin: str | None = None) -> None:
+        """Erase every key and restore the factory PIN. The module wants the PIN (``pin``,
+        else the one this client was given) while it is not locked, and its reset button
+        held once it is; a wrong PIN costs a try."""
+        with self._lock:
+            args: dict[str, Any] = {"confirm": "erase"}
+            pin = pin if pin is not None else self._pin
+            if pin is not None:
+                args["pin"] = pin
+            self.call("factory_reset", **args)
+            self._session = None
+            self._pin = None
 
     # -- the generic call --------------------------------------------------------------------
 
     def call(self, op: str, **args: Any) -> dict[str, Any]:
-        """Send ``{op, **args}``; the ``ok: true`` response, or a typed error."""
+        """Send ``{op, **args}``; the ``ok: true`` response, or a typed error.
+
+        The driver adds its session where the command carries one. An explicit ``session``
+        argument is sent as given (``None``: no session), with no login or retry around it
+        (tools and tests).
+        """
         with self._lock:
-            if op in _NEEDS_LOGIN and not self._logged_in and self._pin is not None:
+            if "session" in args:
+                if args["session"] is None:
+                    args = {k: v for k, v in args.items() if k != "session"}
+                return self._call(op, args)
+            if op in _NEEDS_LOGIN and self._session is None and self._pin is not None:
                 self._login_again()
             try:
-                return self._call(op, args)
-            except errors.AccessDenied:
-                # The module lost our session without us seeing its BOOT (a BOOT can be lost
-                # on the line, or when the port is reopened). The copy refused with PARDENY
-                # did not execute; but if the REQ was retransmitted, an earlier copy may have
-                # run before the module restarted, so only a request sent once is retried.
-                if op not in _NEEDS_LOGIN or self._pin is None:
+                return self._call(op, self._with_session(op, args))
+            except errors.AccessDenied as exc:
+                if "retries" in exc.details:
+                    raise  # a wrong PIN (change_pin's old one), not a session: never again
+                # The module does not know our session: it restarted without us seeing its
+                # BOOT (a BOOT can be lost on the line, or when the port is reopened), or
+                # another login replaced it. The copy refused with PARDENY did not execute;
+                # but if the REQ was retransmitted, an earlier copy may have run before the
+                # module restarted, so only a request sent once is retried.
+                if op not in _CARRY_SESSION or self._pin is None:
                     raise
                 if self._link.sends > 1:
                     raise errors.ModuleReset(
                         f"{op}: the module restarted while the request was being retransmitted;"
                         " it may have executed") from None
                 self._login_again()
-                return self._call(op, args)
+                return self._call(op, self._with_session(op, args))
+
+    def _with_session(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        if op in _CARRY_SESSION and self._session is not None:
+            return {**args, "session": self._session}
+        return args
 
     def _call(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         payload = wire.encode({"op": op, **args})
@@ -236,14 +280,21 @@ class Client:
             raise ProtocolError(f"response to {op} is not a result map")
         if not response["ok"]:
             error = errors.from_response(response)
-            if isinstance(error, errors.AccessDenied | errors.PinLocked) and op != "login":
-                self._logged_in = False
+            if isinstance(error, errors.AccessDenied) and "retries" not in error.details \
+                    and op in _CARRY_SESSION and args.get("session") == self._session:
+                self._session = None  # the module does not know it (any more)
             raise error
         return response
 
+    def _login(self, pin: str) -> None:
+        session = self._call("login", {"pin": pin}).get("session")
+        if not isinstance(session, bytes) or len(session) != SESSION_SIZE:
+            raise ProtocolError(f"login response without a {SESSION_SIZE}-byte session")
+        self._session = session
+
     def _login_again(self) -> None:
-        self._call("login", {"pin": self._pin})
-        self._logged_in = True
+        assert self._pin is not None
+        self._login(self._pin)
 
     # -- I/O ---------------------------------------------------------------------------------
 
@@ -263,8 +314,9 @@ class Client:
         while True:
             try:
                 self._port = open_port(self.port_name, self.baudrate)
-                self._logged_in = False  # a new port may face a module that restarted
                 return
+            except errors.PortBusy:
+                raise  # another process holds it: waiting would not help this call
             except (serial.SerialException, OSError) as exc:
                 if self._clock() >= deadline:
                     raise errors.LinkDown(f"cannot open {self.port_name}: {exc}") from None
@@ -318,7 +370,7 @@ class Client:
         return None
 
     def _on_boot(self, payload: bytes) -> None:
-        self._logged_in = False  # the module forgot the session
+        self._session = None  # the module forgot the session
         self.boots_seen += 1
         try:
             info = wire.decode(payload, max_size=4096)

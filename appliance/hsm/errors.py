@@ -32,22 +32,32 @@ class LinkDown(LinkError):
     """Neither the request nor a probe was answered, or the port itself failed."""
 
 
+class PortBusy(LinkDown):
+    """Another process has the module's port open: the host opens it exclusively."""
+
+
 class ModuleReset(LinkError):
     """The module restarted (BOOT) while the request was in flight."""
 
 
 class ModuleError(HsmError):
-    """The module refused or failed a command; ``code`` is its SDR code."""
+    """The module refused or failed a command; ``code`` is its SDR code.
+
+    ``advice`` (a class attribute, may be empty) says what a person can do about it; it is
+    part of ``str(error)``.
+    """
 
     code: int = 0
     error: str = "UNKNOWERR"
+    advice: str = ""
 
     def __init__(self, code: int, error: str, message: str, details: dict[str, Any]) -> None:
         self.code = code
         self.error = error
         self.message = message
         self.details = details
-        super().__init__(f"{error} (0x{code:08x}): {message}")
+        text = f"{error} (0x{code:08x}): {message}"
+        super().__init__(f"{text}. {self.advice}" if self.advice else text)
 
 
 class AccessDenied(ModuleError):
@@ -56,6 +66,18 @@ class AccessDenied(ModuleError):
 
 class PinLocked(ModuleError):
     """PIN_LOCKED: no tries left; only ``factory_reset`` unlocks the module."""
+
+    advice = ("The PIN is locked: only a factory reset, with the module's reset button held, "
+              "unlocks it (appliance hsm factory-reset --yes), and it erases every key")
+
+
+class PinDefault(ModuleError):
+    """PIN_DEFAULT: the module still has its factory PIN and refuses to sign, generate keys or
+    decrypt until it is changed."""
+
+    advice = ("Change the PIN with `appliance hsm change-pin` (a set-up step; stop the "
+              "appliance service first, it holds the module's port), then give the new PIN to "
+              "the service ([hsm] pin_file or APPLIANCE_HSM_PIN) and start it again")
 
 
 class KeyNotFound(ModuleError):
@@ -85,6 +107,7 @@ class NotSupported(ModuleError):
 _BY_NAME: dict[str, type[ModuleError]] = {
     "PARDENY": AccessDenied,
     "PIN_LOCKED": PinLocked,
+    "PIN_DEFAULT": PinDefault,
     "KEYNOTEXIST": KeyNotFound,
     "FILEEXISTS": SlotOccupied,
     "INARGERR": InvalidArgument,

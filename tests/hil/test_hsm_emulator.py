@@ -9,6 +9,7 @@ import os
 import re
 import selectors
 import signal
+import stat
 import sys
 import time
 
@@ -173,15 +174,16 @@ def test_reset_every_power_resets_the_module(tmp_path):
 
 def test_power_cut_in_a_key_store_write_restarts_the_firmware(tmp_path):
     link = tmp_path / "gm"
+    pin = hsm_emulator.provision_store(tmp_path / "store.bin")
     with HsmEmulator(link, tmp_path / "store.bin", faults="cut_write=0.4", seed=4,
                      log_path=tmp_path / "emu.log") as emu:
         host = Host(link)
         boots, after_cut_ok = [], False
         for _ in range(40):
-            kind, rsp = host.exchange({"op": "login", "pin": "123456"})
+            kind, rsp = host.exchange({"op": "login", "pin": pin})
             if kind == "rsp" and rsp["ok"]:
                 kind, rsp = host.exchange({"op": "generate_key", "slot": 1, "alg": "sm2",
-                                           "overwrite": True})
+                                           "overwrite": True, "session": rsp["session"]})
             if kind == "boot":
                 boots.append(rsp["boot_count"])
             elif kind == "rsp" and rsp["ok"] and boots:
@@ -251,7 +253,7 @@ _STUB = '''
 import os, sys, time
 from appliance.hsm.proto import frame, mcbor
 store = sys.argv[sys.argv.index("--store") + 1]
-n = int(open(store).read()) + 1 if os.path.exists(store) else 1
+n = int(open(store).read() or "0") + 1  # the emulator creates the store (mode 0600)
 open(store, "w").write(str(n))
 if n >= int(os.environ.get("STUB_CRASH_FROM", "1")):
     sys.exit(3)
@@ -335,12 +337,100 @@ def test_refuses_to_replace_a_file_with_the_link(tmp_path):
 def test_firmware_command_for_micropython_puts_the_flat_folders_on_the_path():
     argv, env = hsm_emulator.firmware_command(
         "micropython", "/s", micropython="/mp", seed=9, cut_write=0.25, kat_fail=True,
-        slow_ms=30, serial="X")
+        slow_ms=30, serial="X", presence="/b")
     assert argv == ["/mp", str(FIRMWARE_MAIN), "--store", "/s", "--serial", "X", "--seed", "9",
-                    "--cut-write", "0.25", "--kat-fail", "--slow-ms", "30"]
+                    "--cut-write", "0.25", "--kat-fail", "--slow-ms", "30", "--presence", "/b"]
     path = env["MICROPYPATH"].split(os.pathsep)
     for folder in (hsm_emulator.FIRMWARE_DIR, hsm_emulator.PROTO_DIR, hsm_emulator.PURE_DIR):
         assert str(folder) in path
     argv, env = hsm_emulator.firmware_command("cpython", "/s")
     assert argv == [sys.executable, str(FIRMWARE_MAIN), "--store", "/s"]
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(hsm_emulator.REPO_ROOT)
+
+
+
+# -- permissions and the reset button ------------------------------------------------------
+
+
+def _mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_device_node_and_key_store_are_owner_only_whatever_the_umask(tmp_path, existing):
+    store = tmp_path / "store.bin"
+    if existing:
+        store.write_bytes(b"")
+        os.chmod(store, 0o666)  # a store left world-readable is made owner-only too
+    old = os.umask(0)  # the emulator (a subprocess) inherits it: modes must not depend on it
+    try:
+        emu = HsmEmulator(tmp_path / "gm", store, log_path=tmp_path / "emu.log").start()
+    finally:
+        os.umask(old)
+    with emu:
+        host = Host(emu.link)  # the firmware wrote its first records
+        assert host.exchange({"op": "info"})[0] == "rsp"
+        host.close()
+        node = os.path.realpath(emu.link)
+        assert node.startswith("/dev/pts/")
+        assert _mode(node) == 0o600 and os.stat(node).st_uid == os.getuid()
+        assert _mode(store) == 0o600 and store.stat().st_size > 0
+
+
+def test_the_pty_is_made_owner_only_whatever_devpts_gives(tmp_path, monkeypatch):
+    """devpts gives new ptys the mode of its mount option (0620 on many systems, 0600 on
+    others): the emulator sets 0600 itself."""
+    real_openpty = os.openpty
+
+    def openpty_0620():
+        master, slave = real_openpty()
+        os.fchmod(slave, 0o620)
+        return master, slave
+
+    monkeypatch.setattr(os, "openpty", openpty_0620)
+    emu = hsm_emulator.Emulator(str(tmp_path / "gm"), str(tmp_path / "store.bin"))
+    try:
+        emu._open_pty()
+        assert _mode(emu._slave_name) == 0o600
+    finally:
+        emu._remove_link()
+        for fd in (emu._master, emu._slave):
+            os.close(fd)
+
+
+def test_a_fresh_key_store_written_by_the_firmware_itself_is_owner_only(tmp_path):
+    from appliance.hsm.firmware import keystore
+
+    old = os.umask(0)
+    try:
+        keystore.KeyStore(str(tmp_path / "s.bin")).save(keystore.default_state())
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "s.bin") == 0o600
+
+
+def test_the_reset_button_is_a_file_the_rig_creates(tmp_path, runtime):
+    pin = hsm_emulator.provision_store(tmp_path / "store.bin")
+    with HsmEmulator(tmp_path / "gm", tmp_path / "store.bin", runtime=runtime,
+                     log_path=tmp_path / "emu.log") as emu:
+        assert emu.presence == tmp_path / "gm.presence" and not emu.presence.exists()
+        assert "presence=%s" % emu.presence in emu.log_text()
+        host = Host(emu.link)
+        try:
+            for _ in range(5):
+                assert host.exchange({"op": "login", "pin": "00000000"})[1]["ok"] is False
+            kind, rsp = host.exchange({"op": "factory_reset", "confirm": "erase", "pin": pin})
+            assert rsp["error"] == "PIN_LOCKED"
+            with emu.button_held():
+                assert emu.presence.exists()
+                kind, rsp = host.exchange({"op": "factory_reset", "confirm": "erase"})
+            assert rsp == {"ok": True} and not emu.presence.exists()
+            assert host.exchange({"op": "info"})[1]["pin_retries"] == 5
+        finally:
+            host.close()
+
+
+def test_a_button_left_held_by_an_earlier_run_is_released(tmp_path):
+    (tmp_path / "gm.presence").touch()
+    emu = HsmEmulator(tmp_path / "gm", tmp_path / "store.bin")
+    assert not emu.presence.exists()

@@ -13,9 +13,10 @@ PROTOCOL_TABLE = {  # crypto-module protocol §3, written out again as the oracl
     "PKOPERR": 0x0B, "SKOPERR": 0x0C, "SIGNERR": 0x0D, "VERIFYERR": 0x0E, "SYMOPERR": 0x0F,
     "STEPERR": 0x10, "KEYTYPEERR": 0x14, "KEYERR": 0x15, "ENCDATAERR": 0x16, "RANDERR": 0x17,
     "FILEEXISTS": 0x1A, "FILEWERR": 0x1B, "NOBUFFER": 0x1C, "INARGERR": 0x1D,
-    "OUTARGERR": 0x1E, "PIN_LOCKED": 0x100,
+    "OUTARGERR": 0x1E, "PIN_LOCKED": 0x100, "PIN_DEFAULT": 0x101,
 }
 SPECIFIC = {"PARDENY": errors.AccessDenied, "PIN_LOCKED": errors.PinLocked,
+            "PIN_DEFAULT": errors.PinDefault,
             "KEYNOTEXIST": errors.KeyNotFound, "FILEEXISTS": errors.SlotOccupied,
             "INARGERR": errors.InvalidArgument, "HARDFAIL": errors.HardwareFailure,
             "STEPERR": errors.ContextLost, "NOTSUPPORT": errors.NotSupported,
@@ -42,3 +43,13 @@ def test_the_code_decides_not_the_text():
 def test_unknown_or_missing_codes_are_unknowerr(code):
     error = errors.from_response({"ok": False, "code": code})
     assert error.error == "UNKNOWERR" and type(error) is errors.ModuleError
+
+
+def test_the_pin_errors_say_what_to_do():
+    default = errors.from_response({"ok": False, "code": 0x01000101, "message": "m"})
+    assert isinstance(default, errors.PinDefault) and default.message == "m"
+    assert "appliance hsm change-pin" in str(default) and "\n" not in str(default)
+    locked = errors.from_response({"ok": False, "code": 0x01000100, "message": "m"})
+    assert "reset button" in str(locked)
+    plain = errors.from_response({"ok": False, "code": 0x01000008, "message": "m"})
+    assert str(plain) == "KEYNOTEXIST (0x01000008): m"

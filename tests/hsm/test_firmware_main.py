@@ -23,7 +23,8 @@ from appliance.hsm.proto import frame, mcbor
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "appliance" / "hsm" / "firmware"
-PIN = "123456"
+FACTORY_PIN = "123456"
+PIN = "11223344"
 
 
 def find_micropython():
@@ -119,6 +120,14 @@ class Firmware:
     def call(self, seq, **req):
         return mcbor.decode(self.request(seq, req)[0])
 
+    def provision(self, seq):
+        """The technician's set-up: the factory PIN changed to PIN. Returns the next seq."""
+        session = self.call(seq, op="login", pin=FACTORY_PIN)["session"]
+        assert self.call(seq + 1, op="change_pin", old=FACTORY_PIN, new=PIN,
+                         session=session) == {"ok": True}
+        assert self.call(seq + 2, op="logout", session=session) == {"ok": True}
+        return seq + 3
+
     def close(self, timeout=20):
         self.proc.stdin.close()
         code = self.proc.wait(timeout=timeout)
@@ -133,19 +142,22 @@ def test_session_boot_requests_duplicate_reset_eof(interp, tmp_path):
     assert fw.boot() == {"firmware": "gmcm-fw 1.0.0", "serial": "SN-42", "boot_count": 1}
     info = fw.call(1, op="info")
     assert info["ok"] and info["serial"] == "SN-42" and info["slots"] == 16
-    assert fw.call(2, op="login", pin=PIN) == {"ok": True}
-    pub = fw.call(3, op="generate_key", slot=0, alg="sm2")["public_key"]
-    req = mcbor.encode({"op": "sign", "slot": 0, "message": b"m"})
-    rsp, _, _ = fw.request(4, req)
+    assert info["default_pin"] is True
+    fw.provision(2)
+    session = fw.call(5, op="login", pin=PIN)["session"]
+    pub = fw.call(6, op="generate_key", slot=0, alg="sm2", session=session)["public_key"]
+    req = mcbor.encode({"op": "sign", "session": session, "slot": 0, "message": b"m"})
+    rsp, _, _ = fw.request(7, req)
     assert gm_sm2.verify(pub, b"m", mcbor.decode(rsp)["signature"])
     # a retransmission (same seq, same payload) is answered from the cache, not executed
-    again, _, _ = fw.request(4, req)
+    again, _, _ = fw.request(7, req)
     assert again == rsp and mcbor.decode(again)["counter"] == 1
-    assert fw.call(5, op="sign", slot=0, message=b"m")["counter"] == 2
-    # reset: the RSP first, then BOOT; the login is gone
-    assert fw.call(6, op="reset") == {"ok": True}
+    assert fw.call(8, op="sign", slot=0, message=b"m", session=session)["counter"] == 2
+    assert fw.call(9, op="sign", slot=0, message=b"m")["error"] == "PARDENY"
+    # reset: the RSP first, then BOOT; the session is gone
+    assert fw.call(10, op="reset", session=session) == {"ok": True}
     assert fw.boot()["boot_count"] == 2
-    assert fw.call(7, op="sign", slot=0, message=b"m")["error"] == "PARDENY"
+    assert fw.call(11, op="sign", slot=0, message=b"m", session=session)["error"] == "PARDENY"
     assert fw.close() == 0, fw.stderr
     assert keystore.KeyStore(store).load()["counters"][0] == 2
 
@@ -178,8 +190,9 @@ def test_wait_frames_while_slow(interp, tmp_path):
 def test_kat_fail(interp, tmp_path):
     fw = Firmware(interp, "--store", str(tmp_path / "s.bin"), "--kat-fail")
     fw.boot()
-    assert fw.call(1, op="login", pin=PIN)["ok"]
-    assert fw.call(2, op="generate_key", slot=0, alg="sm2")["error"] == "HARDFAIL"
+    session = fw.call(1, op="login", pin=FACTORY_PIN)["session"]
+    assert fw.call(2, op="generate_key", slot=0, alg="sm2", session=session)["error"] == \
+        "HARDFAIL"
     rsp = fw.call(3, op="self_test")
     assert rsp["passed"] is False and rsp["results"]["sm3"] is False
     assert fw.close() == 0
@@ -192,6 +205,10 @@ def test_power_cut_exits_75_and_the_store_stays_whole(interp, tmp_path):
     assert fw.close() == 75
     assert "power cut" in fw.stderr
     assert keystore.KeyStore(store).load()["boot_count"] == 0
+    fw = Firmware(interp, "--store", store)
+    fw.boot()
+    fw.provision(1)
+    assert fw.close() == 0
     # restarts with writes cut at random (seeded), each trying a session on the same store
     codes = []
     for seed in range(1, 13):
@@ -199,9 +216,10 @@ def test_power_cut_exits_75_and_the_store_stays_whole(interp, tmp_path):
         completed = False
         try:
             fw.boot()
-            assert fw.call(1, op="login", pin=PIN)["ok"]
-            assert fw.call(2, op="generate_key", slot=1, alg="sm2", overwrite=True)["ok"]
-            assert fw.call(3, op="sign", slot=1, message=b"m")["ok"]
+            session = fw.call(1, op="login", pin=PIN)["session"]
+            assert fw.call(2, op="generate_key", slot=1, alg="sm2", overwrite=True,
+                           session=session)["ok"]
+            assert fw.call(3, op="sign", slot=1, message=b"m", session=session)["ok"]
             completed = True
         except AssertionError:
             pass  # the firmware died mid-session (a cut)
@@ -214,7 +232,8 @@ def test_power_cut_exits_75_and_the_store_stays_whole(interp, tmp_path):
 
 def test_usage_errors(interp, tmp_path):
     for args in ([], ["--store"], ["--store", "x", "--bogus"], ["--store", "x", "--seed", "z"],
-                 ["--store", "x", "--cut-write", "2"], ["--store", "x", "--crypto", "rsa"]):
+                 ["--store", "x", "--cut-write", "2"], ["--store", "x", "--crypto", "rsa"],
+                 ["--store", "x", "--presence"]):
         fw = Firmware(interp, *args, cwd=tmp_path)
         assert fw.close() == 2, args
         assert "usage" in fw.stderr
@@ -224,9 +243,28 @@ def test_cpython_pure_crypto_flag(tmp_path):
     fw = Firmware(([sys.executable, str(FIRMWARE / "main.py")], None),
                   "--store", str(tmp_path / "s.bin"), "--crypto", "pure")
     fw.boot()
-    assert fw.call(1, op="login", pin=PIN)["ok"]
-    pub = fw.call(2, op="generate_key", slot=0, alg="sm2")["public_key"]
-    assert gm_sm2.verify(pub, b"x", fw.call(3, op="sign", slot=0, message=b"x")["signature"])
+    seq = fw.provision(1)
+    session = fw.call(seq, op="login", pin=PIN)["session"]
+    pub = fw.call(seq + 1, op="generate_key", slot=0, alg="sm2", session=session)["public_key"]
+    assert gm_sm2.verify(pub, b"x", fw.call(seq + 2, op="sign", slot=0, message=b"x",
+                                            session=session)["signature"])
+    assert fw.close() == 0
+
+
+def test_presence_file_is_the_reset_button(interp, tmp_path):
+    button = tmp_path / "button"
+    fw = Firmware(interp, "--store", str(tmp_path / "s.bin"), "--presence", str(button))
+    fw.boot()
+    seq = 1
+    for _ in range(5):  # lock the PIN (two of these wait a second each: the slow-down)
+        assert fw.call(seq, op="login", pin="000000")["ok"] is False
+        seq += 1
+    assert fw.call(seq, op="factory_reset", confirm="erase")["error"] == "PIN_LOCKED"
+    button.touch()
+    assert fw.call(seq + 1, op="factory_reset", confirm="erase") == {"ok": True}
+    button.unlink()
+    info = fw.call(seq + 2, op="info")
+    assert info["pin_retries"] == 5 and info["default_pin"] is True
     assert fw.close() == 0
 
 

@@ -20,16 +20,27 @@ from appliance.gm import sm4 as gm_sm4
 from appliance.hsm.firmware import crypto, kat, keystore, module
 from appliance.hsm.proto import codes, mcbor
 
-PIN = "123456"
+FACTORY_PIN = module.DEFAULT_PIN
+PIN = "11223344"  # what the harness's technician set at provisioning
 NEW_PIN = "24680135"
 DEFAULT_ID = b"1234567812345678"
+AUTO = object()  # the harness's own session, when the op carries one
+LOGIN_OPS = ["change_pin", "generate_key", "delete_key", "sign", "sign_digest", "decrypt"]
+CARRY_OPS = set(LOGIN_OPS) | {"logout", "reset", "hash_init", "hash_update", "hash_final"}
 
 
 class Harness:
-    """A Module on a store file, with helpers; ``restart()`` is a power cycle."""
+    """A Module on a store file, with helpers; ``restart()`` is a power cycle.
+
+    The module's clock is ``clock[0]`` (ms); its sleeps advance it, so pauses cost no real
+    time. ``button`` is the reset button. ``provision`` (default) does the technician's
+    set-up on a new module: the factory PIN is changed to PIN. The harness keeps the session
+    of its last login and adds it to the commands that carry one (``_session=`` overrides:
+    None sends none).
+    """
 
     def __init__(self, path, backend="openssl", kat_fail=False, rand=os.urandom, store=None,
-                 **kwargs):
+                 provision=True, **kwargs):
         self.path = path
         self.backend = crypto.load(backend == "openssl")
         self.kat_fail = kat_fail
@@ -37,19 +48,37 @@ class Harness:
         self.store = store
         self.kwargs = kwargs
         self.progress_calls = 0
+        self.clock = [0]
+        self.sleeps = []
+        self.button = False
+        self.session = None
         self.responses = []  # every response payload, for the secrecy scan
         self.restart()
+        if provision:
+            self.provision()
 
     def _progress(self):
         self.progress_calls += 1
 
+    def _sleep(self, ms):
+        self.sleeps.append(ms)
+        self.clock[0] += ms
+
     def restart(self):
         store = self.store if self.store is not None else keystore.KeyStore(str(self.path))
-        self.m = module.Module(store, self.backend, self.rand, lambda: 0,
+        self.m = module.Module(store, self.backend, self.rand, lambda: self.clock[0],
                                progress=self._progress, serial="TEST-0001",
-                               kat_fail=self.kat_fail, **self.kwargs)
+                               kat_fail=self.kat_fail, sleep_ms=self._sleep,
+                               presence=lambda: self.button, **self.kwargs)
+        self.session = None
         self.boot_info = self.m.boot()
         return self.boot_info
+
+    def provision(self, pin=PIN):
+        """What a technician does first: log in with the factory PIN and change it."""
+        self.login(FACTORY_PIN)
+        self.ok("change_pin", old=FACTORY_PIN, new=pin)
+        self.ok("logout")
 
     def raw(self, payload):
         rsp = self.m.handle(payload)
@@ -58,16 +87,25 @@ class Harness:
         assert mcbor.encode(out) == rsp  # canonical
         return out
 
-    def __call__(self, op, **args):
-        return self.raw(mcbor.encode(dict(op=op, **args)))
+    def __call__(self, op, _session=AUTO, **args):
+        if _session is AUTO:
+            _session = self.session if op in CARRY_OPS else None
+        if _session is not None:
+            args["session"] = _session
+        rsp = self.raw(mcbor.encode(dict(op=op, **args)))
+        if rsp["ok"] and op == "login":
+            self.session = rsp["session"]
+        elif rsp["ok"] and op in ("logout", "factory_reset"):
+            self.session = None
+        return rsp
 
-    def ok(self, op, **args):
-        rsp = self(op, **args)
+    def ok(self, op, _session=AUTO, **args):
+        rsp = self(op, _session, **args)
         assert rsp["ok"] is True, rsp
         return rsp
 
-    def err(self, name, op, **args):
-        rsp = self(op, **args)
+    def err(self, name, op, _session=AUTO, **args):
+        rsp = self(op, _session, **args)
         assert rsp["ok"] is False, rsp
         assert rsp["error"] == name, rsp
         assert rsp["code"] == codes.CODES[name]
@@ -76,6 +114,10 @@ class Harness:
 
     def login(self, pin=PIN):
         return self.ok("login", pin=pin)
+
+    def state(self):
+        """The persisted state (what a power cut would leave)."""
+        return keystore.KeyStore(str(self.path)).load()
 
     def keygen(self, slot=0, overwrite=False):
         return self.ok("generate_key", slot=slot, alg="sm2", overwrite=overwrite)["public_key"]
@@ -105,7 +147,7 @@ def gmssl_for(pub, priv=None):
 
 
 def test_boot_payload_and_count_persist(tmp_path):
-    h = Harness(tmp_path / "s.bin")
+    h = Harness(tmp_path / "s.bin", provision=False)
     assert h.boot_info == {"firmware": module.FIRMWARE, "serial": "TEST-0001", "boot_count": 1}
     assert h.restart()["boot_count"] == 2
     assert h.restart()["boot_count"] == 3
@@ -117,7 +159,8 @@ def test_info(hw):
     info = hw.ok("info")
     assert info == {"ok": True, "model": module.MODEL, "serial": "TEST-0001",
                     "firmware": module.FIRMWARE, "protocol": 1, "algs": ["sm2", "sm3", "sm4"],
-                    "slots": 16, "max_payload": 4096, "logged_in": False, "pin_retries": 5}
+                    "slots": 16, "max_payload": 4096, "logged_in": False, "pin_retries": 5,
+                    "default_pin": False}
     hw.login()
     assert hw.ok("info")["logged_in"] is True
 
@@ -189,9 +232,9 @@ CRYPTO_REQUESTS = [
 
 
 def test_kat_fail_answers_hardfail_on_crypto_commands(tmp_path):
-    h = Harness(tmp_path / "s.bin", kat_fail=True)
+    h = Harness(tmp_path / "s.bin", kat_fail=True, provision=False)  # change_pin: HARDFAIL
     assert h.m.kat_results["sm3"] is False
-    h.login()  # still answers
+    h.login(FACTORY_PIN)  # still answers
     for op, args in CRYPTO_REQUESTS:
         h.err("HARDFAIL", op, **args)
     assert h.ok("info")["pin_retries"] == 5
@@ -199,7 +242,7 @@ def test_kat_fail_answers_hardfail_on_crypto_commands(tmp_path):
     assert rsp["passed"] is False and rsp["results"]["sm3"] is False
     assert rsp["results"]["sm4"] is True
     h.ok("logout")
-    h.ok("factory_reset", confirm="erase")
+    h.ok("factory_reset", confirm="erase", pin=FACTORY_PIN)
     h.ok("reset")
     assert h.m.reset_requested
     # a healthy restart clears it
@@ -221,9 +264,10 @@ def test_wrong_pin_counts_down_then_locks_and_survives_restart(hw):
     hw.restart()
     assert hw.ok("info")["pin_retries"] == 0
     hw.err("PIN_LOCKED", "login", pin=PIN)
+    hw.button = True
     hw.ok("factory_reset", confirm="erase")
     assert hw.ok("info")["pin_retries"] == 5
-    hw.login(PIN)
+    hw.login(FACTORY_PIN)
 
 
 def test_right_pin_resets_the_retries(hw):
@@ -235,7 +279,32 @@ def test_right_pin_resets_the_retries(hw):
     assert hw.ok("info")["pin_retries"] == 5
 
 
-def test_retry_counter_is_persisted_before_the_comparison(tmp_path):
+@pytest.mark.parametrize("op, args", [
+    ("login", {"pin": PIN}),
+    ("login", {"pin": "000000"}),
+    ("change_pin", {"old": PIN, "new": NEW_PIN}),
+    ("factory_reset", {"confirm": "erase", "pin": PIN}),
+])
+def test_retry_counter_is_persisted_before_the_comparison(tmp_path, monkeypatch, op, args):
+    """The power goes while the PIN is being compared: after the restart the try is spent
+    (it was written before the comparison), whatever the PIN was."""
+    h = Harness(tmp_path / "s.bin")
+    if op == "change_pin":
+        h.login()
+
+    def power_cut(self, salt, pin):  # hashing the PIN given, to compare it with the stored
+        raise keystore.PowerCut("power lost during the PIN comparison")
+
+    monkeypatch.setattr(module.Module, "_pin_hash", power_cut)
+    with pytest.raises(keystore.PowerCut):
+        h(op, **args)
+    monkeypatch.undo()
+    assert h.state()["pin_retries"] == 4
+    h.restart()
+    assert h.ok("info")["pin_retries"] == 4
+
+
+def test_a_store_that_cannot_record_the_try_compares_nothing(tmp_path):
     """With a store that cannot be written, even the right PIN is not accepted."""
     path = tmp_path / "s.bin"
     h = Harness(path)
@@ -254,8 +323,10 @@ def test_pin_is_stored_salted_and_hashed(tmp_path):
     state = keystore.KeyStore(str(tmp_path / "s.bin")).load()
     assert len(state["pin_salt"]) == 16
     assert state["pin_hash"] == gm_sm3.digest(state["pin_salt"] + PIN.encode())
-    Harness(tmp_path / "t.bin")
-    assert keystore.KeyStore(str(tmp_path / "t.bin")).load()["pin_salt"] != state["pin_salt"]
+    Harness(tmp_path / "t.bin", provision=False)
+    fresh = keystore.KeyStore(str(tmp_path / "t.bin")).load()
+    assert fresh["pin_salt"] != state["pin_salt"]
+    assert fresh["pin_hash"] == gm_sm3.digest(fresh["pin_salt"] + FACTORY_PIN.encode())
 
 
 @pytest.mark.parametrize("pin", [123456, b"123456", None, "12345", "x" * 17, ""])
@@ -268,25 +339,140 @@ def test_login_missing_pin(fast):
     fast.err("INARGERR", "login")
 
 
-def test_failed_login_ends_the_session(fast):
+def test_failed_login_keeps_the_session(fast):
     fast.login()
+    fast.keygen(0)
+    session = fast.session
     fast.err("PARDENY", "login", pin="000000")
-    assert fast.ok("info")["logged_in"] is False
+    assert fast.ok("info")["logged_in"] is True
+    assert fast.ok("sign", slot=0, message=b"m", _session=session)["counter"] == 1
+    fast.err("INARGERR", "login", pin="12345")  # malformed: no try, no change either
+    assert fast.ok("sign", slot=0, message=b"m", _session=session)["counter"] == 2
+
+
+def test_the_login_that_locks_keeps_the_session_too(fast):
+    """Only a successful login replaces the session; logout, reset, factory_reset and a
+    restart end it. A lock is none of these (ours: the holder of the session keeps it)."""
+    fast.login()
+    fast.keygen(0)
+    for _ in range(4):
+        fast.err("PARDENY", "login", pin="000000")
+    fast.err("PIN_LOCKED", "login", pin="000000")
+    fast.ok("sign", slot=0, message=b"m")
+    fast.restart()
+    fast.err("PIN_LOCKED", "login", pin=PIN)
+
+
+def test_login_returns_a_fresh_session_from_the_rng(tmp_path):
+    drawn = []
+
+    def rand(n):
+        out = os.urandom(n)
+        drawn.append(out)
+        return out
+
+    h = Harness(tmp_path / "s.bin", rand=rand)
+    first = h.login()["session"]
+    assert isinstance(first, bytes) and len(first) == 16 and first in drawn
+    second = h.login()["session"]
+    assert second != first and second in drawn
+
+
+def test_only_a_successful_login_replaces_the_session(fast):
+    fast.login()
+    fast.keygen(0)
+    old = fast.session
+    fast.login()
+    fast.err("PARDENY", "sign", slot=0, message=b"m", _session=old)
+    fast.ok("sign", slot=0, message=b"m")
+
+
+def test_a_login_without_randomness_spends_no_try_and_changes_nothing(fast):
+    fast.login()
+    session = fast.session
+    fast.err("PARDENY", "login", pin="000000")
+    before = fast.state()
+    fast.m.rand = lambda n: b""
+    fast.err("RANDERR", "login", pin=PIN)  # the session is drawn before the PIN is checked
+    assert fast.state() == before and fast.m.session == session
 
 
 def test_logout(fast):
     fast.login()
     fast.keygen(0)
+    session = fast.session
     fast.ok("logout")
     assert fast.ok("info")["logged_in"] is False
-    fast.err("PARDENY", "sign", slot=0, message=b"m")
+    fast.err("PARDENY", "sign", slot=0, message=b"m", _session=session)
     fast.ok("logout")  # idempotent
+
+
+def test_logout_without_the_open_session_is_refused_and_ends_nothing(fast):
+    fast.login()
+    fast.keygen(0)
+    session = fast.session
+    fast.err("PARDENY", "logout", _session=None)
+    fast.err("PARDENY", "logout", _session=os.urandom(16))
+    assert fast.ok("info")["logged_in"] is True
+    fast.ok("sign", slot=0, message=b"m", _session=session)
+
+
+def test_reset_without_the_open_session_is_refused(fast):
+    fast.login()
+    fast.err("PARDENY", "reset", _session=None)
+    fast.err("PARDENY", "reset", _session=b"x" * 16)
+    assert fast.m.reset_requested is False
+    fast.ok("reset")
+    assert fast.m.reset_requested is True
+
+
+def test_no_session_needed_while_none_is_open(fast):
+    fast.ok("reset", _session=None)  # anybody may restart a module nobody is logged in to
+    assert fast.m.reset_requested is True
+
+
+def test_a_restart_ends_the_session(fast):
+    fast.login()
+    fast.keygen(0)
+    session = fast.session
+    fast.restart()
+    assert fast.ok("info")["logged_in"] is False
+    fast.err("PARDENY", "sign", slot=0, message=b"m", _session=session)
+
+
+@pytest.mark.parametrize("op", LOGIN_OPS)
+@pytest.mark.parametrize("how", ["missing", "other", "mistyped", "not_logged_in"])
+def test_login_commands_without_the_session_are_refused_and_change_nothing(tmp_path, op, how):
+    h = Harness(tmp_path / "s.bin")
+    h.login()
+    pub = h.keygen(0)
+    h.ok("sign", slot=0, message=b"m")
+    args = {
+        "change_pin": {"old": PIN, "new": NEW_PIN},
+        "generate_key": {"slot": 0, "alg": "sm2", "overwrite": True},
+        "delete_key": {"slot": 0},
+        "sign": {"slot": 0, "message": b"m"},
+        "sign_digest": {"slot": 0, "digest": bytes(32)},
+        "decrypt": {"slot": 0, "ciphertext": gm_sm2.encrypt(pub, b"secret")},
+    }[op]
+    before = h.state()
+    session = h.session
+    if how == "not_logged_in":
+        h.ok("logout")
+        h.err("PARDENY", op, _session=session, **args)
+    else:
+        sent = {"missing": None, "other": os.urandom(16), "mistyped": session.hex()}[how]
+        rsp = h.err("PARDENY", op, _session=sent, **args)
+        assert set(rsp) == {"ok", "code", "error", "message"}  # no data of any kind
+    assert h.state() == before  # not a key, not a counter, not the PIN
+    if how != "not_logged_in":
+        assert h.ok("sign", slot=0, message=b"m", _session=session)["counter"] == 2
 
 
 def test_change_pin(hw):
     hw.err("PARDENY", "change_pin", old=PIN, new=NEW_PIN)
     hw.login()
-    hw.err("INARGERR", "change_pin", old=PIN, new="123456")  # the default is refused
+    hw.err("INARGERR", "change_pin", old=PIN, new=FACTORY_PIN)  # the default is refused
     hw.err("INARGERR", "change_pin", old=PIN, new="12345")  # too short
     hw.err("INARGERR", "change_pin", old=PIN, new="1" * 17)  # too long
     hw.err("INARGERR", "change_pin", old=PIN)
@@ -309,7 +495,7 @@ def test_change_pin_wrong_old_locks(fast):
     for left in (4, 3, 2, 1):
         assert fast.err("PARDENY", "change_pin", old="999999", new=NEW_PIN)["retries"] == left
     fast.err("PIN_LOCKED", "change_pin", old="999999", new=NEW_PIN)
-    assert fast.ok("info")["logged_in"] is False
+    assert fast.ok("info")["pin_retries"] == 0
     fast.err("PIN_LOCKED", "login", pin=PIN)
 
 
@@ -319,20 +505,175 @@ def test_factory_reset(hw):
     hw.ok("sign", slot=3, message=b"m")
     hw.ok("change_pin", old=PIN, new=NEW_PIN)
     ctx = hw.ok("hash_init", alg="sm3")["context"]
-    hw.err("INARGERR", "factory_reset")
-    hw.err("INARGERR", "factory_reset", confirm="yes")
-    hw.err("INARGERR", "factory_reset", confirm=b"erase")
-    hw.ok("logout")
-    hw.ok("factory_reset", confirm="erase")  # no login needed
+    session = hw.session
+    hw.err("INARGERR", "factory_reset", pin=NEW_PIN)
+    hw.err("INARGERR", "factory_reset", confirm="yes", pin=NEW_PIN)
+    hw.err("INARGERR", "factory_reset", confirm=b"erase", pin=NEW_PIN)
+    hw.err("INARGERR", "factory_reset", confirm="erase", pin="12345")
+    assert hw.ok("info")["pin_retries"] == 5  # none of those cost a try
+    hw.ok("factory_reset", confirm="erase", pin=NEW_PIN)  # no login needed: the PIN is
     info = hw.ok("info")
-    assert info["logged_in"] is False and info["pin_retries"] == 5
-    hw.err("STEPERR", "hash_final", context=ctx)
+    assert info["logged_in"] is False and info["pin_retries"] == 5 and info["default_pin"]
+    hw.err("PARDENY", "sign", slot=3, message=b"m", _session=session)  # the session ended
+    hw.err("STEPERR", "hash_final", context=ctx, _session=session)
     hw.restart()
+    hw.provision()
     hw.login(PIN)
     hw.err("KEYNOTEXIST", "public_key", slot=3)
     hw.keygen(3)
     assert hw.ok("sign", slot=3, message=b"m")["counter"] == 1  # counters cleared
     assert hw.boot_info["boot_count"] == 2  # boot_count is not a secret to wipe
+
+
+def test_factory_reset_needs_the_pin_while_it_is_not_locked(fast):
+    fast.login()
+    fast.keygen(0)
+    before = fast.state()
+    fast.button = True  # presence does not replace the PIN while there is one
+    rsp = fast.err("PARDENY", "factory_reset", confirm="erase")
+    assert "retries" not in rsp and fast.state() == before  # no try spent, nothing erased
+    assert fast.err("PARDENY", "factory_reset", confirm="erase",
+                    pin="999999")["retries"] == 4  # a wrong PIN is a failed login
+    after = fast.state()
+    assert after["pin_retries"] == 4 and after["keys"] == before["keys"]
+    fast.ok("sign", slot=0, message=b"m")  # the session lives on
+
+
+def test_factory_reset_once_locked_needs_the_button(fast):
+    fast.login()
+    fast.keygen(0)
+    for _ in range(4):
+        fast.err("PARDENY", "login", pin="000000")
+    fast.err("PIN_LOCKED", "login", pin="000000")
+    before, session = fast.state(), fast.session
+    fast.err("PIN_LOCKED", "factory_reset", confirm="erase")
+    fast.err("PIN_LOCKED", "factory_reset", confirm="erase", pin=PIN)  # the PIN cannot help
+    assert fast.state() == before
+    fast.ok("sign", slot=0, message=b"m")  # nothing changed, the session neither
+    fast.button = True
+    fast.ok("factory_reset", confirm="erase")
+    state = fast.state()
+    assert state["pin_retries"] == 5 and state["keys"] == [None] * 16
+    fast.err("PARDENY", "sign", slot=0, message=b"m", _session=session)  # it ended
+    assert fast.ok("info")["default_pin"] is True
+
+
+def test_factory_reset_reads_the_button_as_the_command_arrives(tmp_path):
+    reads = []
+    h = Harness(tmp_path / "s.bin")
+    for _ in range(4):
+        h.err("PARDENY", "login", pin="000000")
+    h.err("PIN_LOCKED", "login", pin="000000")
+    h.m.presence = lambda: reads.append(1) or True
+    h.ok("info")
+    assert reads == []
+    h.ok("factory_reset", confirm="erase")
+    assert reads == [1]
+
+    def broken():
+        raise OSError("GPIO")
+
+    for _ in range(4):
+        h.err("PARDENY", "login", pin="000000")
+    h.err("PIN_LOCKED", "login", pin="000000")
+    h.m.presence = broken
+    h.err("PIN_LOCKED", "factory_reset", confirm="erase")  # a button that cannot be read
+
+
+# -- default PIN ----------------------------------------------------------------------------
+
+
+def test_info_says_default_pin_until_it_is_changed(tmp_path):
+    h = Harness(tmp_path / "s.bin", provision=False)
+    assert h.ok("info")["default_pin"] is True
+    h.provision()
+    assert h.ok("info")["default_pin"] is False
+    h.restart()
+    assert h.ok("info")["default_pin"] is False
+
+
+@pytest.mark.parametrize("op", ["generate_key", "sign", "sign_digest", "decrypt"])
+def test_the_default_pin_refuses_keys_and_signatures(tmp_path, op):
+    # A module on its default PIN with a key in slot 0 (a store from before revision 2).
+    path = tmp_path / "s.bin"
+    priv, pub = gm_sm2.generate_keypair()
+    store = keystore.KeyStore(str(path))
+    state = keystore.default_state()
+    state["keys"][0] = ["sm2", priv, pub]
+    state["counters"][0] = 7
+    store.save(state)
+    h = Harness(path, provision=False)
+    h.login(FACTORY_PIN)
+    before = h.state()
+    args = {
+        "generate_key": {"slot": 1, "alg": "sm2"},
+        "sign": {"slot": 0, "message": b"m"},
+        "sign_digest": {"slot": 0, "digest": bytes(32)},
+        "decrypt": {"slot": 0, "ciphertext": gm_sm2.encrypt(pub, b"secret")},
+    }[op]
+    rsp = h.err("PIN_DEFAULT", op, **args)
+    assert rsp["code"] == 0x01000101 and set(rsp) == {"ok", "code", "error", "message"}
+    assert h.state() == before
+    # change_pin works on the default PIN; then the same command does
+    h.ok("change_pin", old=FACTORY_PIN, new=NEW_PIN)
+    h.ok(op, **args)
+    if op.startswith("sign"):
+        assert h.state()["counters"][0] == 8
+
+
+def test_the_default_pin_does_not_refuse_what_the_protocol_allows(tmp_path):
+    h = Harness(tmp_path / "s.bin", provision=False)
+    h.login(FACTORY_PIN)
+    h.err("KEYNOTEXIST", "delete_key", slot=0)  # not on the refused list
+    h.ok("hash_init", alg="sm3")
+    h.ok("random", length=8)
+
+
+def test_the_default_pin_is_checked_before_the_arguments(tmp_path):
+    h = Harness(tmp_path / "s.bin", provision=False)
+    h.err("PARDENY", "sign", slot=99)  # the session first
+    h.login(FACTORY_PIN)
+    h.err("PIN_DEFAULT", "sign", slot=99)
+
+
+# -- PIN attempts: the slow-down ------------------------------------------------------------
+
+
+def _timed(h, op, **args):
+    """(response, module-clock ms the command took, progress calls meanwhile)."""
+    t0, p0 = h.clock[0], h.progress_calls
+    rsp = h(op, **args)
+    return rsp, h.clock[0] - t0, h.progress_calls - p0
+
+
+def test_after_three_failures_each_attempt_waits_a_second(fast):
+    took = [_timed(fast, "login", pin="000000")[1] for _ in range(3)]
+    assert took == [0, 0, 0]
+    rsp, ms, progress = _timed(fast, "login", pin="000000")
+    assert rsp["error"] == "PARDENY" and rsp["retries"] == 1
+    assert ms >= module.SLOWDOWN_MS and progress >= module.SLOWDOWN_MS // module.SLOW_STEP_MS
+    assert max(fast.sleeps) <= module.SLOW_STEP_MS  # small steps: WAIT frames meanwhile
+    rsp, ms, _ = _timed(fast, "login", pin=PIN)  # the right PIN waits too
+    assert rsp["ok"] and ms >= module.SLOWDOWN_MS
+    assert [_timed(fast, "login", pin="000000")[1] for _ in range(3)] == [0, 0, 0]
+
+
+def test_the_slow_down_counts_failures_across_restarts(fast):
+    for _ in range(3):
+        fast.err("PARDENY", "login", pin="000000")
+    fast.restart()  # power-cycling does not buy fast guesses
+    assert _timed(fast, "login", pin="000000")[1] >= module.SLOWDOWN_MS
+
+
+def test_the_slow_down_covers_every_pin_check(fast):
+    fast.login()
+    for _ in range(3):
+        fast.err("PARDENY", "change_pin", old="999999", new=NEW_PIN)
+    assert _timed(fast, "change_pin", old="999999", new=NEW_PIN)[1] >= module.SLOWDOWN_MS
+    rsp, ms, _ = _timed(fast, "factory_reset", confirm="erase", pin="999999")
+    assert rsp["error"] == "PIN_LOCKED" and ms >= module.SLOWDOWN_MS
+    rsp, ms, _ = _timed(fast, "login", pin=PIN)  # locked: nothing to compare, no pause
+    assert rsp["error"] == "PIN_LOCKED" and ms == 0
 
 
 # -- keys -----------------------------------------------------------------------------------
@@ -552,15 +893,54 @@ def test_hash_context_limits(fast):
 
 def test_hash_contexts_survive_logout_and_die_on_reset(fast):
     fast.login()
+    session = fast.session
     ctx = fast.ok("hash_init", alg="sm3")["context"]
     fast.ok("hash_update", context=ctx, data=b"abc")
     fast.ok("logout")
-    assert fast.ok("hash_final", context=ctx)["digest"] == gm_sm3.digest(b"abc")
+    assert fast.ok("hash_final", context=ctx,
+                   _session=session)["digest"] == gm_sm3.digest(b"abc")
     ctx = fast.ok("hash_init", alg="sm3")["context"]
     fast.ok("reset")
     assert fast.m.reset_requested is True
     fast.restart()  # what the main loop does after sending the RSP
     fast.err("STEPERR", "hash_update", context=ctx, data=b"x")
+
+
+def test_hash_commands_carry_the_open_session(fast):
+    ctx = fast.ok("hash_init", alg="sm3")["context"]  # no session open: none needed
+    fast.login()
+    session = fast.session
+    for sent in (None, os.urandom(16)):
+        fast.err("PARDENY", "hash_init", alg="sm3", _session=sent)
+        fast.err("PARDENY", "hash_update", context=ctx, data=b"x", _session=sent)
+        fast.err("PARDENY", "hash_final", context=ctx, _session=sent)
+    assert len(fast.m.contexts) == 1
+    mine = fast.ok("hash_init", alg="sm3", _session=session)["context"]
+    fast.ok("hash_update", context=mine, data=b"abc", _session=session)
+    assert fast.ok("hash_final", context=mine)["digest"] == gm_sm3.digest(b"abc")
+
+
+def test_hash_contexts_of_another_session_do_not_exist_for_the_caller(fast):
+    fast.login()
+    first = fast.session
+    ctx = fast.ok("hash_init", alg="sm3")["context"]
+    fast.ok("hash_update", context=ctx, data=b"ab")
+    fast.login()  # a new session: the context stays the first one's
+    fast.err("STEPERR", "hash_update", context=ctx, data=b"x")
+    fast.err("STEPERR", "hash_final", context=ctx)
+    fast.ok("logout")
+    fast.err("STEPERR", "hash_update", context=ctx, data=b"x", _session=None)
+    fast.err("STEPERR", "hash_final", context=ctx, _session=os.urandom(16))
+    # untouched: its opener finishes it
+    fast.ok("hash_update", context=ctx, data=b"c", _session=first)
+    assert fast.ok("hash_final", context=ctx,
+                   _session=first)["digest"] == gm_sm3.digest(b"abc")
+    # and one opened with no session open is nobody's session's
+    anon = fast.ok("hash_init", alg="sm3")["context"]
+    fast.login()
+    fast.err("STEPERR", "hash_final", context=anon)
+    fast.ok("logout")
+    fast.err("INARGERR", "hash_init", alg="sm3", _session=b"short")  # none open: checked
 
 
 def test_hash_bad_arguments(fast):
@@ -738,7 +1118,7 @@ def test_undecodable_or_malformed_request_is_inargerr(fast, payload):
 
 
 def test_check_order_hardfail_before_login_before_arguments(tmp_path):
-    h = Harness(tmp_path / "s.bin", kat_fail=True)
+    h = Harness(tmp_path / "s.bin", kat_fail=True, provision=False)
     h.err("HARDFAIL", "sign", slot=99)
     h2 = Harness(tmp_path / "t.bin")
     h2.err("PARDENY", "sign", slot=99)
@@ -768,6 +1148,7 @@ def test_store_write_failure_is_filewerr_and_changes_nothing(tmp_path):
     pub = h.keygen(0)
     h.ok("sign", slot=0, message=b"m")
     h.store.fail = True
+    before_session = h.session
     h.err("FILEWERR", "generate_key", slot=1, alg="sm2")
     h.err("KEYNOTEXIST", "public_key", slot=1)
     rsp = h.err("FILEWERR", "sign", slot=0, message=b"m")
@@ -775,7 +1156,9 @@ def test_store_write_failure_is_filewerr_and_changes_nothing(tmp_path):
     h.err("FILEWERR", "delete_key", slot=0)
     assert h.ok("public_key", slot=0)["public_key"] == pub
     h.err("FILEWERR", "change_pin", old=PIN, new=NEW_PIN)
-    h.err("FILEWERR", "factory_reset", confirm="erase")
+    h.err("FILEWERR", "factory_reset", confirm="erase", pin=PIN)
+    h.err("FILEWERR", "login", pin=PIN)
+    assert h.m.session == before_session  # none of those ended or replaced it
     h.store.fail = False
     assert h.ok("sign", slot=0, message=b"m")["counter"] == 2
     h.restart()
@@ -786,10 +1169,10 @@ def test_boot_survives_an_unwritable_store(tmp_path):
     path = tmp_path / "s.bin"
     store = FailingStore(str(path))
     store.fail = True
-    h = Harness(path, store=store)
+    h = Harness(path, store=store, provision=False)
     assert h.boot_info["boot_count"] == 1
     h.ok("info")
-    h.err("FILEWERR", "login", pin=PIN)
+    h.err("FILEWERR", "login", pin=FACTORY_PIN)
 
 
 # -- progress and the slow-down loop --------------------------------------------------------
@@ -876,7 +1259,7 @@ REQUEST_VALUES = st.recursive(
 ARG_NAMES = st.sampled_from(["slot", "alg", "overwrite", "message", "digest", "id", "pin",
                              "old", "new", "public_key", "signature", "context", "data",
                              "ciphertext", "mode", "encrypt", "key", "iv", "length", "confirm",
-                             "x"])
+                             "session", "x"])
 
 
 @pytest.fixture(scope="module")
@@ -902,7 +1285,11 @@ def test_fuzzed_requests_always_get_a_wellformed_answer(fuzz_harness, op, args):
     if not rsp["ok"]:
         assert rsp["error"] == codes.NAMES[rsp["code"]]
         assert rsp["error"] != "UNKNOWERR", rsp
-    if not h.m.logged_in or h.m.state["pin_retries"] < 5:  # keep the session usable
-        h.ok("factory_reset", confirm="erase")
+    if not h.m.logged_in or h.m.session != h.session or h.m.state["pin_retries"] < 5:
+        # keep the session usable: start over as a technician would
+        h.button = h.m.state["pin_retries"] == 0
+        h.ok("factory_reset", confirm="erase", **({} if h.button else {"pin": PIN}))
+        h.button = False
+        h.provision()
         h.login()
         h.keygen(0, overwrite=True)

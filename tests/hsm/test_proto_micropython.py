@@ -137,7 +137,7 @@ def test_micropython_crc32(mp):
 
 
 def test_micropython_codes(mp):
-    assert mp["codes"] == "24 1000100 INARGERR 1000007"
+    assert mp["codes"] == "25 1000100 1000101 INARGERR 1000007"
 
 
 def test_micropython_mcbor_decodes_what_wire_decodes(mp, cases):

@@ -48,13 +48,14 @@ from appliance.node.store import HeaderStore
 from appliance.node.tx import ModuleSigner, SoftwareSigner
 from hil import chain as hc
 from hil.district_node import DistrictNodeProcess
-from hil.hsm_emulator import HsmEmulator
+from hil.hsm_emulator import PROVISIONED_PIN, HsmEmulator, provision
 from hil.identity_service import IdentityService, load_reference
-from hil.sim_hall import PIN, provision, qr_frame
+from hil.sim_hall import qr_frame
 from hil.synthetic_face import StaticPrint, Subject
 
 pytestmark = pytest.mark.timeout(300)
 
+PIN = PROVISIONED_PIN  # set when the module is provisioned (the factory PIN cannot sign)
 SLOT = 1
 CITIZEN_ID = "110108198001010015"
 OFFICE = "朝阳区政务服务中心 Chaoyang hall"
@@ -145,7 +146,7 @@ def hall(tmp_path_factory: pytest.TempPathFactory):
     h = Hall(root, chain, (chain / "trust.cbor").read_bytes(), b"")
     h.start_module()
     # set up as a technician would: PIN changed, key generated inside the module
-    h.terminal_key = provision(h.port, PIN, slot=SLOT)
+    h.terminal_key, _ = provision(h.port, slot=SLOT, pin=PIN)
     h.start_nodes(producer_only=True)
     try:
         with hc.Chain.open(chain, readonly=True) as c:

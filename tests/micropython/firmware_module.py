@@ -3,9 +3,11 @@
 Usage: micropython firmware_module.py <firmware dir> <proto dir> <gm/pure dir> <scratch dir>
 
 Imports firmware/, proto/ and appliance/gm/pure/ flatly, as the frozen firmware does, drives
-Module directly (no framing) through a conformance subset -- PIN counting and lock, key
-generation, signing, hashing with Z_A, SM2 encryption, SM4, error codes -- and power cuts at
-seeded random bytes of key-store writes with restarts. Prints one ``name value`` line per
+Module directly (no framing) through a conformance subset -- PIN counting and lock, sessions,
+the default PIN, the slow-down after failed PINs, factory_reset with the PIN or the reset
+button, key generation, signing, hashing with Z_A, SM2 encryption, SM4, error codes -- and
+power cuts at seeded random bytes of key-store writes (and during the PIN comparison) with
+restarts. The module's clock is simulated: its sleeps advance it. Prints one ``name value`` line per
 result (hex for bytes); tests/hsm/test_firmware_micropython.py checks them against
 appliance.gm and against the same script run by CPython. Nothing is asserted here.
 """
@@ -26,7 +28,21 @@ import keystore
 import mcbor
 import module
 
-PIN = "123456"
+FACTORY_PIN = "123456"
+PIN = "11223344"
+CARRY = ("change_pin", "generate_key", "delete_key", "sign", "sign_digest", "decrypt",
+         "logout", "reset", "hash_init", "hash_update", "hash_final")
+SESSIONS = {}  # id(module) -> the session its last login returned
+CLOCK = [0]
+BUTTON = [False]
+
+
+def fake_ms():
+    return CLOCK[0]
+
+
+def fake_sleep(n):
+    CLOCK[0] += n
 
 
 def ms():
@@ -58,15 +74,27 @@ BACKEND = crypto.load()
 
 
 def start(path, cut=None, kat_fail=False):
-    m = module.Module(keystore.KeyStore(path, cut), BACKEND, os.urandom, ms,
-                      kat_fail=kat_fail)
+    m = module.Module(keystore.KeyStore(path, cut), BACKEND, os.urandom, fake_ms,
+                      kat_fail=kat_fail, sleep_ms=fake_sleep, presence=lambda: BUTTON[0])
     m.boot()
     return m
 
 
 def call(m, op, **args):
+    """One command; the module's session is added where the op carries one (session=None
+    sends none, session=x sends x)."""
+    if "session" in args:
+        if args["session"] is None:
+            del args["session"]
+    elif op in CARRY and SESSIONS.get(id(m)) is not None:
+        args["session"] = SESSIONS[id(m)]
     args["op"] = op
-    return mcbor.decode(m.handle(mcbor.encode(args)))
+    rsp = mcbor.decode(m.handle(mcbor.encode(args)))
+    if rsp["ok"] and op == "login":
+        SESSIONS[id(m)] = rsp["session"]
+    elif rsp["ok"] and op in ("logout", "factory_reset"):
+        SESSIONS[id(m)] = None
+    return rsp
 
 
 def err(m, op, **args):
@@ -92,25 +120,41 @@ info = call(m, "info")
 out("info.slots", info["slots"])
 out("info.retries", info["pin_retries"])
 out("info.algs", ",".join(info["algs"]))
+out("info.default_pin", info["default_pin"])
 
 # PIN: 4 x PARDENY, then PIN_LOCKED; the lock survives a restart; factory_reset clears it
-for i in range(5):
-    rsp = call(m, "login", pin="000000")
-    out("pin.bad.%d" % i, "%s:%s" % (rsp["error"], rsp.get("retries")))
 m = start(path)
-out("pin.locked.restart", err(m, "login", pin=PIN))
+for i in range(5):
+    CLOCK[0] = 0
+    rsp = call(m, "login", pin="000000")
+    out("pin.bad.%d" % i, "%s:%s:%d" % (rsp["error"], rsp.get("retries"), CLOCK[0] >= 1000))
+m = start(path)
+out("pin.locked.restart", err(m, "login", pin=FACTORY_PIN))
+out("pin.factory_reset.nobutton", err(m, "factory_reset", confirm="erase"))
+BUTTON[0] = True
 out("pin.factory_reset", err(m, "factory_reset", confirm="erase"))
-out("pin.login", err(m, "login", pin=PIN))
-out("pin.change.default", err(m, "change_pin", old=PIN, new=PIN))
-out("pin.change.unicode", err(m, "change_pin", old=PIN, new="\u5bc6\u7801\u5bc6\u7801\u5bc6\u7801"))
+BUTTON[0] = False
+out("pin.login", err(m, "login", pin=FACTORY_PIN))
+out("pin.session.len", len(SESSIONS[id(m)]))
+out("pin.default.keygen", err(m, "generate_key", slot=0, alg="sm2"))
+out("pin.change.default", err(m, "change_pin", old=FACTORY_PIN, new=FACTORY_PIN))
+out("pin.change.unicode", err(m, "change_pin", old=FACTORY_PIN,
+                              new="\u5bc6\u7801\u5bc6\u7801\u5bc6\u7801"))
+out("pin.default.after", call(m, "info")["default_pin"])
 m = start(path)
 out("pin.login.unicode", err(m, "login", pin="\u5bc6\u7801\u5bc6\u7801\u5bc6\u7801"))
-out("pin.factory_reset2", err(m, "factory_reset", confirm="erase"))
-out("pin.login2", err(m, "login", pin=PIN))
+out("pin.factory_reset.nopin", err(m, "factory_reset", confirm="erase"))
+rsp = call(m, "factory_reset", confirm="erase", pin="999999")
+out("pin.factory_reset.wrong", "%s:%s" % (rsp["error"], rsp["retries"]))
+out("pin.factory_reset2", err(m, "factory_reset", confirm="erase",
+                              pin="\u5bc6\u7801\u5bc6\u7801\u5bc6\u7801"))
+out("pin.login2", err(m, "login", pin=FACTORY_PIN))
+out("pin.change.work", err(m, "change_pin", old=FACTORY_PIN, new=PIN))
 
 # keys and signatures
 out("sign.nologin", err(start(path), "sign", slot=0, message=b"m"))
 out("sign.empty", err(m, "sign", slot=0, message=b"m"))
+out("sign.nosession", err(m, "sign", slot=0, message=b"m", session=None))
 t0 = ms()
 pub = call(m, "generate_key", slot=0, alg="sm2")["public_key"]
 out("keygen.ms", elapsed(t0))
@@ -139,6 +183,56 @@ out("verify.badkey", err(m, "verify", alg="sm2", public_key=b"\x04" + bytes(64),
 m = start(path)
 call(m, "login", pin=PIN)
 out("sign.counter.restart", call(m, "sign", slot=0, message=b"x")["counter"])
+
+# sessions: refused without it or with another; a failed login keeps it; only a successful
+# one replaces it; logout and reset carry it while it is open
+session = SESSIONS[id(m)]
+out("session.missing", err(m, "sign", slot=0, message=b"x", session=None))
+out("session.other", err(m, "sign", slot=0, message=b"x", session=bytes(16)))
+out("session.counter", call(m, "sign", slot=0, message=b"x")["counter"])
+out("session.badlogin", err(m, "login", pin="000000"))
+out("session.kept", call(m, "sign", slot=0, message=b"x", session=session)["counter"])
+out("session.logout.missing", err(m, "logout", session=None))
+out("session.reset.other", err(m, "reset", session=bytes(16)))
+out("session.reset.flag", m.reset_requested)
+ctx = call(m, "hash_init", alg="sm3")["context"]
+out("session.hash.missing", err(m, "hash_update", context=ctx, data=b"x", session=None))
+call(m, "login", pin=PIN)
+out("session.replaced", err(m, "sign", slot=0, message=b"x", session=session))
+out("session.hash.other", err(m, "hash_final", context=ctx))
+out("session.hash.owner", err(m, "hash_final", context=ctx, session=session))
+call(m, "logout")
+out("session.logout", err(m, "sign", slot=0, message=b"x", session=session))
+
+# slow-down: after 3 failed PINs every comparison is answered 1 s (module clock) later
+took = []
+for _ in range(4):
+    CLOCK[0] = 0
+    call(m, "login", pin="000000")
+    took.append(CLOCK[0])
+out("slow.took", ",".join(["%d" % (t >= 1000) for t in took]))
+CLOCK[0] = 0
+out("slow.right", err(m, "login", pin=PIN))
+out("slow.right.took", CLOCK[0] >= 1000)
+
+# a power cut while the PIN is compared: the try is already spent
+real_pin_hash = module.Module._pin_hash
+
+
+def cut_in_comparison(self, salt, pin):
+    raise keystore.PowerCut("cut")
+
+
+module.Module._pin_hash = cut_in_comparison
+try:
+    call(m, "login", pin=PIN)
+    out("cut.comparison", "no cut")
+except keystore.PowerCut:
+    out("cut.comparison", "cut")
+module.Module._pin_hash = real_pin_hash
+m = start(path)
+out("cut.comparison.retries", call(m, "info")["pin_retries"])
+call(m, "login", pin=PIN)
 
 # hashing with Z_A, contexts
 ctx = call(m, "hash_init", alg="sm3", public_key=pub)["context"]

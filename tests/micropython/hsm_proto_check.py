@@ -95,8 +95,8 @@ for n in (0, 1, 100, 3000):
                                           frame.crc32_py(data, 0x12345678)))
 
 # --- codes --------------------------------------------------------------------------------------
-out("codes", "%d %x %s %x" % (len(codes.CODES), codes.PIN_LOCKED, codes.NAMES[codes.INARGERR],
-                              codes.CODES["PARDENY"]))
+out("codes", "%d %x %x %s %x" % (len(codes.CODES), codes.PIN_LOCKED, codes.PIN_DEFAULT,
+                                 codes.NAMES[codes.INARGERR], codes.CODES["PARDENY"]))
 
 # --- mcbor --------------------------------------------------------------------------------------
 with open(sys.argv[3]) as f:

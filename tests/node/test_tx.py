@@ -18,7 +18,7 @@ from appliance.node.tx import ModuleSigner, SoftwareSigner, build_tx, verify_lin
 from appliance.node.verify import verify_tx
 from hil import chain as hc
 from hil.district_node import DistrictNode
-from hil.hsm_emulator import HsmEmulator
+from hil.hsm_emulator import HsmEmulator, change_factory_pin
 
 CHAIN_ID = "tx-test-chain"
 
@@ -69,7 +69,7 @@ def test_a_faulty_signer_is_caught_before_submission():
 
 def test_module_signer_signs_inside_the_crypto_module(tmp_path):
     with HsmEmulator(tmp_path / "gm0", tmp_path / "module.bin") as emu, \
-            Client(emu.port, pin="123456") as client:
+            Client(emu.port, pin=change_factory_pin(emu.port)) as client:
         public = client.generate_key(0)
         signer = ModuleSigner(client, 0)
         assert signer.public_key == public

@@ -147,6 +147,16 @@ def _exists(path):
         return False
 
 
+def _create(path):
+    """An empty store file, readable by its owner only where the OS has file modes."""
+    opener = getattr(os, "open", None)
+    if opener is None:  # MicroPython: no modes (on the MCU the store is internal flash)
+        with open(path, "wb"):
+            pass
+        return
+    os.close(opener(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
 class KeyStore:
     """The A/B record file at ``path``; ``cut`` is the power-cut hook (see module doc)."""
 
@@ -195,8 +205,7 @@ class KeyStore:
             seq, region = (self._seq + 1) & 0xFFFFFFFF, 1 - self._region
         record = encode_record(seq, state)
         if not _exists(self.path):
-            with open(self.path, "wb"):
-                pass
+            _create(self.path)
         n = len(record)
         m = self.cut(n) if self.cut is not None else None
         torn = isinstance(m, int) and not isinstance(m, bool) and 0 <= m < n

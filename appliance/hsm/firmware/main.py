@@ -2,6 +2,7 @@
 
     python|micropython main.py --store FILE [--serial S] [--seed N] [--cut-write P]
                                [--kat-fail] [--slow-ms N] [--crypto auto|openssl|pure]
+                               [--presence FILE]
 
 * ``--store FILE``   the key store (A/B record file, created when missing).
 * ``--serial S``     the serial number reported in BOOT and ``info``.
@@ -15,12 +16,14 @@
 * ``--crypto``       ``auto`` (default): OpenSSL through ``appliance.gm`` when it imports
                      (CPython with the repo root importable), else the pure-Python code;
                      ``openssl``/``pure`` force one. MicroPython always runs the pure code.
+* ``--presence FILE`` the module's reset button: held while FILE exists (the emulator's
+                     rig presses it by creating the file; an MCU reads a GPIO instead).
 
 Start-up sends BOOT; then each REQ runs through ``ModuleLink`` and ``Module.handle``. While a
 request runs, ``progress()`` (called by the module at checkpoints) sends WAIT for its seq: the
 first after 100 ms, then every 150 ms (the protocol asks for at least every 200 ms). After a
 ``reset`` request the RSP goes out first, then the module restarts (new ``Module``: contexts
-and login gone, KATs again, boot_count + 1) and sends BOOT. EOF on stdin exits with status 0.
+and session gone, KATs again, boot_count + 1) and sends BOOT. EOF on stdin exits with status 0.
 
 I/O: CPython uses ``os.read(0, 4096)``/``os.write(1, ...)``. The MicroPython unix port has no
 ``os.read`` and its ``stdin.buffer.read(n)`` blocks until n bytes arrived, so it waits with
@@ -57,7 +60,7 @@ WAIT_EVERY_MS = 150
 READ_MAX = 4096
 
 USAGE = ("usage: main.py --store FILE [--serial S] [--seed N] [--cut-write P] [--kat-fail] "
-         "[--slow-ms N] [--crypto auto|openssl|pure]")
+         "[--slow-ms N] [--crypto auto|openssl|pure] [--presence FILE]")
 
 
 class UsageError(Exception):
@@ -67,7 +70,7 @@ class UsageError(Exception):
 def parse_args(argv):
     """argv (without the program name) -> dict of options; UsageError when wrong."""
     opts = {"store": None, "serial": "GMCM-EMU-000001", "seed": 1, "cut_write": 0.0,
-            "kat_fail": False, "slow_ms": 0, "crypto": "auto"}
+            "kat_fail": False, "slow_ms": 0, "crypto": "auto", "presence": None}
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -76,7 +79,7 @@ def parse_args(argv):
             i += 1
             continue
         if arg not in ("--store", "--serial", "--seed", "--cut-write", "--slow-ms",
-                       "--crypto"):
+                       "--crypto", "--presence"):
             raise UsageError("unknown option " + arg)
         if i + 1 >= len(argv):
             raise UsageError(arg + " needs a value")
@@ -93,6 +96,8 @@ def parse_args(argv):
                 opts["cut_write"] = float(value)
             elif arg == "--slow-ms":
                 opts["slow_ms"] = int(value)
+            elif arg == "--presence":
+                opts["presence"] = value
             else:
                 if value not in ("auto", "openssl", "pure"):
                     raise ValueError(value)
@@ -156,6 +161,21 @@ def _clock():
         return state[1]
 
     return now_ms
+
+
+def make_presence(path):
+    """The reset button of the emulated module: held while ``path`` exists."""
+    if path is None:
+        return None
+
+    def held():
+        try:
+            os.stat(path)
+            return True
+        except OSError:
+            return False
+
+    return held
 
 
 def _sleep_ms(ms):
@@ -262,11 +282,12 @@ def serve(opts, io):
     link = modlink.ModuleLink()
     now_ms = _clock()
     waiter = Waiter(link, io, now_ms)
+    presence = make_presence(opts["presence"])
 
     def start():
         mod = module.Module(store, backend, os.urandom, now_ms, waiter.progress,
                             serial=opts["serial"], kat_fail=opts["kat_fail"],
-                            slow_ms=opts["slow_ms"], sleep_ms=_sleep_ms)
+                            slow_ms=opts["slow_ms"], sleep_ms=_sleep_ms, presence=presence)
         io.write(link.boot(mcbor.encode(mod.boot())))
         return mod
 

@@ -1,19 +1,23 @@
-"""The crypto module's command processor (protocol v1 §3 and §4), sans-I/O.
+"""The crypto module's command processor (protocol §3 and §4, revision 2), sans-I/O.
 
 ``Module(store, crypto, rand, now_ms, progress=None, serial=..., kat_fail=False, slow_ms=0,
-sleep_ms=None)``:
+sleep_ms=None, presence=None)``:
 
 * ``store``   a ``keystore.KeyStore`` (``load() -> state``, ``save(state)``);
 * ``crypto``  a ``crypto.load()`` backend;
-* ``rand``    ``rand(n) -> n bytes``, the RNG (``os.urandom``; an MCU's hardware RNG);
-* ``now_ms``  a monotonic millisecond clock (only the ``slow_ms`` slow-down reads it);
+* ``rand``    ``rand(n) -> n bytes``, the RNG (``os.urandom``; an MCU's hardware RNG): keys,
+  nonces, salts, sessions;
+* ``now_ms``/``sleep_ms`` the module's monotonic millisecond clock and how it sleeps; read by
+  the PIN slow-down (and the ``slow_ms`` test tooling), which sleeps in small steps calling
+  ``progress()``. Tests that drive a Module directly give a clock that ``sleep_ms`` advances;
 * ``progress`` called at checkpoints of long operations (between KATs, around key
-  generation, before and after every store write, in the slow-down loop); the main loop sends
-  WAIT frames from it;
+  generation, before and after every store write, in every pause); the main loop sends WAIT
+  frames from it;
 * ``kat_fail`` an injected fault: the power-up self test fails, crypto commands answer
   HARDFAIL;
-* ``slow_ms``/``sleep_ms`` test tooling: every command first spends ``slow_ms`` ms in a loop
-  that sleeps in small steps (``sleep_ms(n)``) and calls ``progress()``.
+* ``slow_ms`` test tooling: every command first spends ``slow_ms`` ms pausing;
+* ``presence`` ``presence() -> bool``: the reset button is held (physical presence, for a
+  ``factory_reset`` once the PIN is locked); None: no button, never held.
 
 ``boot() -> dict`` runs the power-up KATs, bumps and persists ``boot_count`` (and provisions
 the default PIN on a fresh store) and returns the BOOT payload. ``handle(payload) -> payload``
@@ -25,12 +29,22 @@ restarts the module (a new ``Module`` on the same store) and sends BOOT.
 Rules worth knowing (see docs/crypto-module.md for the ones marked "ours" there):
 
 * Check order: request decoding and ``op`` (INARGERR / NOTSUPPORT), then HARDFAIL for crypto
-  commands after a failed self test, then login (PARDENY), then the arguments (INARGERR for a
-  missing, mistyped, out-of-range or unknown argument), then the operation itself.
+  commands after a failed self test, then the session (PARDENY), then the default PIN
+  (PIN_DEFAULT), then the arguments (INARGERR for a missing, mistyped, out-of-range or
+  unknown argument), then the operation itself.
+* Sessions: a successful ``login`` returns ``session``, 16 fresh bytes from the RNG, and only
+  a successful login replaces it; ``logout``, ``reset``, ``factory_reset`` and a restart end
+  it. Commands that need login carry it; ``logout``, ``reset`` and ``hash_*`` carry it while a
+  session is open. A missing or different one is PARDENY and changes nothing. A hash context
+  belongs to the session it was opened under (none when no session was open): any other
+  caller is answered as if it did not exist (STEPERR).
 * PIN: the retry counter is decremented and persisted before the comparison, and reset to 5
   (persisted) on success; the try that uses the last retry and every later one answer
-  PIN_LOCKED until ``factory_reset``. The PIN is stored as SM3(salt || PIN), compared in
-  constant time. A PIN argument outside 6..16 characters is INARGERR and costs no try.
+  PIN_LOCKED until ``factory_reset``. After 3 consecutive failures every further comparison
+  is answered no sooner than 1 s after it arrived (pausing, so WAIT frames go out). The PIN
+  is stored as SM3(salt || PIN), compared in constant time. A PIN argument outside 6..16
+  characters is INARGERR and costs no try. While the PIN is the default, ``generate_key``,
+  ``sign``, ``sign_digest`` and ``decrypt`` answer PIN_DEFAULT.
 * Signature counters: incremented and persisted before the signature is returned; a failed
   write (FILEWERR) returns no signature. Never reset except by ``factory_reset``.
 * State changes are all-or-nothing: a new state is built on a copy and becomes current only
@@ -69,10 +83,19 @@ MAX_SIGNATURE = 1024  # verify: longer is an argument error, shorter but wrong i
 MAX_RANDOM = 1024
 MAX_CONTEXTS = 4
 SALT_SIZE = 16
+SESSION_SIZE = 16
 SLOW_STEP_MS = 20
+SLOWDOWN_AFTER = 3  # consecutive failed PIN checks after which every further one pauses
+SLOWDOWN_MS = 1000
 
 # the commands that still answer after a failed self test (everything else: HARDFAIL)
 _NO_CRYPTO = ("info", "login", "logout", "factory_reset", "self_test", "reset")
+# the commands a module on its default PIN refuses (PIN_DEFAULT)
+_NOT_ON_DEFAULT_PIN = ("generate_key", "sign", "sign_digest", "decrypt")
+# how a command relates to the session
+_OPEN = 0  # carries no session
+_LOGIN = 1  # needs login: carries the open session
+_WHILE_OPEN = 2  # carries the session while one is open
 
 
 class Fail(Exception):
@@ -188,7 +211,7 @@ class Module:
     """The command processor; see the module docstring."""
 
     def __init__(self, store, crypto, rand, now_ms, progress=None, serial="GMCM-EMU-000001",
-                 kat_fail=False, slow_ms=0, sleep_ms=None):
+                 kat_fail=False, slow_ms=0, sleep_ms=None, presence=None):
         self.store = store
         self.crypto = crypto
         self.rand = rand
@@ -198,37 +221,44 @@ class Module:
         self.kat_fail = kat_fail
         self.slow_ms = slow_ms
         self.sleep_ms = sleep_ms if sleep_ms is not None else _default_sleep
+        self.presence = presence
         self.state = store.load()
-        self.logged_in = False
-        self.contexts = {}
+        self.session = None  # bytes(16) while a session is open
+        self.contexts = {}  # context -> [hash object, owner session or None]
+        self._default_pin = None  # (pin_hash, is the default PIN) of the last check
         self.kat_results = None  # None until boot() ran the self test
         self.failed = True  # crypto commands answer HARDFAIL until a passed self test
         self.reset_requested = False
         self._next_context = 1
-        # name -> (method, allowed arguments, needs login)
+        # name -> (method, allowed arguments, session rule); "session" is allowed where the
+        # rule is not _OPEN
         self._ops = {
-            "info": (self._info, (), False),
-            "login": (self._login, ("pin",), False),
-            "logout": (self._logout, (), False),
-            "change_pin": (self._change_pin, ("old", "new"), True),
-            "generate_key": (self._generate_key, ("slot", "alg", "overwrite"), True),
-            "public_key": (self._public_key, ("slot",), False),
-            "delete_key": (self._delete_key, ("slot",), True),
-            "sign": (self._sign, ("slot", "message", "id"), True),
-            "sign_digest": (self._sign_digest, ("slot", "digest"), True),
+            "info": (self._info, (), _OPEN),
+            "login": (self._login, ("pin",), _OPEN),
+            "logout": (self._logout, (), _WHILE_OPEN),
+            "change_pin": (self._change_pin, ("old", "new"), _LOGIN),
+            "generate_key": (self._generate_key, ("slot", "alg", "overwrite"), _LOGIN),
+            "public_key": (self._public_key, ("slot",), _OPEN),
+            "delete_key": (self._delete_key, ("slot",), _LOGIN),
+            "sign": (self._sign, ("slot", "message", "id"), _LOGIN),
+            "sign_digest": (self._sign_digest, ("slot", "digest"), _LOGIN),
             "verify": (self._verify,
-                       ("alg", "public_key", "message", "digest", "signature", "id"), False),
-            "hash_init": (self._hash_init, ("alg", "public_key", "id"), False),
-            "hash_update": (self._hash_update, ("context", "data"), False),
-            "hash_final": (self._hash_final, ("context",), False),
-            "encrypt": (self._encrypt, ("alg", "public_key", "data"), False),
-            "decrypt": (self._decrypt, ("slot", "ciphertext"), True),
-            "sm4": (self._sm4, ("mode", "encrypt", "key", "iv", "data"), False),
-            "random": (self._random, ("length",), False),
-            "self_test": (self._self_test, (), False),
-            "reset": (self._reset, (), False),
-            "factory_reset": (self._factory_reset, ("confirm",), False),
+                       ("alg", "public_key", "message", "digest", "signature", "id"), _OPEN),
+            "hash_init": (self._hash_init, ("alg", "public_key", "id"), _WHILE_OPEN),
+            "hash_update": (self._hash_update, ("context", "data"), _WHILE_OPEN),
+            "hash_final": (self._hash_final, ("context",), _WHILE_OPEN),
+            "encrypt": (self._encrypt, ("alg", "public_key", "data"), _OPEN),
+            "decrypt": (self._decrypt, ("slot", "ciphertext"), _LOGIN),
+            "sm4": (self._sm4, ("mode", "encrypt", "key", "iv", "data"), _OPEN),
+            "random": (self._random, ("length",), _OPEN),
+            "self_test": (self._self_test, (), _OPEN),
+            "reset": (self._reset, (), _WHILE_OPEN),
+            "factory_reset": (self._factory_reset, ("confirm", "pin"), _OPEN),
         }
+
+    @property
+    def logged_in(self):
+        return self.session is not None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -255,16 +285,34 @@ class Module:
         self.state = new
         self._progress()
 
-    def _slow(self):
-        if self.slow_ms <= 0:
+    def _pause(self, ms):
+        """Let ``ms`` pass, sleeping in small steps, calling progress() after each.
+
+        Time passed is the clock's, or the sum of the sleeps when that is more (a sleep
+        never returns early), so a clock that does not move cannot stall the module.
+        """
+        if ms <= 0:
             return
         start = self.now_ms()
+        slept = 0
         while True:
-            left = self.slow_ms - (self.now_ms() - start)
+            passed = self.now_ms() - start
+            left = ms - (passed if passed > slept else slept)
             if left <= 0:
                 break
-            self.sleep_ms(left if left < SLOW_STEP_MS else SLOW_STEP_MS)
+            step = left if left < SLOW_STEP_MS else SLOW_STEP_MS
+            self.sleep_ms(step)
+            slept += step
             self._progress()
+
+    def _held(self):
+        """The reset button is held (physical presence)."""
+        if self.presence is None:
+            return False
+        try:
+            return self.presence() is True
+        except Exception:  # a button that cannot be read is not held
+            return False
 
     def _pin_hash(self, salt, pin):
         return self.crypto.sm3(salt + pin.encode())
@@ -349,24 +397,47 @@ class Module:
         entry = self._ops.get(op)
         if entry is None:
             raise Fail(codes.NOTSUPPORT, "unknown op", {"op": op[:23]})
-        method, allowed, needs_login = entry
-        self._slow()
+        method, allowed, rule = entry
+        self._pause(self.slow_ms)
         if self.failed and op not in _NO_CRYPTO:
             raise Fail(codes.HARDFAIL, "self test failed: crypto commands are disabled")
-        if needs_login and not self.logged_in:
-            raise Fail(codes.PARDENY, "login required")
+        if rule == _LOGIN:
+            if self.session is None:
+                raise Fail(codes.PARDENY, "login required")
+            if not self._is_session(req.get("session")):
+                raise Fail(codes.PARDENY, "missing or wrong session")
+        elif rule == _WHILE_OPEN and self.session is not None:
+            if not self._is_session(req.get("session")):
+                raise Fail(codes.PARDENY, "a session is open: this command must carry it")
+        if op in _NOT_ON_DEFAULT_PIN and self._pin_is_default():
+            raise Fail(codes.PIN_DEFAULT, "the PIN is still the default: change it first")
+        if rule != _OPEN:
+            allowed = allowed + ("session",)
         return method(_Args(req, allowed))
+
+    def _is_session(self, value):
+        """``value`` is the open session (constant-time comparison)."""
+        session = self.session
+        return (session is not None and isinstance(value, bytes)
+                and _ct_equal(value, session))
+
+    def _caller(self, args):
+        """Who asks, for hash contexts: the session the request carries, or None."""
+        return args.bytes_("session", exact=SESSION_SIZE, required=False)
 
     # -- PIN --------------------------------------------------------------------------------
 
     def _check_pin(self, pin, on_success=None):
-        """Spend a try (persisted), compare; reset the tries (and apply on_success) if right."""
-        if self.state["pin_retries"] <= 0:
-            self.logged_in = False
+        """Spend a try (persisted), pause after 3 failures, compare; if right, reset the
+        tries (and apply on_success to the state written with them)."""
+        retries = self.state["pin_retries"]
+        if retries <= 0:
             raise Fail(codes.PIN_LOCKED, "PIN locked: factory_reset required", {"retries": 0})
         spent = keystore.copy_state(self.state)
-        spent["pin_retries"] = spent["pin_retries"] - 1
+        spent["pin_retries"] = retries - 1
         self._save(spent)  # persisted before the comparison decides anything
+        if PIN_TRIES - retries >= SLOWDOWN_AFTER:
+            self._pause(SLOWDOWN_MS)  # guessing cannot race the lockout
         salt, stored = spent["pin_salt"], spent["pin_hash"]
         if salt is None or stored is None:  # not provisioned (boot() always does): default
             salt, stored = b"", self._pin_hash(b"", DEFAULT_PIN)
@@ -379,9 +450,19 @@ class Module:
             return
         left = spent["pin_retries"]
         if left <= 0:
-            self.logged_in = False
             raise Fail(codes.PIN_LOCKED, "wrong PIN; PIN now locked", {"retries": 0})
         raise Fail(codes.PARDENY, "wrong PIN", {"retries": left})
+
+    def _pin_is_default(self):
+        """The stored PIN is the factory default (cached per stored hash)."""
+        salt, stored = self.state["pin_salt"], self.state["pin_hash"]
+        if salt is None or stored is None:
+            return True
+        cached = self._default_pin
+        if cached is None or cached[0] != stored:
+            cached = (stored, _ct_equal(self._pin_hash(salt, DEFAULT_PIN), stored))
+            self._default_pin = cached
+        return cached[1]
 
     def _info(self, args):
         return {
@@ -392,19 +473,20 @@ class Module:
             "algs": list(ALGS),
             "slots": SLOTS,
             "max_payload": MAX_PAYLOAD,
-            "logged_in": self.logged_in,
+            "logged_in": self.session is not None,
             "pin_retries": self.state["pin_retries"],
+            "default_pin": self._pin_is_default(),
         }
 
     def _login(self, args):
         pin = args.pin("pin")
-        self.logged_in = False  # a login attempt replaces the session, right or wrong
-        self._check_pin(pin)
-        self.logged_in = True
-        return {}
+        session = self._rand(SESSION_SIZE)  # before a try is spent: RANDERR costs none
+        self._check_pin(pin)  # a failed login leaves the open session as it was
+        self.session = session
+        return {"session": session}
 
     def _logout(self, args):
-        self.logged_in = False  # hash contexts stay open (§4)
+        self.session = None  # hash contexts stay open (§4), still their opener's
         return {}
 
     def _change_pin(self, args):
@@ -507,6 +589,7 @@ class Module:
             pub = self._public_key_arg(args)
             uid = args.bytes_("id", 0, MAX_ID, False, DEFAULT_ID)
             za = self.crypto.sm2_za(pub, uid)
+        owner = self._caller(args)
         if len(self.contexts) >= MAX_CONTEXTS:
             raise Fail(codes.NOBUFFER, "%d hash contexts already open" % MAX_CONTEXTS)
         h = self.crypto.sm3_new()
@@ -514,15 +597,17 @@ class Module:
             h.update(za)
         ctx = self._next_context
         self._next_context = ctx + 1 if ctx < 0xFFFFFFFF else 1
-        self.contexts[ctx] = h
+        self.contexts[ctx] = [h, owner]
         return {"context": ctx}
 
     def _context(self, args):
+        """(context, hash) of the caller's context; another session's does not exist for it."""
         ctx = args.uint("context")
-        h = self.contexts.get(ctx)
-        if h is None:
+        caller = self._caller(args)
+        entry = self.contexts.get(ctx)
+        if entry is None or not _same_owner(entry[1], caller):
             raise Fail(codes.STEPERR, "no such hash context", {"context": ctx})
-        return ctx, h
+        return ctx, entry[0]
 
     def _hash_update(self, args):
         ctx, h = self._context(args)
@@ -601,16 +686,42 @@ class Module:
         return {"passed": ok, "results": results}
 
     def _reset(self, args):
-        self.reset_requested = True
+        self.reset_requested = True  # the restart ends the session and the contexts
         return {}
 
     def _factory_reset(self, args):
+        """Erase: with the PIN while it is not locked (a wrong one is a failed login), with
+        the reset button held once it is."""
         if args.text("confirm") != "erase":
             raise Fail(codes.INARGERR, 'confirm must be "erase"', {"argument": "confirm"})
-        new = keystore.default_state()
-        new["boot_count"] = self.state["boot_count"]
-        self._set_pin(new, DEFAULT_PIN)
-        self._save(new)
-        self.logged_in = False
+        pin = args.pin("pin") if args.has("pin") else None
+        boot_count = self.state["boot_count"]
+        module = self
+
+        def erase(state):
+            fresh = keystore.default_state()
+            for k in fresh:
+                state[k] = fresh[k]
+            state["boot_count"] = boot_count
+            module._set_pin(state, DEFAULT_PIN)
+
+        if self.state["pin_retries"] <= 0:
+            if not self._held():
+                raise Fail(codes.PIN_LOCKED, "PIN locked: hold the reset button to erase",
+                           {"retries": 0})
+            new = keystore.copy_state(self.state)
+            erase(new)
+            self._save(new)
+        elif pin is None:
+            raise Fail(codes.PARDENY, "factory_reset needs the PIN while it is not locked")
+        else:
+            self._check_pin(pin, erase)  # one write: the tries and the erased state
+        self.session = None
         self.contexts = {}
         return {}
+
+
+def _same_owner(a, b):
+    if a is None or b is None:
+        return a is None and b is None
+    return _ct_equal(a, b)

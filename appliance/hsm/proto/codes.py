@@ -1,4 +1,4 @@
-"""GM/T 0018 (SDF) error codes used in RSP payloads (protocol §3), plus our PIN_LOCKED.
+"""GM/T 0018 (SDF) error codes used in RSP payloads (protocol §3), plus PIN_LOCKED and PIN_DEFAULT.
 
 An error RSP carries ``code`` (the number) and ``error`` (the name without the ``SDR_`` prefix).
 ``NAMES`` maps code -> name and ``CODES`` name -> code, so both sides spell them the same way.
@@ -29,7 +29,8 @@ FILEWERR = SDR_BASE + 0x1B  # key store write failed
 NOBUFFER = SDR_BASE + 0x1C
 INARGERR = SDR_BASE + 0x1D  # bad or missing argument
 OUTARGERR = SDR_BASE + 0x1E
-PIN_LOCKED = SDR_BASE + 0x100  # ours: no PIN tries left
+PIN_LOCKED = SDR_BASE + 0x100  # no PIN tries left
+PIN_DEFAULT = SDR_BASE + 0x101  # the PIN is still the factory default: change it first
 
 CODES = {
     "UNKNOWERR": UNKNOWERR,
@@ -56,6 +57,7 @@ CODES = {
     "INARGERR": INARGERR,
     "OUTARGERR": OUTARGERR,
     "PIN_LOCKED": PIN_LOCKED,
+    "PIN_DEFAULT": PIN_DEFAULT,
 }
 
 NAMES = {}
