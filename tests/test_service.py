@@ -366,9 +366,10 @@ def test_run_with_a_module_on_its_factory_pin_says_what_to_do_once(tmp_path: Pat
         proc, url = _start_daemon(tmp_path, "--config", str(cfg), "--port", "0",
                                   env_extra={"APPLIANCE_HSM_PIN": FACTORY_PIN})
         try:
+            ui = UiClient.from_state(url, tmp_path / "state")
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                health = json.load(urllib.request.urlopen(url + "/api/health", timeout=10))
+                health = ui.get("/api/health")
                 if "factory PIN" in health["detail"].get("hsm", ""):
                     break
                 time.sleep(0.2)
