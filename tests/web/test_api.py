@@ -21,19 +21,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance import config
-from appliance.gm import sm3
-from appliance.kiosk import matter
+from appliance.kiosk.desk import Desk, DeskError, MatterRequest
 from appliance.kiosk.web import server as web_server
 from appliance.kiosk.web.server import WebServer
+from appliance.node import objects as ob
+from appliance.node import rules
 from appliance.service import Readiness
 
 
 class Ctx:
-    def __init__(self) -> None:
-        self.cfg = config.parse({}, env={})
+    def __init__(self, role: str = "kiosk") -> None:
+        self.cfg = config.parse({"terminal": {"role": role}}, env={})
         self.readiness = Readiness()
         self.node = None
         self.sim = None
+        self.desk = None
 
     def health(self) -> dict[str, Any]:
         return {"ready": self.readiness.ready, "parts": dict(self.readiness.parts)}
@@ -55,8 +57,8 @@ class StandInRunner:
             yield await self.queue.get()
 
 
-async def _server() -> tuple[WebServer, Ctx]:
-    ctx = Ctx()
+async def _server(role: str = "kiosk") -> tuple[WebServer, Ctx]:
+    ctx = Ctx(role)
     ctx.readiness.changed = asyncio.Event()
     srv = WebServer(ctx, "127.0.0.1", 0)
     await srv.start()
@@ -68,13 +70,15 @@ def run(coro: Any) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def authed(srv: WebServer, *, origin: bool = True) -> AsyncIterator[aiohttp.ClientSession]:
+async def authed(srv: WebServer, *, origin: bool = True, page: str | None = None
+                 ) -> AsyncIterator[aiohttp.ClientSession]:
     """A client that opened the launch URL (the session cookie) and, with ``origin``, sends
     the server's own Origin as a browser on its pages does."""
     jar = aiohttp.CookieJar(unsafe=True)  # aiohttp keeps no cookie of an IP host otherwise
+    page = page or next(iter(srv.pages))
     async with aiohttp.ClientSession(cookie_jar=jar,
                                      headers={"Origin": srv.url} if origin else None) as s:
-        async with s.get(srv.launch_url("/"), allow_redirects=False) as r:
+        async with s.get(srv.launch_url(page), allow_redirects=False) as r:
             assert r.status == 303 and srv.cookie_name in r.cookies
         yield s
 
@@ -89,12 +93,14 @@ def test_pages_headers_and_guards() -> None:
         srv, _ = await _server()
         try:
             async with authed(srv) as s:
+                # a kiosk serves no PAD page and no PAD route
                 for path in ("/", "/pad", "/static/kiosk.js", "/api/health", "/api/state",
                              "/static/nope.js", "/api/pad/samples", "/nope"):
                     async with s.get(srv.url + path) as r:
                         assert r.headers["Content-Security-Policy"] == web_server.CSP, path
                         assert r.headers["X-Content-Type-Options"] == "nosniff"
-                        assert r.status == (404 if "nope" in path else 200), path
+                        missing = "nope" in path or path.startswith(("/pad", "/api/pad"))
+                        assert r.status == (404 if missing else 200), path
                         assert r.headers["X-Frame-Options"] == "DENY"
                 async with s.get(srv.url + "/") as r:
                     html = await r.text()
@@ -125,12 +131,13 @@ def test_pages_headers_and_guards() -> None:
 @pytest.mark.parametrize("body, status", [
     ({"type": "start"}, 200),
     ({"type": "matter_text", "text": "GOVAUTH1:x"}, 200),
-    ({"type": "clerk_confirmed_id", "clerk": "A-17"}, 200),
+    ({"type": "confirmation_text", "text": "GOVCONF1:x"}, 200),
+    ({"type": "clerk_confirmed_id", "clerk": "A-17"}, 400),  # the old form: the clerk signs
     ({"type": "launch"}, 400),
     ({"type": "start", "extra": 1}, 400),
     ({"type": "matter_text"}, 400),
     ({"type": "matter_text", "text": "x" * 3000}, 400),
-    ({"type": "clerk_confirmed_id", "clerk": ""}, 400),
+    ({"type": "confirmation_text", "text": ""}, 400),
     (["start"], 400),
 ])
 def test_events_are_checked_then_posted(body: Any, status: int) -> None:
@@ -225,37 +232,57 @@ def test_qr_png_decodes_to_the_text() -> None:
     run(main())
 
 
-def test_pad_matter_makes_a_decodable_qr() -> None:
-    lic = sm3.digest(b"a license document")
+def test_pad_matter_is_signed_by_the_pad_and_verifies_as_a_kiosk_would() -> None:
+    """The PAD's desk over the API: the matter is signed with the PAD's key, names the office
+    of its enrollment, and passes every §6 check a kiosk makes; a license of another holder
+    is refused at the PAD, with a message the clerk can act on."""
+    import time
 
-    async def main() -> dict[str, Any]:
-        srv, _ = await _server()
+    from tests.node.world import CITIZEN_ID, make_world
+
+    world = make_world(time.time_ns() // 1_000_000)
+    other = world.deposit("issuer", ob.identifier_hash("110108199001010011"))
+
+    async def main() -> tuple[dict[str, Any], list[tuple[int, dict[str, Any]]]]:
+        srv, ctx = await _server("pad")
+        ctx.desk = Desk(signer=world.keys["pad"], enrollment=world.enrollments["pad"],
+                        references=world, admins=world.anchor_admins)
         try:
             async with authed(srv) as s:
-                doc = {"matter": "户籍迁入", "agency": "PSB", "office": "Window 3",
-                       "citizen": "astronaut", "licenses": [{"id": lic.hex(), "name": "ID"}],
-                       "valid_minutes": 10}
+                async with s.get(srv.url + "/api/pad/info") as r:
+                    assert (await r.json())["office"] == world.matter_body().office
+                doc = {"title": "户籍迁入", "agencies": "北京市公安局\n海淀区公安分局",
+                       "purpose": "迁入 move in", "citizen_id": CITIZEN_ID.lower(),
+                       "licenses": [t.hex() for t in world.licenses], "valid_minutes": 10}
                 async with s.post(srv.url + "/api/pad/matter", json=doc) as r:
-                    assert r.status == 200
+                    assert r.status == 200, await r.text()
                     out = await r.json()
-                async with s.post(srv.url + "/api/pad/matter", json=dict(doc, licenses=[])) as r:
-                    assert r.status == 400 and (await r.json())["error"] == "bad_matter"
-                async with s.post(srv.url + "/api/pad/matter", json=dict(doc, citizen="")) as r:
-                    assert r.status == 400
-                return out
+                refusals = []
+                for bad in (dict(doc, licenses=[]), dict(doc, citizen_id=""),
+                            dict(doc, licenses=[other.hex()]), dict(doc, use_days=91),
+                            dict(doc, title="x\u202e"), dict(doc, extra=1)):
+                    async with s.post(srv.url + "/api/pad/matter", json=bad) as r:
+                        refusals.append((r.status, await r.json()))
+                return out, refusals
         finally:
             await srv.stop()
 
-    out = run(main())
-    m = matter.decode_qr(out["qr_text"])
-    assert m.matter == "户籍迁入" and m.licenses[0].id == lic
-    assert m.subject == sm3.digest(b"astronaut")
+    out, refusals = run(main())
+    m = ob.decode_matter_qr(out["qr_text"])
+    assert m.public_key == world.keys["pad"].public_key and m.body.title == "户籍迁入"
+    assert m.body.agencies == ("北京市公安局", "海淀区公安分局")
+    assert m.body.subject == ob.identifier_hash(CITIZEN_ID)  # x and X: one identifier
+    v = rules.verify_matter(m, world.lookup, world.anchor_admins, at=world.t0)
+    assert v.pad.office == m.body.office
     assert out["qr_png"].startswith("/api/qr?text=GOVAUTH1")
+    assert [status for status, _ in refusals] == [400] * 6
+    assert all(body["error"] == "bad_matter" for _, body in refusals)
+    assert "not the citizen" in refusals[2][1]["message"]
 
 
 def test_pad_verify_limits_and_refusals() -> None:
     async def main() -> None:
-        srv, _ = await _server()
+        srv, _ = await _server("pad")
         try:
             async with authed(srv) as s:
                 # over the limit, sent chunked (no Content-Length): refused while reading
@@ -292,7 +319,7 @@ def test_pad_sample_index_is_read_a_few_bytes_at_most() -> None:
     from types import SimpleNamespace
 
     async def main() -> None:
-        srv, ctx = await _server()
+        srv, ctx = await _server("pad")
         ctx.sim = SimpleNamespace(samples=[SimpleNamespace(document=b"licence", filename="a")],
                                   citizen="astronaut")
         try:
@@ -318,10 +345,9 @@ def test_pad_sample_index_is_read_a_few_bytes_at_most() -> None:
     run(main())
 
 
-def test_pad_mode_opens_on_the_pad_page() -> None:
+def test_a_pad_opens_on_the_pad_page() -> None:
     async def main() -> None:
-        srv, ctx = await _server()
-        ctx.cfg = config.parse({"kiosk": {"mode": "pad"}}, env={})
+        srv, ctx = await _server("pad")
         try:
             async with authed(srv) as s:
                 async with s.get(srv.url + "/", allow_redirects=False) as r:
@@ -341,8 +367,7 @@ json_values = st.recursive(
                                                               max_size=4),
     max_leaves=12)
 events = st.fixed_dictionaries({"type": st.sampled_from(sorted(web_server.EVENT_TYPES))},
-                               optional={"text": json_values, "clerk": json_values,
-                                         "x": json_values})
+                               optional={"text": json_values, "x": json_values})
 
 
 @settings(max_examples=300, deadline=None)
@@ -352,27 +377,24 @@ def test_check_event_never_raises_and_passes_only_contract_events(event: Any) ->
     assert problem is None or isinstance(problem, str)
     if problem is None:
         assert isinstance(event, dict) and event["type"] in web_server.EVENT_TYPES
-        assert set(event) <= {"type", "text", "clerk"}
+        assert set(event) <= {"type", "text"}
         if "text" in event:
-            assert event["type"] == "matter_text" and isinstance(event["text"], str)
-        if "clerk" in event:
-            assert event["type"] == "clerk_confirmed_id" and 1 <= len(event["clerk"]) <= 64
+            assert event["type"] in ("matter_text", "confirmation_text")
+            assert isinstance(event["text"], str)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(json_values, st.fixed_dictionaries({}, optional={
-    "matter": json_values, "agency": json_values, "office": json_values,
-    "citizen": json_values, "subject": json_values, "valid_minutes": json_values,
-    "licenses": st.lists(st.fixed_dictionaries({}, optional={
-        "id": st.one_of(json_values, st.binary(min_size=32, max_size=32).map(bytes.hex)),
-        "name": json_values}), max_size=3)})))
-def test_pad_matter_gives_a_qr_or_a_pad_error(doc: Any) -> None:
-    from appliance.kiosk.web import pad
-
+    "title": json_values, "agencies": json_values, "purpose": json_values,
+    "citizen_id": json_values, "enterprise_id": json_values, "valid_minutes": json_values,
+    "use_days": json_values,
+    "licenses": st.lists(st.one_of(json_values, st.binary(min_size=32, max_size=32).map(
+        bytes.hex)), max_size=3)})))
+def test_a_matter_request_is_parsed_or_refused_with_a_desk_error(doc: Any) -> None:
     try:
-        text = pad.matter_qr(doc, now_ms=1_800_000_000_000)
-    except pad.PadError as exc:
-        assert exc.status == 400
+        req = MatterRequest.from_json(doc)
+    except DeskError as exc:
+        assert exc.status == 400 and exc.code == "bad_matter"
         return
-    m = matter.decode_qr(text)
-    assert m.matter == doc["matter"] and len(m.licenses) == len(doc["licenses"])
+    assert req.title and req.citizen_id and all(len(x) == 32 for x in req.licenses)
+    assert 1 <= req.valid_minutes <= 1440 and 1 <= req.use_days <= 90

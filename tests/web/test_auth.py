@@ -41,7 +41,10 @@ PATH_PARAMS = {"name": "app.css", "index": "0"}
 #: What each state-changing route is sent (good enough to pass the checks behind the lock).
 BODIES: dict[str, dict[str, Any]] = {
     "/api/event": {"json": {"type": "start"}},
-    "/api/pad/matter": {"json": {"matter": "m"}},
+    "/api/pad/matter": {"json": {"title": "m"}},
+    "/api/pad/session": {"json": {"text": "GOVSESS1:AA"}},
+    "/api/pad/confirm": {"json": {"text": "GOVSESS1:AA", "method": "id_card",
+                                  "pin": "246810"}},
     "/api/pad/verify": {"json": {}},
 }
 
@@ -51,12 +54,13 @@ class Ctx:
     peer URLs, paths), so that a leak would show."""
 
     def __init__(self, *, mode: str = "kiosk") -> None:
-        self.cfg = config.parse({"kiosk": {"mode": mode}}, env={})
+        self.cfg = config.parse({"terminal": {"role": mode}}, env={})
         self.readiness = Readiness()
         self.node = None
+        self.desk = None  # a PAD whose light node is not up yet: its routes say "starting"
         self.sim = SimpleNamespace(samples=[SimpleNamespace(document=b"licence", filename="a",
                                                             to_json=lambda i: {"index": i})],
-                                   citizen="astronaut")
+                                   citizen="astronaut", citizen_id="110108198001010015")
         self.audit_ok = True
 
     def health(self) -> dict[str, Any]:
@@ -96,16 +100,24 @@ async def _request(s: aiohttp.ClientSession, method: str, url: str, **kw: Any
         return r.status, await r.read(), r
 
 
-def test_every_route_is_locked_without_the_session_and_open_with_it() -> None:
+KIOSK_ROUTES = {"/", "/api/health", "/api/qr", "/api/state", "/api/event", "/api/ws",
+                "/api/hints", "/static/app.css"}
+PAD_ROUTES = {"/", "/pad", "/api/health", "/api/qr", "/api/pad/info", "/api/pad/matter",
+              "/api/pad/session", "/api/pad/confirm", "/api/pad/verify", "/api/pad/samples",
+              "/api/pad/samples/0", "/static/app.css"}
+
+
+@pytest.mark.parametrize("role", ["kiosk", "pad"])
+def test_every_route_is_locked_without_the_session_and_open_with_it(role: str) -> None:
     async def main() -> None:
-        srv, _ = await _server()
-        srv.attach_runner(StandInRunner())
+        srv, _ = await _server(Ctx(mode=role))
+        if role == "kiosk":
+            srv.attach_runner(StandInRunner())
         try:
             routes = _routes(srv)
-            # the enumeration is the router's: the routes we know are in it, GET with HEAD
+            # the enumeration is the router's, and the role decides what is there
             paths = {p for _, p in routes}
-            assert {"/", "/pad", "/api/health", "/api/state", "/api/event", "/api/ws",
-                    "/api/pad/verify", "/api/pad/samples/0", "/static/app.css"} <= paths
+            assert paths == (KIOSK_ROUTES if role == "kiosk" else PAD_ROUTES)
             assert {m for m, _ in routes} == {"GET", "HEAD", "POST"}
             # without the session (and with this server's own Origin, so that only the
             # missing cookie can be the reason)
@@ -122,17 +134,21 @@ def test_every_route_is_locked_without_the_session_and_open_with_it() -> None:
                     assert r.headers["Content-Security-Policy"] == web_server.CSP
                     if method == "HEAD":
                         continue
-                    if path in web_server.PAGES:  # a static page that says where to go
+                    if path in {*srv.pages, "/"}:  # a static page that says where to go
                         text = body.decode()
                         assert LOCKED_TEXT in text and "<script" not in text
                         assert "astronaut" not in text and "starting" not in text
                     else:
                         assert json.loads(body)["error"] == "unauthorized", (method, path)
-            # with it: through the lock, to the route's own answer
+            # with it: through the lock, to the route's own answer (a PAD's desk routes say
+            # they are starting: its light node and module are not there)
             async with authed(srv) as s:
                 for method, path in routes:
                     status, body, _ = await _request(s, method, srv.url + path)
-                    assert status != 401 and status < 500, (method, path, status, body[:200])
+                    starting = status == 503 and (
+                        method == "HEAD" or json.loads(body)["error"] == "starting")
+                    assert status != 401 and (status < 500 or starting), (
+                        method, path, status, body[:200])
         finally:
             await srv.stop()
 
@@ -175,7 +191,7 @@ def test_the_launch_url_exchanges_the_secret_for_a_strict_httponly_cookie() -> N
             async with aiohttp.ClientSession() as s:
                 for wrong in ("", "x", secret[:-1], secret + "A", secret.upper(),
                               "²" * 43, secret[:-1] + "²"):
-                    for page in ("/", "/pad"):
+                    for page in ("/",):
                         async with s.get(srv.url + page, params={"k": wrong},
                                          allow_redirects=False) as r:
                             assert r.status == 401, wrong
@@ -184,7 +200,9 @@ def test_the_launch_url_exchanges_the_secret_for_a_strict_httponly_cookie() -> N
                 # the key on an API route is no way in
                 async with s.get(srv.url + "/api/state", params={"k": secret}) as r:
                     assert r.status == 401 and "Set-Cookie" not in r.headers
-                for page in ("/", "/pad"):
+                with pytest.raises(ValueError):
+                    srv.launch_url("/pad")  # a kiosk has no PAD page
+                for page in ("/",):
                     async with s.get(srv.launch_url(page), allow_redirects=False) as r:
                         assert r.status == 303
                         assert r.headers["Location"] == page  # the key gone from the URL
@@ -200,9 +218,9 @@ def test_the_launch_url_exchanges_the_secret_for_a_strict_httponly_cookie() -> N
                     assert not morsel["domain"]  # this host only
             # the whole walk as a browser makes it: launch URL -> page, cookie kept
             async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
-                async with s.get(srv.launch_url("/pad")) as r:
-                    assert r.status == 200 and str(r.url) == srv.url + "/pad"
-                    assert "Window clerk PAD" in await r.text()
+                async with s.get(srv.launch_url("/")) as r:
+                    assert r.status == 200 and str(r.url) == srv.url + "/"
+                    assert "Self-service terminal" in await r.text()
                 async with s.get(srv.url + "/api/state") as r:
                     assert r.status == 200
         finally:
@@ -310,36 +328,46 @@ async def _read_until_marker(ws: aiohttp.ClientWebSocketResponse, marker: int) -
 
 
 def test_preview_frames_reach_the_kiosk_page_only() -> None:
+    """The kiosk page's socket gets the preview frames; no other socket can be opened (the
+    only page a socket may serve is the kiosk's), and a PAD terminal has no socket at all."""
     frame = b"\xff\xd8\xff\xe0preview\xff\xd9"
 
-    async def main(mode: str) -> tuple[list[Any], list[Any], int]:
-        srv, _ = await _server(Ctx(mode=mode))
+    async def main() -> tuple[list[Any], int]:
+        srv, _ = await _server(Ctx(mode="kiosk"))
         runner = StandInRunner()
         srv.attach_runner(runner)
         try:
             async with authed(srv) as s, \
-                    s.ws_connect(srv.url + "/api/ws?page=kiosk") as kiosk, \
-                    s.ws_connect(srv.url + "/api/ws?page=pad") as pad:
-                for ws in (kiosk, pad):
-                    assert json.loads((await ws.receive(timeout=10)).data)["type"] == "hello"
-                while len(srv.clients) < 2:  # both registered before anything is published
+                    s.ws_connect(srv.url + "/api/ws?page=kiosk") as kiosk:
+                assert json.loads((await kiosk.receive(timeout=10)).data)["type"] == "hello"
+                for other in ("pad", "clerk"):
+                    with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+                        await s.ws_connect(srv.url + f"/api/ws?page={other}")
+                    assert e.value.status == 400
+                while len(srv.clients) < 1:
                     await asyncio.sleep(0.01)
                 view = dict(web_server.STARTING_VIEW, screen="capture", seq=1)
                 await runner.queue.put({"type": "view", "view": view})
                 await runner.queue.put({"type": "frame", "jpeg": frame})
                 await runner.queue.put({"type": "view", "view": dict(view, seq=2)})
-                return (await _read_until_marker(kiosk, 2), await _read_until_marker(pad, 2),
-                        srv.frames_relayed)
+                return await _read_until_marker(kiosk, 2), srv.frames_relayed
         finally:
             await srv.stop()
 
-    kiosk, pad, relayed = run(main("kiosk"))
+    kiosk, relayed = run(main())
     assert frame in kiosk and relayed == 1
-    assert [m for m in pad if isinstance(m, bytes)] == []  # the clerk's page: never
-    assert any(isinstance(m, dict) and m.get("type") == "view" for m in pad)
-    # on a PAD terminal not even a socket that says "kiosk" gets them
-    kiosk, pad, relayed = run(main("pad"))
-    assert [m for m in kiosk + pad if isinstance(m, bytes)] == [] and relayed == 0
+
+    async def pad() -> int:
+        srv, _ = await _server(Ctx(mode="pad"))
+        try:
+            async with authed(srv, page="/pad") as s:
+                with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+                    await s.ws_connect(srv.url + "/api/ws?page=kiosk")
+                return e.value.status
+        finally:
+            await srv.stop()
+
+    assert run(pad()) == 404
 
 
 def test_a_websocket_must_say_which_page_it_serves() -> None:
@@ -360,9 +388,9 @@ def test_a_websocket_must_say_which_page_it_serves() -> None:
 @pytest.mark.parametrize("index", ["²", "١", "٠", "0²", "１", "-0", "+0", "3"])
 def test_a_sample_index_is_ascii_digits_else_404(index: str) -> None:
     async def main() -> tuple[int, int]:
-        srv, _ = await _server()
+        srv, _ = await _server(Ctx(mode="pad"))
         try:
-            async with authed(srv) as s:
+            async with authed(srv, page="/pad") as s:
                 async with s.get(srv.url + "/api/pad/samples/" + index) as r:
                     route = r.status
                 form = aiohttp.FormData(default_to_multipart=True)
@@ -478,7 +506,7 @@ def test_the_daemon_prints_and_logs_its_launch_url_once(tmp_path: Path) -> None:
             lines.append(line)
         secret = (state / "ui-secret").read_text().strip()
         assert stat.S_IMODE(os.stat(state / "ui-secret").st_mode) == 0o600
-        base = re.search(r"appliance: UI on (http://\S+)", "".join(lines)).group(1)
+        base = re.search(r"appliance: kiosk UI on (http://\S+)", "".join(lines)).group(1)
         launch = f"{base}/?k={secret}"
         # the operator's terminal: one line to open, one log line naming it the launch URL
         assert f"appliance: open {launch}\n" in lines, lines
@@ -510,7 +538,7 @@ def test_the_key_stays_out_of_the_journal(tmp_path: Path) -> None:
         text = log.read_text()
         assert secret not in text
         assert f"?k=<the key in {state / 'ui-secret'}>" in text
-        base = re.search(r"appliance: UI on (http://\S+)", text).group(1)
+        base = re.search(r"appliance: kiosk UI on (http://\S+)", text).group(1)
         UiClient.from_state(base, state)  # the file has it, for the launcher
     finally:
         _stop(proc)
