@@ -16,6 +16,8 @@ from conftest import Hall
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from appliance.gm import sm3
+from appliance.node import objects as ob
+from hil import sim_hall
 
 TIMEOUT_MS = 90_000
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF87a", b"GIF89a", b"BM", b"II*\x00",
@@ -34,12 +36,17 @@ def active(page: Any, screen: str) -> None:
 
 
 def walk(hall: Hall, browser: Any, shots: Path) -> dict[str, Any]:
-    """A clerk makes a matter on the PAD, a citizen authorizes it at the kiosk."""
-    samples = hall.get("/api/pad/samples")["samples"]
+    """A clerk makes a matter on the PAD (signed in the PAD's module), a citizen reads it at
+    the kiosk, sees what the kiosk verified (the office, each license's kind and issuing
+    office) and authorizes it with their face."""
+    samples = hall.pad.get("/api/pad/samples")["samples"]
+    citizen = [s for s in samples if s["holder"] == "citizen"]
     pad = browser.new_page()
     pad.goto(hall.pad_url)
-    pad.wait_for_function("() => document.querySelectorAll('#m-licenses input').length >= 3")
-    assert pad.input_value("#m-citizen") == "astronaut"
+    pad.wait_for_function("() => document.querySelectorAll('#m-licenses input').length >= 4")
+    assert pad.input_value("#m-citizen") == sim_hall.CITIZEN_ID
+    pad.wait_for_function("() => document.getElementById('m-office').innerText.length > 0")
+    assert sim_hall.OFFICE in pad.inner_text("#m-office")
     kiosk = browser.new_page()
     kiosk.goto(hall.kiosk_url)
     active(kiosk, "attract")
@@ -60,29 +67,22 @@ def walk(hall: Hall, browser: Any, shots: Path) -> dict[str, Any]:
     assert small == []
 
     pad.click("#m-create")
-    pad.wait_for_selector("#m-result:not([hidden])")
+    pad.wait_for_selector("#m-result:not([hidden])", timeout=TIMEOUT_MS)
     qr_text = pad.input_value("#m-text")
     assert qr_text.startswith("GOVAUTH1:")
     pad.wait_for_function("() => document.getElementById('m-qr').complete && "
                           "document.getElementById('m-qr').naturalWidth > 0")
     shot(pad, shots, "02-pad-matter")
 
-    kiosk.click("#start")
-    kiosk.wait_for_selector('[data-screen="scan"].active, [data-screen="consent"].active',
-                            timeout=TIMEOUT_MS)
-    if kiosk.is_visible('[data-screen="scan"].active'):
-        shot(kiosk, shots, "03-scan")
-        # The clerk pastes the code; the simulated camera also shows the QR, and whichever
-        # is first moves the kiosk on (then the screen is gone and the click is moot).
-        try:
-            kiosk.fill("#matter-text", qr_text, timeout=3000)
-            kiosk.click('#matter-form button[type="submit"]', timeout=3000)
-        except PlaywrightTimeout:
-            pass
-    active(kiosk, "consent")
-    assert "Haidian service hall" in kiosk.inner_text("#c-office")
-    names = kiosk.inner_text("#c-licenses")
-    assert samples[0]["name"] in names and samples[1]["name"] in names
+    to_consent(kiosk, qr_text, shots)
+    assert kiosk.inner_text("#c-office") == sim_hall.OFFICE
+    licenses = kiosk.inner_text("#c-licenses")
+    # the verified kinds, in both languages, and the issuing offices of their enrollments
+    for s in citizen[:3]:
+        assert s["issuer"] in licenses, licenses
+    assert "居民身份证" in licenses and "Resident ID card" in licenses
+    assert "户口簿" in licenses and "Household register" in licenses
+    assert kiosk.inner_text("#c-use-until").strip()
     shot(kiosk, shots, "04-consent")
 
     kiosk.click("#consent")
@@ -95,6 +95,39 @@ def walk(hall: Hall, browser: Any, shots: Path) -> dict[str, Any]:
         let s = 0; for (let i = 0; i < d.length; i += 4096) s += d[i];
         return s > 0; }""", timeout=TIMEOUT_MS)
     shot(kiosk, shots, "05-capture")
+    receipt = to_receipt(hall, kiosk, shots)
+    assert "刷脸" in kiosk.inner_text("#r-way")
+    receipt["licenses"] = [bytes.fromhex(s["tx_id"]) for s in citizen]
+    receipt["qr_text"] = qr_text
+    kiosk.click("#done")
+    active(kiosk, "attract")
+    kiosk.close()
+    pad.close()
+    return receipt
+
+
+def to_consent(kiosk: Any, qr_text: str, shots: Path | None = None) -> None:
+    """From attract to the consent screen: the simulated camera shows the PAD's last QR; a
+    clerk may also paste it (whichever is first moves the kiosk on)."""
+    active(kiosk, "attract")
+    kiosk.click("#start")
+    kiosk.wait_for_selector('[data-screen="scan"].active, [data-screen="checking"].active, '
+                            '[data-screen="consent"].active', timeout=TIMEOUT_MS)
+    if kiosk.is_visible('[data-screen="scan"].active'):
+        if shots is not None:
+            shot(kiosk, shots, "03-scan")
+        try:
+            kiosk.fill("#matter-text", qr_text, timeout=3000)
+            kiosk.click('#matter-form button[type="submit"]', timeout=3000)
+        except PlaywrightTimeout:
+            pass
+    kiosk.wait_for_selector('[data-screen="consent"].active, [data-screen="error"].active',
+                            timeout=TIMEOUT_MS)
+    if kiosk.is_visible('[data-screen="error"].active'):
+        raise AssertionError("error screen: " + kiosk.inner_text('[data-screen="error"]'))
+
+
+def to_receipt(hall: Hall, kiosk: Any, shots: Path) -> dict[str, Any]:
     kiosk.wait_for_selector('[data-screen="receipt"].active, [data-screen="error"].active',
                             timeout=TIMEOUT_MS)
     if kiosk.is_visible('[data-screen="error"].active'):
@@ -103,17 +136,9 @@ def walk(hall: Hall, browser: Any, shots: Path) -> dict[str, Any]:
     kiosk.wait_for_function("() => document.getElementById('r-qr').complete && "
                             "document.getElementById('r-qr').naturalWidth > 0")
     shot(kiosk, shots, "06-receipt")
-    receipt = {"tx_id": kiosk.inner_text("#r-tx").strip(),
-               "height": int(kiosk.inner_text("#r-height")),
-               "licenses": [bytes.fromhex(s["digest"]) for s in samples[:2]]}
-    pad.wait_for_function("() => document.getElementById('p-detail').innerText.includes('tx ')")
-    assert receipt["tx_id"] in pad.inner_text("#p-detail")
-    shot(pad, shots, "07-pad-progress")
-    kiosk.click("#done")
-    active(kiosk, "attract")
-    kiosk.close()
-    pad.close()
-    return receipt
+    assert kiosk.inner_text("#r-office") == sim_hall.OFFICE
+    return {"tx_id": kiosk.inner_text("#r-tx").strip(),
+            "height": int(kiosk.inner_text("#r-height"))}
 
 
 async def _inclusion(hall: Hall, tx_id: bytes, where: Path) -> Any:
@@ -149,16 +174,18 @@ def test_kiosk_walk_through(hall: Hall, browser: Any, tmp_path: Path) -> None:
     assert inc.tx_id == tx_id and inc.height == receipt["height"]
     body = inc.tx.body
     assert body.type == "license.authorize"
-    assert list(body.data["licenses"]) == receipt["licenses"]
-    assert body.data["subject"] == sm3.digest(b"astronaut")
-    device = bytes.fromhex(info["device_public_key"])
+    data = ob.AuthorizeData.from_obj(body.data)
+    assert data.matter == ob.decode_matter_qr(receipt["qr_text"])  # what was shown, signed
+    assert list(data.matter.body.licenses) == receipt["licenses"]
+    assert data.matter.body.subject == ob.identifier_hash(sim_hall.CITIZEN_ID)
+    device = bytes.fromhex(info["terminals"]["kiosk"]["device_public_key"])
     assert inc.tx.public_key == device  # signed by the key generated inside the module
-    assert body.data["terminal"] == sm3.digest(device) == body.sender
-    assert body.data["attestation"]["body"]["result"] == "match"
+    assert data.terminal == sm3.digest(device) == body.sender
+    assert data.attestation is not None and data.attestation.body.result == "match"
     # the daemon audited the signature with the module's own counter, and the authorization
     from appliance import audit
 
-    state = Path(info["dir"]) / "state"
+    state = Path(info["dir"]) / "kiosk-state"
     entries = audit.tail(state / "audit", 50)
     signs = [e.fields for e in entries if e.kind == "sign"
              and e.fields.get("tx_id") == receipt["tx_id"]]
@@ -169,7 +196,7 @@ def test_kiosk_walk_through(hall: Hall, browser: Any, tmp_path: Path) -> None:
 
 def test_pad_license_verification(hall: Hall, browser: Any, tmp_path: Path) -> None:
     shots = tmp_path / "screenshots"
-    samples = hall.get("/api/pad/samples")["samples"]
+    samples = hall.pad.get("/api/pad/samples")["samples"]
     pad = browser.new_page()
     pad.goto(hall.pad_url)
     pad.wait_for_function("() => document.querySelectorAll('#v-sample option').length >= 4")
@@ -184,7 +211,7 @@ def test_pad_license_verification(hall: Hall, browser: Any, tmp_path: Path) -> N
     shot(pad, shots, "01-verified-sample")
 
     # the same kind of check with a file uploaded from the PAD's disk
-    document = hall.ui.read("/api/pad/samples/1")
+    document = hall.pad.read("/api/pad/samples/1")
     pad.set_input_files("#v-file", files=[{"name": "household.txt", "mimeType": "text/plain",
                                            "buffer": document}])
     pad.select_option("#v-sample", "")
@@ -242,7 +269,7 @@ def test_no_image_left_behind(browser: Any, tmp_path: Path) -> None:
         # chain) and the daemon's working directory: no image file of any kind
         assert _images_under(hall.tmp) == []
         assert _images_under(hall.cwd) == []
-        assert (sim_dir / "state" / "audit").is_dir()
+        assert (sim_dir / "kiosk-state" / "audit").is_dir()
         # the control: the scan sees an image where there is one
         (hall.cwd / "control.bin").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 64)
         assert _images_under(hall.cwd) == [str(hall.cwd / "control.bin")]
@@ -264,25 +291,65 @@ def test_no_image_left_behind(browser: Any, tmp_path: Path) -> None:
 def _make_matter(hall: Hall) -> str:
     import json
 
-    samples = hall.get("/api/pad/samples")["samples"]
-    doc = {"matter": "查询 Lookup", "agency": "Agency", "office": "Office", "citizen": "astronaut",
-           "licenses": [{"id": samples[2]["digest"], "name": samples[2]["name"]}]}
-    status, out = hall.ui.post("/api/pad/matter", json.dumps(doc).encode(), "application/json")
+    samples = hall.pad.get("/api/pad/samples")["samples"]
+    doc = {"title": "查询 Lookup", "agencies": ["Agency"], "purpose": "p",
+           "citizen_id": sim_hall.CITIZEN_ID, "licenses": [samples[2]["tx_id"]]}
+    status, out = hall.pad.post("/api/pad/matter", json.dumps(doc).encode(),
+                                "application/json")
     assert status == 200, out
     return out["qr_text"]
 
 
 def _to_consent(kiosk: Any, qr_text: str) -> None:
-    active(kiosk, "attract")
-    kiosk.click("#start")
-    kiosk.wait_for_selector('[data-screen="scan"].active, [data-screen="consent"].active',
-                            timeout=TIMEOUT_MS)
-    try:
-        kiosk.fill("#matter-text", qr_text, timeout=3000)
-        kiosk.click('#matter-form button[type="submit"]', timeout=3000)
-    except PlaywrightTimeout:
-        pass
-    active(kiosk, "consent")
+    to_consent(kiosk, qr_text)
+
+
+def test_the_clerk_way_from_the_kiosks_session_qr_to_a_verified_receipt(
+        hall: Hall, browser: Any, tmp_path: Path) -> None:
+    """The citizen chooses the clerk way; the kiosk shows its session code and QR; the clerk
+    scans it with the PAD's camera, compares the number, types the staff card's PIN and
+    signs; the kiosk's camera reads the PAD's confirmation and the authorization ends on
+    chain with the clerk's confirmation in it."""
+    shots = tmp_path / "screenshots"
+    pad = browser.new_page()
+    pad.goto(hall.pad_url)
+    pad.wait_for_function("() => document.querySelectorAll('#m-licenses input').length >= 4")
+    pad.click("#m-create")
+    pad.wait_for_selector("#m-result:not([hidden])", timeout=TIMEOUT_MS)
+    qr_text = pad.input_value("#m-text")
+    kiosk = browser.new_page()
+    kiosk.goto(hall.kiosk_url)
+    to_consent(kiosk, qr_text)
+    kiosk.click("#alternative")
+    active(kiosk, "clerk")
+    kiosk.wait_for_function("() => document.getElementById('k-qr').complete && "
+                            "document.getElementById('k-qr').naturalWidth > 0")
+    code = kiosk.inner_text("#k-code").strip()
+    assert len(code) == 6 and code.isdigit()
+    shot(kiosk, shots, "01-kiosk-session")
+    pad.click("#c-scan")  # the PAD's camera reads the kiosk's screen
+    pad.wait_for_selector("#c-details:not([hidden])", timeout=TIMEOUT_MS)
+    assert pad.inner_text("#c-code").strip() == code  # the number the clerk compares
+    assert sim_hall.CITIZEN_ID[-4:] in pad.inner_text("#c-title")
+    shot(pad, shots, "02-pad-session")
+    pad.fill("#c-pin", sim_hall.CLERK_PIN)
+    pad.click("#c-go")
+    pad.wait_for_selector("#c-result:not([hidden])", timeout=TIMEOUT_MS)
+    confirmation = ob.decode_confirmation_qr(pad.input_value("#c-text"))
+    assert pad.input_value("#c-pin") == ""  # the PIN does not stay on the page
+    shot(pad, shots, "03-pad-confirmation")
+    receipt = to_receipt(hall, kiosk, shots)  # the kiosk's camera read the confirmation
+    assert "工作人员" in kiosk.inner_text("#r-way")
+    kiosk.close()
+    pad.close()
+    tx_id = bytes.fromhex(receipt["tx_id"])
+    with ThreadPoolExecutor(1) as pool:
+        inc, info = pool.submit(asyncio.run, _inclusion(hall, tx_id, tmp_path / "verifier")
+                                ).result(timeout=120)
+    data = ob.AuthorizeData.from_obj(inc.tx.body.data)
+    assert data.way == "clerk" and data.confirmation == confirmation
+    assert data.matter == ob.decode_matter_qr(qr_text)
+    assert confirmation.public_key != data.matter.public_key  # the clerk's key, not the PAD's
 
 
 def test_decline_and_cancel_end_on_error_screens_with_nothing_signed(
@@ -290,7 +357,7 @@ def test_decline_and_cancel_end_on_error_screens_with_nothing_signed(
     from appliance import audit
 
     shots = tmp_path / "screenshots"
-    log_dir = Path(hall.health()["sim"]["dir"]) / "state" / "audit"
+    log_dir = Path(hall.health()["sim"]["dir"]) / "kiosk-state" / "audit"
     signs_before = sum(e.kind == "sign" for e in audit.tail(log_dir, 10_000))
     qr_text = _make_matter(hall)
     kiosk = browser.new_page()
@@ -332,7 +399,7 @@ def test_equivocation_alarm_blocks_the_kiosk_until_the_operator_clears_it(
     from appliance import audit
     from appliance.node.store import HeaderStore
 
-    state = Path(hall.health()["sim"]["dir"]) / "state"
+    state = Path(hall.health()["sim"]["dir"]) / "kiosk-state"
     kiosk = browser.new_page()
     kiosk.goto(hall.kiosk_url)
     active(kiosk, "attract")
@@ -367,8 +434,9 @@ def test_the_ui_opens_from_its_launch_url_only(hall: Hall, browser: Any, tmp_pat
     shots = tmp_path / "screenshots"
     browser.clear_cookies()
     page = browser.new_page()
-    for path in ("/", "/pad"):
-        resp = page.goto(hall.url + path)
+    pad_base = hall.pad_url.split("/pad?")[0]
+    for url in (hall.url + "/", pad_base + "/pad"):
+        resp = page.goto(url)
         assert resp is not None and resp.status == 401
         assert "Open this terminal's UI from its own browser" in page.inner_text("#locked")
         assert page.query_selector("[data-screen]") is None  # no UI, no data
@@ -377,12 +445,13 @@ def test_the_ui_opens_from_its_launch_url_only(hall: Hall, browser: Any, tmp_pat
     active(page, "attract")
     assert page.url == hall.url + "/"  # the key is gone from the address bar
     assert page.evaluate("document.cookie") == ""  # HttpOnly: no script reads the session
-    (cookie,) = [c for c in browser.cookies() if c["name"].startswith("appliance_ui_")]
+    (cookie,) = [c for c in browser.cookies() if c["name"] == "appliance_ui_"
+                 + hall.url.rsplit(":", 1)[1]]
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
     assert cookie["value"] not in hall.kiosk_url
     page.goto(hall.pad_url)
     page.wait_for_selector("#m-create")
-    assert page.url == hall.url + "/pad"
+    assert page.url == pad_base + "/pad"
     page.goto(hall.kiosk_url)
     active(page, "attract")
     browser.clear_cookies()  # as a restarted daemon would not know this session
@@ -404,7 +473,7 @@ def test_an_audit_log_gone_pauses_authorizations(hall: Hall, browser: Any, tmp_p
     this module: the daemon refuses to start a new chain until it restarts.)"""
     import shutil
 
-    state = Path(hall.health()["sim"]["dir"]) / "state"
+    state = Path(hall.health()["sim"]["dir"]) / "kiosk-state"
     kiosk = browser.new_page()
     kiosk.goto(hall.kiosk_url)
     active(kiosk, "attract")
