@@ -135,17 +135,25 @@ class Discovery:
         self._reoffer: asyncio.Task | None = None
 
     async def start(self) -> None:
+        """Start browsing; on failure nothing is left open (the error is raised)."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         from zeroconf import DNSQuestionType, InterfaceChoice, IPVersion
         from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
 
         self._loop = asyncio.get_running_loop()
-        self._session = new_session(PROBE_LIMITS)
         if self.interfaces is None:
             self._aiozc = AsyncZeroconf(interfaces=InterfaceChoice.All)
         else:
             v4 = all(":" not in i for i in self.interfaces)
             self._aiozc = AsyncZeroconf(interfaces=self.interfaces,
                                         ip_version=IPVersion.V4Only if v4 else None)
+        self._session = new_session(PROBE_LIMITS)
         # Multicast questions only (QM): a unicast answer to a first QU question goes to
         # whichever socket holds port 5353 on this host, which is not always ours (another
         # mDNS stack, another browser), and the next question comes a second later.
