@@ -211,18 +211,6 @@ class LookupResult:
     peers: tuple[str, ...]
     answers: tuple[PeerAnswer, ...] = ()
 
-    @property
-    def asked(self) -> tuple[str, ...]:
-        return tuple(a.url for a in self.answers if a.asked)
-
-    @property
-    def failed(self) -> tuple[PeerAnswer, ...]:
-        return tuple(a for a in self.answers if a.outcome == FAILED)
-
-    @property
-    def not_asked(self) -> tuple[PeerAnswer, ...]:
-        return tuple(a for a in self.answers if a.outcome == NOT_ASKED)
-
 
 def new_session(limits: Limits) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit_per_host=limits.connections_per_peer,
@@ -706,7 +694,7 @@ class NodeSync:
     def _lookup_answers(self, answered: list[str], failed: dict[str, str]
                         ) -> tuple[PeerAnswer, ...]:
         """Every peer of the table as the lookup left it (before hits were checked: a peer
-        banned for a bad hit still answered)."""
+        banned for a bad hit still answered), and any peer asked that has left it since."""
         out = []
         for p in self.machine.peers:
             if p.url in answered:
@@ -717,6 +705,9 @@ class NodeSync:
                 why = {NEW: "its /v1/info is pending", BANNED: f"banned: {p.last_reason}",
                        CONFLICT: f"conflict: {p.last_reason}"}.get(p.state, p.state)
                 out.append(PeerAnswer(p.url, NOT_ASKED, why))
+        listed = {a.url for a in out}
+        out += [PeerAnswer(u, ANSWERED) for u in answered if u not in listed]
+        out += [PeerAnswer(u, FAILED, why) for u, why in failed.items() if u not in listed]
         return tuple(out)
 
     # -- transactions: helpers --------------------------------------------------------------

@@ -203,14 +203,16 @@ class Discovery:
             return
         self._spawn(self._resolve(name), f"resolve {name}")
 
-    def _spawn(self, coro: Any, what: str) -> None:
+    def _spawn(self, coro: Any, what: str) -> bool:
+        """Run ``coro`` as a task unless :data:`MAX_PENDING` are running; whether it runs."""
         if len(self._tasks) >= MAX_PENDING:
             coro.close()
             log.warning("discovery busy (%d tasks): %s skipped", len(self._tasks), what)
-            return
+            return False
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return True
 
     async def _resolve(self, name: str) -> None:
         from zeroconf import DNSQuestionType
@@ -264,7 +266,8 @@ class Discovery:
         if (name, url) in self._probing:
             return
         self._probing.add((name, url))
-        self._spawn(self._probe_then_forget(name, url), f"probe of {url}")
+        if not self._spawn(self._probe_then_forget(name, url), f"probe of {url}"):
+            self._probing.discard((name, url))  # kept; the next goodbye or change probes it
 
     async def _probe_then_forget(self, name: str, url: str) -> None:
         alive, why = True, ""
