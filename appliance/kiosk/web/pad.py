@@ -99,7 +99,15 @@ async def read_upload(request: web.Request,
 async def verify_document(node: Any, document: bytes, *, name: str = "",
                           timeout_s: float = 20.0) -> dict[str, Any]:
     """SM3 of ``document`` and its verified ``evidence.deposit`` hits (issuer, kind, time,
-    height), with the height of the verified chain the proofs were checked against."""
+    height), with the height of the verified chain the proofs were checked against.
+
+    ``verdict`` is ``found`` or ``not_found``; a negative answer is only as good as the nodes
+    that gave it, so the result names them: ``nodes`` (each peer of the table: ``url``,
+    ``outcome`` answered / failed / not_asked, ``asked``, ``reason``; configured peers first),
+    and the counts ``known`` (peers in the table), ``asked`` and ``answered`` (``peers``: the
+    URLs of those that answered). When no node could be asked or none answered, there is no verdict:
+    :class:`PadError` 503 ("could not be checked", naming each node and why), never "not on
+    chain"."""
     from ...node.client import TxError
 
     digest = sm3.digest(document)
@@ -108,7 +116,7 @@ async def verify_document(node: Any, document: bytes, *, name: str = "",
         result = await node.lookup_detailed(digest, timeout_s=timeout_s)
     except TxError as exc:
         raise PadError(503, exc.code or "unavailable",
-                       f"the chain could not be asked: {exc}") from None
+                       f"无法核验 / could not be checked: {exc}") from None
     hits = []
     for inc in result.hits:
         body = inc.tx.body
@@ -121,7 +129,12 @@ async def verify_document(node: Any, document: bytes, *, name: str = "",
         verified_height = node.store.tip().height
     except Exception:  # noqa: BLE001 - not initialized: no height to show
         verified_height = None
+    nodes = [a.to_json() for a in result.answers]
+    if not result.peers:  # a lookup result always has an answer; never trust one without
+        raise PadError(503, "no_peers", "无法核验 / could not be checked: no node answered")
     return {"digest": digest.hex(), "name": name, "size": len(document), "found": bool(hits),
-            "hits": hits, "verified_height": verified_height,
+            "verdict": "found" if hits else "not_found", "hits": hits,
+            "verified_height": verified_height,
             "dropped": [d.to_json() for d in result.dropped], "peers": list(result.peers),
-            "elapsed_s": round(time.monotonic() - started, 3)}
+            "nodes": nodes, "known": len(nodes), "asked": sum(1 for n in nodes if n["asked"]),
+            "answered": len(result.peers), "elapsed_s": round(time.monotonic() - started, 3)}
