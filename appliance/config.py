@@ -31,6 +31,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 NATIVE, FISCO = "native", "fisco-bcos-3"
 CHAIN_KINDS = (NATIVE, FISCO)
 MAX_RPC_URLS = 64
+MAX_DISCOVERED_PEERS = 256
 _GROUP = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # as a FISCO anchor's group
 
 
@@ -49,6 +50,7 @@ class NodeConfig:
     peers: tuple[str, ...] = ()  # static district-node URLs
     discover: bool = True  # mDNS discovery of district nodes
     discover_interfaces: tuple[str, ...] = ()  # empty: every interface
+    max_discovered_peers: int = 16  # discovered peers held at most (static ones not counted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +256,10 @@ def parse(doc: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> Co
         discover=r.get("node", "discover", bool, True),
         discover_interfaces=tuple(_text(a, f"node.discover_interfaces[{i}]") for i, a in
                                   enumerate(r.get("node", "discover_interfaces", list, []))),
+        max_discovered_peers=r.get("node", "max_discovered_peers", int, 16),
     )
+    if not 1 <= node.max_discovered_peers <= MAX_DISCOVERED_PEERS:
+        raise ConfigError(f"must be 1..{MAX_DISCOVERED_PEERS}", "node.max_discovered_peers")
     if chain.fisco and node.peers:
         raise ConfigError("district-node URLs are for the native chain; the nodes of a "
                           "fisco-bcos-3 chain go in chain.rpc", "node.peers")
@@ -352,7 +357,7 @@ def _rpc_url(value: Any, key: str) -> str:
 
 _KNOWN = {
     "chain": {"kind", "rpc", "group"},
-    "node": {"trust", "peers", "discover", "discover_interfaces"},
+    "node": {"trust", "peers", "discover", "discover_interfaces", "max_discovered_peers"},
     "hsm": {"device", "slot", "pin_file", "pin_env", "vendor_id", "model_id"},
     "identity": {"url", "public_key", "service", "timeout_s"},
     "kiosk": {"mode", "listen", "elder_mode", "camera", "district", "hall"},
@@ -502,6 +507,7 @@ kind = "native"                         # native | fisco-bcos-3
 peers = []                              # static district-node URLs
 discover = true                         # mDNS (_gov-ledger._tcp.local.)
 discover_interfaces = []                # empty: all; ["127.0.0.1"] on a HIL rig
+max_discovered_peers = 16               # 1..256; static peers are not counted
 
 [hsm]
 device = "/dev/gmcrypto0"               # tty path or pyserial URL

@@ -584,7 +584,7 @@ class Appliance:
         stop = asyncio.Event()
         watcher: asyncio.Task[None] | None = None
         try:
-            node = _Node(store, anchor)
+            node = _Node(store, anchor, max_discovered=self.cfg.node.max_discovered_peers)
             for url in self.cfg.node.peers:
                 node.add_peer(url, "static")
             for url in ([] if self.sim is None else self.sim.peer_urls):

@@ -42,6 +42,7 @@ trust = "/etc/appliance/trust.cbor"
 peers = ["http://10.0.0.1:8080/", "https://node.example:443"]
 discover = false
 discover_interfaces = ["127.0.0.1"]
+max_discovered_peers = 4
 [hsm]
 device = "faulty://?port=/tmp/x"
 slot = 3
@@ -65,6 +66,8 @@ level = "DEBUG"
     assert c.source == f and c.state_dir == tmp_path / "state"
     assert c.node.peers == ("http://10.0.0.1:8080", "https://node.example:443")
     assert not c.node.discover and c.node.discover_interfaces == ("127.0.0.1",)
+    assert c.node.max_discovered_peers == 4
+    assert config.parse({}, env={}).node.max_discovered_peers == 16
     assert c.hsm.slot == 3 and c.hsm.pin_file == Path("/etc/appliance/pin")
     assert c.identity.public_key == bytes.fromhex(KEY) and c.identity.timeout_s == 2.0
     assert c.terminal.role == "pad" and c.kiosk.listen == "[::1]:0" and c.kiosk.elder_mode
@@ -138,6 +141,10 @@ def test_unknown_keys_are_named(text: str, key: str) -> None:
     ("[node]\npeers = ['ftp://a']", "node.peers[0]"),
     ("[node]\npeers = ['http://a', 5]", "node.peers[1]"),
     ("[node]\ndiscover = 1", "node.discover"),
+    ("[node]\nmax_discovered_peers = 0", "node.max_discovered_peers"),
+    ("[node]\nmax_discovered_peers = 257", "node.max_discovered_peers"),
+    ("[node]\nmax_discovered_peers = true", "node.max_discovered_peers"),
+    ("[node]\nmax_discovered_peers = 4.0", "node.max_discovered_peers"),
     ("[hsm]\nslot = 16", "hsm.slot"),
     ("[hsm]\nslot = true", "hsm.slot"),
     ("[hsm]\nvendor_id = '12g9'", "hsm.vendor_id"),

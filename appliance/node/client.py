@@ -60,14 +60,15 @@ from .model import (
     decode_trust_anchor,
     decode_validator_set,
 )
-from .peers import BANNED, CONFLICT, NEW, OK
+from .peers import BANNED, CONFLICT, DEFAULT_MAX_DISCOVERED, NEW, OK, PeerTableFull
 from .store import HeaderStore, StoreError
 from .sync import VerifiedInclusion
 
 __all__ = [
-    "DroppedHit", "FetchError", "InclusionTimeout", "Limits", "LookupResult", "NoPeers",
-    "NodeSync", "NotFound", "NotVerifiable", "SyncAborted", "SyncResult", "TxError",
-    "TxRejected", "USER_AGENT", "VerifiedInclusion", "fetch", "load_machine",
+    "ANSWERED", "DroppedHit", "FAILED", "FetchError", "InclusionTimeout", "Limits",
+    "LookupResult", "NOT_ASKED", "NoPeers", "NodeSync", "NotFound", "NotVerifiable",
+    "PeerAnswer", "SyncAborted", "SyncResult", "TxError", "TxRejected", "USER_AGENT",
+    "VerifiedInclusion", "fetch", "load_machine",
 ]
 
 log = logging.getLogger("appliance.node")
@@ -136,9 +137,11 @@ class TxRejected(TxError):
 
 
 class NoPeers(TxError):
-    """No district node could be asked, or none gave an answer (all unreachable, banned...)."""
+    """No district node could be asked, or none gave an answer (all unreachable, banned...).
+    From a lookup, ``answers`` says what became of each peer (:class:`PeerAnswer`)."""
 
     code = "no_peers"
+    answers: tuple[PeerAnswer, ...] = ()
 
 
 class NotFound(TxError):
@@ -173,15 +176,41 @@ class DroppedHit:
         return {"tx_id": self.tx_id.hex(), "reason": self.reason, "peers": list(self.peers)}
 
 
+#: What became of a peer in a lookup (:class:`PeerAnswer`).
+ANSWERED, FAILED, NOT_ASKED = "answered", "failed", "not_asked"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAnswer:
+    """One peer of the table in a lookup: ``answered`` (its list was used), ``failed`` (asked,
+    no usable answer: ``reason`` says why) or ``not_asked`` (not usable then: ``reason`` is its
+    state, and why it is in that state)."""
+
+    url: str
+    outcome: str
+    reason: str | None = None
+
+    @property
+    def asked(self) -> bool:
+        return self.outcome != NOT_ASKED
+
+    def to_json(self) -> dict[str, Any]:
+        return {"url": self.url, "outcome": self.outcome, "asked": self.asked,
+                "reason": self.reason}
+
+
 @dataclass(frozen=True, slots=True)
 class LookupResult:
     """What :meth:`NodeSync.lookup_detailed` found: the verified ``hits`` in chain order, the
-    ``dropped`` ones, and the peers whose lookup answer was used."""
+    ``dropped`` ones, the peers whose lookup answer was used, and what became of every peer of
+    the table (``answers``: configured first, then discovered). An empty ``hits`` means "not on
+    chain" only as far as the ``answered`` peers know."""
 
     digest: bytes
     hits: tuple[VerifiedInclusion, ...]
     dropped: tuple[DroppedHit, ...]
     peers: tuple[str, ...]
+    answers: tuple[PeerAnswer, ...] = ()
 
 
 def new_session(limits: Limits) -> aiohttp.ClientSession:
@@ -364,13 +393,16 @@ class NodeSync:
     def __init__(self, store: HeaderStore, anchor_bytes: bytes,
                  config: sync.SyncConfig | None = None, *, limits: Limits | None = None,
                  peers_file: str | os.PathLike[str] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 max_discovered: int = DEFAULT_MAX_DISCOVERED) -> None:
         self.store = store
         self.anchor_bytes = anchor_bytes
         self.anchor = decode_trust_anchor(anchor_bytes)
         self.config = config or sync.SyncConfig()
         self.limits = limits or Limits()
         self.machine = load_machine(store, self.anchor, anchor_bytes, self.config)
+        self.machine.peers.max_discovered = max_discovered
+        self._refused: dict[str, None] = {}  # discovered URLs refused while full (logged once)
         tip = self.machine.tip
         if tip is None:
             log.info("starting from the trust anchor: chain %s, height %d, block %s",
@@ -398,11 +430,41 @@ class NodeSync:
 
     # -- peers and lookups (callable from the same event loop, e.g. by discovery) -----------
 
-    def add_peer(self, url: str, source: str = "static") -> str:
-        url = self.machine.add_peer(url, source)
+    def add_peer(self, url: str, source: str = "static") -> str | None:
+        """Add a peer, or a source to a known one; its normalised URL. ValueError for a bad
+        URL. A discovered peer (source ``mdns:...``) over the table's bound takes the place of
+        the worst failing discovered peer, which is dropped; when none is failing it is refused
+        (None): a new discovery never displaces a working peer. Discovery offers what it found
+        again from time to time, so a refused node gets in once a place frees up."""
+        known = self.machine.peers.get(url)
+        if known is not None and source in known.sources:
+            return known.url  # nothing new (discovery offers its instances again)
+        try:
+            url = self.machine.add_peer(url, source)
+        except PeerTableFull as full:
+            victim = self.machine.peers.eviction_candidate()
+            if victim is None:
+                if full.url not in self._refused:
+                    log.warning("peer %s (%s) not added: %s, none of them failing", full.url,
+                                source, f"the table holds {full.limit} discovered peers")
+                    self._refused[full.url] = None
+                    while len(self._refused) > 4 * full.limit:
+                        del self._refused[next(iter(self._refused))]
+                return None
+            log.warning("peer %s dropped for %s (%s): the table holds %d discovered peers and "
+                        "it is failing (%s: %s, %d strikes)", victim.url, full.url, source,
+                        full.limit, victim.state, victim.last_reason, victim.strikes)
+            self.machine.remove_peer(victim.url)
+            url = self.machine.add_peer(url, source)
+        self._refused.pop(url, None)
         self._peers_dirty = True
         self._poke()
         return url
+
+    @property
+    def refused(self) -> tuple[str, ...]:
+        """Discovered URLs refused while the table was full and not admitted since."""
+        return tuple(self._refused)
 
     def remove_peer(self, url: str, source: str | None = None) -> None:
         self.machine.remove_peer(url, source)
@@ -563,30 +625,39 @@ class NodeSync:
         the peers that listed it are banned (``lookup_not_found``,
         ``lookup_not_verifiable``, ``lookup_type``, ``lookup_digest``). :class:`NoPeers` if no
         peer answered the lookup, or a hit could not be checked for want of peers (no answer
-        is better than an incomplete one)."""
+        is better than an incomplete one). The result says, for every peer of the table,
+        whether it answered, failed (and why) or was not asked (and why)."""
         if type(digest) is not bytes or len(digest) != 32:
             raise ValueError("digest must be 32 bytes")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         listers: dict[bytes, list[str]] = {}
         answered: list[str] = []
+        failed: dict[str, str] = {}
         while True:
             peers = [p.url for p in self.machine.peers.usable()]
             if peers:
                 found = await asyncio.gather(*(self._lookup_on(url, digest, deadline)
                                                for url in peers))
-                for url, ids in zip(peers, found, strict=True):
-                    if ids is not None:
-                        answered.append(url)
-                        for tx_id in ids:
-                            listers.setdefault(tx_id, []).append(url)
+                for url, (ids, why) in zip(peers, found, strict=True):
+                    if ids is None:
+                        failed[url] = why
+                        continue
+                    failed.pop(url, None)
+                    answered.append(url)
+                    for tx_id in ids:
+                        listers.setdefault(tx_id, []).append(url)
                 if answered:
                     break
             left = deadline - loop.time()
             if left <= 0:
-                raise NoPeers(self._peers_message(
-                    f"no peer answered the lookup of {digest.hex()} in {timeout_s:g} s"))
+                exc = NoPeers(self._peers_message(
+                    f"no peer answered the lookup of {digest.hex()} in {timeout_s:g} s",
+                    failed))
+                exc.answers = self._lookup_answers([], failed)
+                raise exc
             await self._pause(left)
+        answers = self._lookup_answers(answered, failed)
         sem = asyncio.Semaphore(LOOKUP_CONCURRENCY)
 
         async def check(tx_id: bytes) -> VerifiedInclusion | DroppedHit:
@@ -620,7 +691,26 @@ class NodeSync:
                       key=lambda i: (i.height, i.leaf_index))
         return LookupResult(digest, tuple(hits),
                             tuple(r for r in results if isinstance(r, DroppedHit)),
-                            tuple(answered))
+                            tuple(answered), answers)
+
+    def _lookup_answers(self, answered: list[str], failed: dict[str, str]
+                        ) -> tuple[PeerAnswer, ...]:
+        """Every peer of the table as the lookup left it (before hits were checked: a peer
+        banned for a bad hit still answered), and any peer asked that has left it since."""
+        out = []
+        for p in self.machine.peers:
+            if p.url in answered:
+                out.append(PeerAnswer(p.url, ANSWERED))
+            elif p.url in failed:
+                out.append(PeerAnswer(p.url, FAILED, failed[p.url]))
+            else:
+                why = {NEW: "its /v1/info is pending", BANNED: f"banned: {p.last_reason}",
+                       CONFLICT: f"conflict: {p.last_reason}"}.get(p.state, p.state)
+                out.append(PeerAnswer(p.url, NOT_ASKED, why))
+        listed = {a.url for a in out}
+        out += [PeerAnswer(u, ANSWERED) for u in answered if u not in listed]
+        out += [PeerAnswer(u, FAILED, why) for u, why in failed.items() if u not in listed]
+        return tuple(out)
 
     # -- transactions: helpers --------------------------------------------------------------
 
@@ -765,19 +855,23 @@ class NodeSync:
             return None
 
     async def _lookup_on(self, url: str, digest: bytes, deadline: float
-                         ) -> tuple[bytes, ...] | None:
-        """The tx_ids a peer lists for ``digest`` (its claim), or None (it is banned, or there
-        was no time)."""
+                         ) -> tuple[tuple[bytes, ...] | None, str]:
+        """The tx_ids a peer lists for ``digest`` (its claim), or None and why not (it is
+        banned for its answer, or there was no time)."""
         req = sync.Request(0, url, "lookup", f"/v1/lookup/{digest.hex()}",
                            sync.MAX_LOOKUP_BYTES)
         left = deadline - asyncio.get_running_loop().time()
         if left <= 0:
-            return None
+            return None, "no time left to ask it"
         try:
             async with asyncio.timeout(left):
-                return await self._ask_peer(req, sync.decode_lookup_response)
+                ids = await self._ask_peer(req, sync.decode_lookup_response)
         except TimeoutError:
-            return None
+            return None, "no answer in time"
+        if ids is None:
+            peer = self.machine.peers.get(url)
+            return None, (peer.last_reason if peer is not None else None) or "no valid answer"
+        return ids, ""
 
     def _timeout_error(self, tx_id: bytes, last: sync.TxNotFound | None,
                        timeout_s: float) -> TxError:

@@ -7,6 +7,18 @@ The sync machine (:mod:`appliance.node.sync`) owns one table; the adapter and di
   ``HTTP://Node-1.local:80/`` and ``http://node-1.local`` are one peer. A peer found both by
   mDNS and in the static configuration is one entry with two sources; it leaves the table when
   its last source goes.
+- **Configured and discovered.** A source that starts with :data:`DISCOVERED` (``mdns:``) is a
+  discovery; any other (``static``, ``sim``) is configuration. A peer is *discovered* when all
+  its sources are discoveries. Configured peers are always admitted, never displaced, and come
+  first wherever peers are listed (then URL order).
+- **A bound on discovered peers** (``max_discovered``, default 16): an announcement costs an
+  attacker on the LAN nothing, so the table admits at most that many discovered peers. A new
+  one while the bound is reached raises :class:`PeerTableFull`; the caller may then drop
+  :meth:`PeerTable.eviction_candidate` (the worst *failing* discovered peer: banned, or back
+  from a ban without having served verified data since) and add it again. A working (``ok``),
+  never-asked (``new``) or ``conflict`` peer is never a candidate, so a flood of announcements
+  cannot push out a node that works. A peer keeps at most :data:`MAX_SOURCES` discovery
+  sources (more instance names for one URL are not recorded).
 - **States.** ``new`` (never asked, or back from a ban: its ``/v1/info`` is due), ``ok`` (it
   answered ``/v1/info`` for our chain), ``banned`` (until ``banned_until_ms``), ``conflict``
   (it serves a branch that conflicts with our verified chain under valid commits: an
@@ -27,7 +39,8 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "BANNED", "CONFLICT", "DEFAULT_BAN_BASE_MS", "DEFAULT_BAN_FACTOR", "DEFAULT_BAN_MAX_MS",
-    "NEW", "OK", "STATES", "Peer", "PeerTable", "normalize_url",
+    "DEFAULT_MAX_DISCOVERED", "DISCOVERED", "MAX_SOURCES", "NEW", "OK", "STATES", "Peer",
+    "PeerTable", "PeerTableFull", "is_discovery", "normalize_url",
 ]
 
 NEW, OK, BANNED, CONFLICT = "new", "ok", "banned", "conflict"
@@ -36,6 +49,11 @@ STATES = (NEW, OK, BANNED, CONFLICT)
 DEFAULT_BAN_BASE_MS = 2_000
 DEFAULT_BAN_FACTOR = 2
 DEFAULT_BAN_MAX_MS = 300_000
+#: Sources that start with this are discoveries (``mdns:<instance name>``).
+DISCOVERED = "mdns:"
+DEFAULT_MAX_DISCOVERED = 16
+#: Discovery sources recorded per peer: one URL announced under many names is still one peer.
+MAX_SOURCES = 8
 _MAX_URL = 2048
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -77,6 +95,20 @@ def normalize_url(url: str) -> str:
     return f"{scheme}://{netloc}{path}"
 
 
+def is_discovery(source: str) -> bool:
+    """Whether ``source`` is a discovery (as opposed to configuration)."""
+    return source.startswith(DISCOVERED)
+
+
+class PeerTableFull(Exception):
+    """A discovered peer was not admitted: the table holds ``limit`` discovered peers."""
+
+    def __init__(self, url: str, limit: int) -> None:
+        super().__init__(f"{url}: the table already holds {limit} discovered peers")
+        self.url = url
+        self.limit = limit
+
+
 @dataclass
 class Peer:
     """One district node. ``height``/``tip_id``/... are its last ``/v1/info`` claims (untrusted)."""
@@ -96,6 +128,16 @@ class Peer:
     info_at_ms: int | None = None
     verified_headers: int = 0
 
+    @property
+    def discovered(self) -> bool:
+        """Known only through discovery (no configured source)."""
+        return bool(self.sources) and all(is_discovery(s) for s in self.sources)
+
+    @property
+    def failing(self) -> bool:
+        """Banned now, or back from a ban without having served verified data since."""
+        return self.state == BANNED or (self.state == NEW and self.strikes > 0)
+
     def to_json(self) -> dict:
         """A JSON-able summary (for ``appliance node status`` and logs)."""
         return {
@@ -114,9 +156,11 @@ class PeerTable:
 
     def __init__(self, *, ban_base_ms: int = DEFAULT_BAN_BASE_MS,
                  ban_factor: int = DEFAULT_BAN_FACTOR,
-                 ban_max_ms: int = DEFAULT_BAN_MAX_MS) -> None:
+                 ban_max_ms: int = DEFAULT_BAN_MAX_MS,
+                 max_discovered: int = DEFAULT_MAX_DISCOVERED) -> None:
         if ban_base_ms < 1 or ban_factor < 1 or ban_max_ms < ban_base_ms:
             raise ValueError("need ban_base_ms >= 1, ban_factor >= 1, ban_max_ms >= ban_base_ms")
+        self.max_discovered = max_discovered
         self.ban_base_ms = ban_base_ms
         self.ban_factor = ban_factor
         self.ban_max_ms = ban_max_ms
@@ -124,13 +168,31 @@ class PeerTable:
 
     # -- membership -------------------------------------------------------------------------
 
+    @property
+    def max_discovered(self) -> int:
+        return self._max_discovered
+
+    @max_discovered.setter
+    def max_discovered(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError("max_discovered must be an integer >= 1")
+        self._max_discovered = value
+
     def add(self, url: str, source: str = "static") -> tuple[Peer, bool]:
-        """Add a peer (or a source to a known one); returns (peer, True if it is new)."""
+        """Add a peer (or a source to a known one); returns (peer, True if it is new).
+
+        ValueError for a bad URL; :class:`PeerTableFull` for a new discovered peer while
+        :attr:`max_discovered` are held (nothing changes then)."""
         key = normalize_url(url)
         peer = self._peers.get(key)
         if peer is not None:
+            if is_discovery(source) and source not in peer.sources and \
+                    sum(map(is_discovery, peer.sources)) >= MAX_SOURCES:
+                return peer, False
             peer.sources.add(source)
             return peer, False
+        if is_discovery(source) and self.discovered_count() >= self.max_discovered:
+            raise PeerTableFull(key, self.max_discovered)
         peer = Peer(key, {source})
         self._peers[key] = peer
         return peer, True
@@ -161,7 +223,18 @@ class PeerTable:
         return isinstance(url, str) and self.get(url) is not None
 
     def __iter__(self) -> Iterator[Peer]:
-        return iter(list(self._peers.values()))
+        """Configured peers first, then discovered ones; each in URL order."""
+        return iter(sorted(self._peers.values(), key=_order))
+
+    def discovered_count(self) -> int:
+        return sum(1 for p in self._peers.values() if p.discovered)
+
+    def eviction_candidate(self) -> Peer | None:
+        """The discovered peer to drop for a new discovery when the bound is reached: the
+        failing one with the most strikes (then the most bans, then the last URL); None when
+        no discovered peer is failing (then the new one is refused)."""
+        failing = [p for p in self._peers.values() if p.discovered and p.failing]
+        return max(failing, key=lambda p: (p.strikes, p.bans, p.url), default=None)
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -224,15 +297,19 @@ class PeerTable:
         return min(times) if times else None
 
     def usable(self) -> list[Peer]:
-        """Peers that answered /v1/info for our chain and are neither banned nor in conflict,
-        in URL order."""
-        return sorted((p for p in self._peers.values() if p.state == OK), key=lambda p: p.url)
+        """Peers that answered /v1/info for our chain and are neither banned nor in conflict:
+        configured first, then discovered; each in URL order."""
+        return [p for p in self if p.state == OK]
 
     def snapshot(self) -> list[dict]:
-        return [p.to_json() for p in sorted(self._peers.values(), key=lambda p: p.url)]
+        return [p.to_json() for p in self]
 
     def _need(self, url: str) -> Peer:
         peer = self.get(url)
         if peer is None:
             raise KeyError(url)
         return peer
+
+
+def _order(peer: Peer) -> tuple[bool, str]:
+    return peer.discovered, peer.url

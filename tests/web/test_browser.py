@@ -229,6 +229,9 @@ def test_pad_license_verification(hall: Hall, browser: Any, tmp_path: Path) -> N
     pad.wait_for_selector("#v-result.missing", timeout=TIMEOUT_MS)
     text = pad.inner_text("#v-result")
     assert "链上未找到" in text and "Not on chain" in text, text
+    # ... on the word of the nodes named, in both languages
+    assert "已询问" in text and "not found by 2 of" in text, text
+    assert all(url in text for url in hall.health()["sim"]["peers"]), text
     shot(pad, shots, "03-not-on-chain")
     pad.close()
 

@@ -65,9 +65,21 @@ async def read_upload(request: web.Request,
 
 
 async def verify_document(node: Any, document: bytes, *, name: str = "",
-                          timeout_s: float = 20.0) -> dict[str, Any]:
+                          timeout_s: float = 20.0, references: Any = None) -> dict[str, Any]:
     """SM3 of ``document`` and its verified ``evidence.deposit`` hits (issuer, kind, time,
-    height), with the height of the verified chain the proofs were checked against."""
+    height), with the height of the verified chain the proofs were checked against. A hit is
+    verified when its proof is, and its issuer's enrollment (§6: signed by an admin of its
+    district, role ``issuer``, valid at the deposit's time; fetched with its proof through
+    ``references``) holds: the ``issuer`` shown is that enrollment's office. A hit whose
+    issuer does not hold is dropped (``dropped``, with the rule).
+
+    ``verdict`` is ``found`` or ``not_found``; a negative answer is only as good as the nodes
+    that gave it, so the result names them: ``nodes`` (each peer of the table: ``url``,
+    ``outcome`` answered / failed / not_asked, ``asked``, ``reason``; configured peers first),
+    and the counts ``known`` (peers in the table), ``asked`` and ``answered`` (``peers``: the
+    URLs of those that answered). When no node could be asked or none answered, there is no verdict:
+    :class:`PadError` 503 ("could not be checked", naming each node and why), never "not on
+    chain"."""
     from ...node.client import TxError
 
     digest = sm3.digest(document)
@@ -76,23 +88,42 @@ async def verify_document(node: Any, document: bytes, *, name: str = "",
         result = await node.lookup_detailed(digest, timeout_s=timeout_s)
     except TxError as exc:
         raise PadError(503, exc.code or "unavailable",
-                       f"the chain could not be asked: {exc}") from None
-    hits = []
+                       f"无法核验 / could not be checked: {exc}") from None
+    from ...node import rules
+    from ...node.references import References, ReferencesUnavailable
+
+    references = references if references is not None else References(node)
+    admins = tuple(node.anchor.admins)
+    hits, unverified = [], []
     for inc in result.hits:
-        body = inc.tx.body
-        data = body.data
+        references.add(rules.Ref(inc.tx, inc.height, inc.time_ms))
+        try:
+            lookup = await references.resolve(inc.tx, timeout_s=timeout_s)
+            dep = rules.verified_deposit(inc.tx_id, lookup, admins)
+        except rules.RuleError as exc:
+            unverified.append({"tx_id": inc.tx_id.hex(), "reason": f"rule_{exc.rule}",
+                               "detail": str(exc)[:200]})
+            continue
+        except ReferencesUnavailable as exc:
+            raise PadError(503, "no_peers", f"无法核验 / could not be checked: {exc}") from None
         hits.append({"tx_id": inc.tx_id.hex(), "height": inc.height,
-                     "block_id": inc.block_id.hex(), "issuer": str(data.get("issuer", "")),
-                     "kind": str(data.get("kind", "")), "time_ms": body.timestamp,
-                     "sender": body.sender.hex()})
+                     "block_id": inc.block_id.hex(), "issuer": dep.issuer.office or "",
+                     "kind": dep.deposit.kind, "time_ms": inc.time_ms,
+                     "holder": None if dep.deposit.holder is None
+                     else dep.deposit.holder.hex(), "sender": inc.tx.body.sender.hex()})
     try:
         verified_height = node.store.tip().height
     except Exception:  # noqa: BLE001 - not initialized: no height to show
         verified_height = None
+    nodes = [a.to_json() for a in result.answers]
+    if not result.peers:  # a lookup result always has an answer; never trust one without
+        raise PadError(503, "no_peers", "无法核验 / could not be checked: no node answered")
     return {"digest": digest.hex(), "name": name, "size": len(document), "found": bool(hits),
-            "hits": hits, "verified_height": verified_height,
-            "dropped": [d.to_json() for d in result.dropped], "peers": list(result.peers),
-            "elapsed_s": round(time.monotonic() - started, 3)}
+            "verdict": "found" if hits else "not_found", "hits": hits,
+            "verified_height": verified_height,
+            "dropped": [d.to_json() for d in result.dropped] + unverified,
+            "peers": list(result.peers), "nodes": nodes, "known": len(nodes),
+            "asked": sum(1 for n in nodes if n["asked"]), "answered": len(result.peers), "elapsed_s": round(time.monotonic() - started, 3)}
 
 
 # -- matters and confirmations -----------------------------------------------------------------

@@ -467,8 +467,10 @@ class WebServer:
         node = getattr(self.ctx, "node", None)
         if node is None:
             return _error(503, "node_unavailable", "the light node is not running yet")
+        desk = getattr(self.ctx, "desk", None)
         try:
-            result = await pad.verify_document(node, document, name=name)
+            result = await pad.verify_document(node, document, name=name,
+                                               references=getattr(desk, "references", None))
         except pad.PadError as exc:
             return _error(exc.status, exc.code, str(exc))
         finally:

@@ -100,6 +100,14 @@ function dd(dl, zh, en, value, mono) {
   dl.append(dt, d);
 }
 
+// The nodes that did not answer a lookup, and why (those that did are in the verdict).
+function nodeRows(dl, nodes) {
+  for (const n of nodes) {
+    if (n.outcome === "failed") dd(dl, "未答复的节点", "Asked, no answer", `${n.url} (${n.reason})`);
+    else if (n.outcome === "not_asked") dd(dl, "未询问的节点", "Not asked", `${n.url} (${n.reason})`);
+  }
+}
+
 async function verify(e) {
   e.preventDefault();
   const form = new FormData();
@@ -124,14 +132,23 @@ async function verify(e) {
         dd(dl, "交易编号", "Transaction", h.tx_id, true);
       }
       dd(dl, "已验证链高度", "Verified chain height", String(r.verified_height));
+    } else if (r.verdict === "not_found" && r.answered > 0) {
+      // A negative answer is only the word of the nodes that gave it: name them.
+      box.classList.add("missing");
+      const by = r.peers.join(", ");
+      const of = Math.max(r.known, r.answered);
+      setBi(verdict, `链上未找到：已询问 ${of} 个节点中的 ${r.answered} 个：${by}`,
+        `Not on chain: not found by ${r.answered} of ${of} nodes: ${by}`);
+      nodeRows(dl, r.nodes);
+      dd(dl, "已验证链高度", "Verified chain height", String(r.verified_height));
     } else {
       box.classList.add("missing");
-      setBi(verdict, "链上未找到", "Not on chain");
-      dd(dl, "已验证链高度", "Verified chain height", String(r.verified_height));
+      setBi(verdict, "无法核验", "Could not be checked");
+      nodeRows(dl, r.nodes || []);
     }
   } catch (err) {
     box.classList.add("missing");
-    setBi(verdict, "无法核验", "Cannot verify now");
+    setBi(verdict, "无法核验", "Could not be checked");
     dd(dl, "原因", "Reason", err.message);
   } finally {
     $("v-file").value = "";
