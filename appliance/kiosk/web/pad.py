@@ -123,7 +123,8 @@ async def verify_document(node: Any, document: bytes, *, name: str = "",
             "verified_height": verified_height,
             "dropped": [d.to_json() for d in result.dropped] + unverified,
             "peers": list(result.peers), "nodes": nodes, "known": len(nodes),
-            "asked": sum(1 for n in nodes if n["asked"]), "answered": len(result.peers), "elapsed_s": round(time.monotonic() - started, 3)}
+            "asked": sum(1 for n in nodes if n["asked"]), "answered": len(result.peers),
+            "elapsed_s": round(time.monotonic() - started, 3)}
 
 
 # -- matters and confirmations -----------------------------------------------------------------
