@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -98,4 +98,5 @@ class DailyAnchor:
     def _until_next_day(self) -> float:
         now = self.clock_ms()
         midnight = (now // DAY_MS + 1) * DAY_MS
-        return (midnight - now) / 1000 + random.uniform(0, self.spread_s)
+        spread = int.from_bytes(os.urandom(2), "big") / 0xFFFF * self.spread_s
+        return (midnight - now) / 1000 + spread

@@ -25,6 +25,7 @@ The log is DIR/audit/ of the state directory (``--state``, ``$APPLIANCE_STATE``,
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -62,7 +63,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="fail when the log has no checkpoint or no key to check them")
     v.add_argument("--node", action="append", default=[], metavar="URL",
                    help="check the heads anchored on chain through these district nodes "
-                   "(not yet available)")
+                   "(a light node of its own, synced from the trust anchor: never the "
+                   "daemon's store)")
+    v.add_argument("--trust", metavar="FILE",
+                   help="the trust anchor for --node (default: STATE/trust.cbor)")
+    v.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="for --node: how long to wait for the chain (default 60)")
     _where(v)
     v.set_defaults(func=run_verify)
     t = cmds.add_parser("tail", help="the newest entries and the head hash")
@@ -114,10 +120,62 @@ def _existing(args: argparse.Namespace) -> Path | int:
     return directory
 
 
-def chain_lookup(nodes: list[str], log: Path) -> AnchorLookup | None:
-    """How ``--node`` looks up anchored heads on chain (``appliance.audit.AnchorLookup``,
-    verified by the light node); None while the ledger side is not wired in."""
-    return None
+def chain_lookup(nodes: list[str], log: Path, anchor: bytes, *, timeout_s: float = 60.0
+                 ) -> AnchorLookup:
+    """How ``--node`` looks up the log's anchored heads on chain: a light node of its own (a
+    temporary header store synced from ``anchor``, so a running daemon's store is never
+    touched) asks ``nodes`` for the ``audit.head`` deposits of every digest the log's
+    ``anchored`` entries name, each verified with its proof (``lookup_detailed``) and by the
+    §6 rules (an enrolled terminal deposited it). Raises what the light node raises."""
+    from .audit import tail
+
+    digests = {bytes.fromhex(e.fields["digest"]) for e in tail(log, 10**9)
+               if e.kind == "anchored" and isinstance(e.fields.get("digest"), str)}
+    found = asyncio.run(_heads_on_chain(nodes, digests, anchor, timeout_s))
+    return lambda digest: found.get(bytes(digest), [])
+
+
+async def _heads_on_chain(nodes: list[str], digests: set[bytes], anchor: bytes,
+                          timeout_s: float) -> dict[bytes, list[tuple[bytes, int, int]]]:
+    import tempfile
+
+    from .node import rules
+    from .node.client import NodeSync
+    from .node.references import References
+    from .node.store import HeaderStore
+
+    found: dict[bytes, list[tuple[bytes, int, int]]] = {}
+    with tempfile.TemporaryDirectory(prefix="appliance-audit-") as tmp:
+        store = HeaderStore.open(Path(tmp) / "headers.sqlite")
+        try:
+            node = NodeSync(store, anchor)
+            for url in nodes:
+                node.add_peer(url)
+            stop = asyncio.Event()
+            task = asyncio.create_task(node.run(stop_at_tip=False, stall_timeout_s=None,
+                                                stop=stop))
+            try:
+                refs = References(node)
+                for digest in sorted(digests):
+                    result = await node.lookup_detailed(digest, timeout_s=timeout_s)
+                    heads = []
+                    for inc in result.hits:
+                        refs.add(rules.Ref(inc.tx, inc.height, inc.time_ms))
+                        lookup = await refs.resolve(inc.tx, timeout_s=timeout_s)
+                        try:
+                            dep = rules.check_tx(inc.tx, lookup, node.anchor.admins,
+                                                 at=inc.time_ms)
+                        except rules.RuleError:
+                            continue  # not a valid deposit: not an anchor
+                        if getattr(dep, "kind", None) == "audit.head":
+                            heads.append((inc.tx_id, inc.height, inc.time_ms))
+                    found[digest] = heads
+            finally:
+                stop.set()
+                await task
+        finally:
+            store.close()
+    return found
 
 
 def _public_keys(args: argparse.Namespace,
@@ -153,10 +211,19 @@ def run_verify(args: argparse.Namespace) -> int:
         return directory
     lookup = None
     if args.node:
-        lookup = chain_lookup(args.node, directory)
-        if lookup is None:
-            return _fail(EXIT_USAGE, "unavailable", "checking the anchored heads on chain "
-                         "(--node) is not yet available")
+        trust = Path(args.trust) if args.trust else \
+            Path(args.state or os.environ.get("APPLIANCE_STATE") or DEFAULT_STATE) / \
+            "trust.cbor"
+        try:
+            anchor = trust.read_bytes()
+        except OSError as exc:
+            return _fail(EXIT_USAGE, "no_trust", f"cannot read the trust anchor {trust}: "
+                         f"{exc.strerror or exc} (give --trust FILE)")
+        try:
+            lookup = chain_lookup(args.node, directory, anchor, timeout_s=args.timeout)
+        except Exception as exc:  # the chain could not be asked: say so, no stack trace
+            return _fail(EXIT_USAGE, "unavailable", "the anchored heads could not be checked "
+                         f"on chain: {type(exc).__name__}: {exc}")
     try:
         keys, source = _public_keys(args, directory)
     except ValueError as exc:

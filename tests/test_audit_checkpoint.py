@@ -295,11 +295,11 @@ def test_checkpoints_signed_inside_the_crypto_module(tmp_path):
     """The real signer: the device key in the (emulated) module, its persisted counter."""
     from appliance.hsm.client import Client
     from appliance.node.tx import ModuleSigner
-    from hil.hsm_emulator import HsmEmulator
+    from hil.hsm_emulator import PROVISIONED_PIN, HsmEmulator, provision
 
-    with HsmEmulator(tmp_path / "gm0", tmp_path / "module.bin") as emu, \
-            Client(emu.port, pin="123456") as client:
-        public = client.generate_key(0)
+    with HsmEmulator(tmp_path / "gm0", tmp_path / "module.bin") as emu:
+        public, _ = provision(emu.port, slot=0)  # the factory PIN cannot sign
+        client = Client(emu.port, pin=PROVISIONED_PIN)
         signer = ModuleSigner(client, 0)
         log = AuditLog(tmp_path / "audit", clock_ms=Clock(), signer=signer,
                        checkpoint_every=4)
@@ -308,6 +308,7 @@ def test_checkpoints_signed_inside_the_crypto_module(tmp_path):
         client.sign(0, b"another use of the key: the counter moves on")
         log.append("login", n=9)
         log.checkpoint()
+        client.close()
     counters = [e["fields"]["counter"] for e in entries(tmp_path / "audit")
                 if e["kind"] == "checkpoint"]
     assert len(counters) == 3 and counters[1] == counters[0] + 1 and counters[2] == counters[1] + 2

@@ -178,11 +178,13 @@ def test_verify_refuses_a_bad_public_key(tmp_path, key):
     assert code == 2 and doc["error"] == "bad_key" and "--public-key" in err
 
 
-def test_verify_on_chain_is_not_yet_available(tmp_path):
+def test_verify_on_chain_needs_a_trust_anchor(tmp_path):
+    """--node runs a light node of its own: without a trust anchor it says so plainly. (The
+    heads found on chain and verified: tests/kiosk/test_runner.py, against the doubles.)"""
     filled(tmp_path / "audit")
     code, doc, err = cli("audit", "verify", "--log", str(tmp_path / "audit"), "--node",
-                         "http://127.0.0.1:1")
-    assert code == 2 and doc["error"] == "unavailable" and "not yet available" in err
+                         "http://127.0.0.1:1", "--trust", str(tmp_path / "none.cbor"))
+    assert code == 2 and doc["error"] == "no_trust" and "--trust" in err
 
 
 def test_a_whole_entry_without_its_newline_is_never_repaired(tmp_path):

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -138,11 +139,19 @@ def test_daemon_syncs_a_fisco_chain_and_offers_no_authorizations(nodes, tmp_path
         assert "授权" in e["title_zh"] and "not available" in e["title_en"]
         assert ui.post("/api/event", b'{"type": "start"}', "application/json") == \
             (200, {"ok": False})
+        # a kiosk has no PAD routes; a PAD on this chain refuses lookups, saying why
         body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.pdf\"\r\n"
                 b"Content-Type: application/octet-stream\r\n\r\n%PDF-1.4 license\r\n--XyZ--\r\n")
-        code, doc = ui.post("/api/pad/verify", body, "multipart/form-data; boundary=XyZ")
-        assert code == 503 and doc["error"] == "not_available", doc
-        assert "evidence.deposit" in doc["message"]
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            ui.open("/api/pad/verify", body, {"Content-Type": "multipart/form-data; boundary=XyZ"})
+        assert missing.value.code == 404
+        from appliance.node.client import TxError
+        from appliance.service import _NoLookups
+
+        with pytest.raises(TxError) as refused:
+            asyncio.run(_NoLookups(None).lookup_detailed(bytes(32)))
+        assert refused.value.code == "not_available"
+        assert "evidence.deposit" in refused.value.message
         if os.path.exists(CHROMIUM) or os.environ.get("CI"):
             launch = f"{url}/?k={(state / 'ui-secret').read_text().strip()}"
             title, message = kiosk_text_in_chromium(launch, tmp_path / "chromium")

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -526,6 +529,72 @@ def test_a_bad_proof_gives_no_receipt(hall: Hall, tmp_path: Path) -> None:
 
 def test_a_tx_never_included_times_out(hall: Hall, tmp_path: Path) -> None:
     after_signing_walk(hall, tmp_path, "inclusion_timeout", block_interval_ms=0)
+
+
+# -- the audit log's daily head on chain ---------------------------------------------------------
+
+def test_the_audit_heads_of_a_day_go_on_chain_and_verify(hall: Hall, tmp_path: Path) -> None:
+    """The daemon's daily anchor: the day's head deposited as `audit.head` (signed in the
+    module, naming the kiosk's enrollment), included, recorded as `anchored`, and checked by
+    `verify(lookup=...)` against what the light node finds on chain; the double admitted it
+    by its own §6 rules, ours accept it too."""
+    from appliance.audit import DAY_MS
+    from appliance.audit_anchor import anchor_day
+    from appliance.node import rules
+    from appliance.node.references import References
+
+    async def scenario() -> None:
+        ns, store = await synced_node(hall, tmp_path / "headers.sqlite")
+        stop = asyncio.Event()
+        task = asyncio.create_task(ns.run(stop_at_tip=False, stall_timeout_s=None, stop=stop))
+        client = Client(hall.port, pin=PIN)
+        try:
+            signer = await asyncio.to_thread(ModuleSigner, client, SLOT)
+            log = AuditLog(tmp_path / "audit", signer=signer)
+            for i in range(5):
+                log.append("test", n=i)
+            assert log.checkpoint() is not None  # signed in the module, as at a day's end
+            now = int(time.time() * 1000)
+            entry = await anchor_day(log, now // DAY_MS, signer=signer,
+                                     enrollment=hall.enrollment, node=ns, now_ms=now)
+            assert entry is not None and entry.kind == "anchored"
+            tx_id = bytes.fromhex(entry.fields["tx_id"])
+            inc = await ns.get_inclusion(tx_id, timeout_s=20)
+            deposit = ob.Deposit.from_obj(inc.tx.body.data)
+            assert deposit.kind == "audit.head" and deposit.holder is None
+            assert deposit.digest.hex() == entry.fields["digest"]
+            refs = References(ns)
+            lookup = await refs.resolve(inc.tx, timeout_s=20)
+            rules.check_tx(inc.tx, lookup, ns.anchor.admins, at=inc.time_ms)
+
+            def on_chain(digest: bytes) -> list[tuple[bytes, int, int]]:
+                return [(inc.tx_id, inc.height, inc.time_ms)] if digest == deposit.digest \
+                    else []
+
+            report = await asyncio.to_thread(log.verify, public_key=signer.public_key,
+                                             lookup=on_chain)
+            assert report.ok and report.anchors_checked, report
+            # the technician's command: a light node of its own finds the head on chain
+            cmd = [sys.executable, "-m", "appliance.cli", "audit", "verify", "--log",
+                   str(tmp_path / "audit"), "--public-key", signer.public_key.hex(),
+                   "--trust", str(hall.chain / "trust.cbor"), "--require-checkpoints"]
+            for n in hall.nodes:
+                cmd += ["--node", n.url]
+            out = await asyncio.to_thread(subprocess.run, cmd, capture_output=True,
+                                          text=True, timeout=120)
+            assert out.returncode == 0, out.stderr
+            doc = json.loads(out.stdout.strip().splitlines()[-1])
+            assert doc["ok"] and doc["anchors_checked"] and doc["checkpoints"] == 1, doc
+            # nothing logged that day: nothing to anchor
+            assert await anchor_day(log, now // DAY_MS - 3, signer=signer,
+                                    enrollment=hall.enrollment, node=ns, now_ms=now) is None
+        finally:
+            client.close()
+            stop.set()
+            await task
+            store.close()
+
+    run(scenario())
 
 
 # -- a signature under way when the session ends ------------------------------------------------
