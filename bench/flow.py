@@ -94,20 +94,22 @@ def bench_start() -> None:
            h * 1000)
 
 
-async def _walk(url: str, session: Any) -> float:
-    """One authorization through the API; seconds from 'face passed' to the receipt view."""
+async def _walk(kiosk: Any, pad: Any, kiosk_url: str, pad_url: str) -> float:
+    """One authorization through the two terminals' APIs (each with its session cookie);
+    seconds from 'face passed' to the receipt view."""
     import aiohttp
 
-    async with session.get(url + "/api/pad/samples") as r:
-        samples = (await r.json())["samples"]
-    doc = {"matter": "bench", "agency": "bench agency", "office": "bench office",
-           "citizen": "astronaut",
-           "licenses": [{"id": s["digest"], "name": s["kind"]} for s in samples[:2]]}
-    async with session.post(url + "/api/pad/matter", json=doc) as r:
+    async with pad.get(pad_url + "/api/pad/samples") as r:
+        got = await r.json()
+    samples, citizen_id = got["samples"], got["citizen_id"]
+    doc = {"title": "bench", "agencies": ["bench agency"], "purpose": "bench",
+           "citizen_id": citizen_id,
+           "licenses": [s["tx_id"] for s in samples if s["holder"] == "citizen"][:2]}
+    async with pad.post(pad_url + "/api/pad/matter", json=doc) as r:
         qr = (await r.json())["qr_text"]
     passed = received = None
-    async with session.ws_connect(url + "/api/ws") as ws:
-        async with session.post(url + "/api/event", json={"type": "start"}):
+    async with kiosk.ws_connect(kiosk_url + "/api/ws?page=kiosk") as ws:
+        async with kiosk.post(kiosk_url + "/api/event", json={"type": "start"}):
             pass
         async for msg in ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
@@ -118,11 +120,11 @@ async def _walk(url: str, session: Any) -> float:
                 continue
             screen = view["screen"]
             if screen == "scan":
-                async with session.post(url + "/api/event",
-                                        json={"type": "matter_text", "text": qr}):
+                async with kiosk.post(kiosk_url + "/api/event",
+                                      json={"type": "matter_text", "text": qr}):
                     pass
             elif screen == "consent":
-                async with session.post(url + "/api/event", json={"type": "consent"}):
+                async with kiosk.post(kiosk_url + "/api/event", json={"type": "consent"}):
                     pass
             elif screen == "verifying" and passed is None:
                 passed = time.perf_counter()
@@ -131,10 +133,25 @@ async def _walk(url: str, session: Any) -> float:
                 break
             elif screen == "error":
                 raise SystemExit(f"bench: the flow ended on an error: {view['error']}")
-        async with session.post(url + "/api/event", json={"type": "done"}):
+        async with kiosk.post(kiosk_url + "/api/event", json={"type": "done"}):
             pass
     assert passed is not None and received is not None
     return received - passed
+
+
+async def _session(launch: str) -> Any:
+    """An aiohttp session with the UI's cookie (from its launch URL) and its Origin."""
+    from urllib.parse import urlsplit
+
+    import aiohttp
+
+    parts = urlsplit(launch)
+    base = f"{parts.scheme}://{parts.netloc}"
+    s = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
+                              headers={"Origin": base})
+    async with s.get(launch) as r:
+        await r.read()
+    return s, base
 
 
 async def _block_interval(peer: str, session: Any, blocks: int = 4) -> float:
@@ -152,24 +169,41 @@ async def _block_interval(peer: str, session: Any, blocks: int = 4) -> float:
 
 
 def bench_flow() -> None:
-    import aiohttp
+    import re
 
     port = _free_port()
-    _, proc = _time_to_serve([sys.executable, "-m", "appliance.cli", "run", "--sim",
-                              "--port", str(port), "--config", os.devnull], port)
-    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "run", "--sim", "--port",
+                             str(port), "--config", os.devnull], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO)
     try:
-        while True:
-            with urllib.request.urlopen(url + "/api/health", timeout=5) as r:
-                health = json.load(r)
-            if health["ready"]:
-                break
-            time.sleep(0.2)
+        assert proc.stderr is not None
+        urls: dict[str, str] = {}
+        while len(urls) < 2:
+            line = proc.stderr.readline()
+            if not line:
+                raise SystemExit("bench: appliance run --sim printed no launch URLs")
+            if m := re.search(r"hall, (kiosk|clerk PAD): open (http://\S+)", line):
+                urls[m.group(1)] = m.group(2)
 
         async def main() -> tuple[list[float], float]:
-            async with aiohttp.ClientSession() as session:
-                times = [await asyncio.wait_for(_walk(url, session), 120) for _ in range(RUNS)]
-                interval = await _block_interval(health["sim"]["peers"][0], session)
+            (kiosk, kiosk_url), (pad, pad_url) = (await _session(urls["kiosk"]),
+                                                  await _session(urls["clerk PAD"]))
+            try:
+                while True:
+                    async with kiosk.get(kiosk_url + "/api/health") as r:
+                        health = await r.json()
+                    async with pad.get(pad_url + "/api/health") as r:
+                        ready = health["ready"] and (await r.json())["ready"]
+                    if ready:
+                        break
+                    await asyncio.sleep(0.2)
+                times = [await asyncio.wait_for(_walk(kiosk, pad, kiosk_url, pad_url), 120)
+                         for _ in range(RUNS)]
+                interval = await _block_interval(health["sim"]["peers"][0], kiosk)
+            finally:
+                await kiosk.close()
+                await pad.close()
             return times, interval
 
         times, interval = asyncio.run(main())
