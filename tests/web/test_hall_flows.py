@@ -154,6 +154,30 @@ def test_the_clerk_way_from_the_kiosks_session_qr_to_a_receipt(ready: Hall) -> N
     _to_attract(hall)
 
 
+def test_an_enterprise_matter_by_its_legal_representative(ready: Hall) -> None:
+    """A matter for an enterprise (its business license, held by the enterprise): the
+    identity service confirms the citizen represents it, the attestation names it, and the
+    chain has it."""
+    hall = ready
+    _to_attract(hall)
+    samples = hall.pad.get("/api/pad/samples")["samples"]
+    business = [s["tx_id"] for s in samples if s["holder"] == "enterprise"]
+    qr_text = _matter(hall, licenses=business, enterprise_id=sim_hall.ENTERPRISE_ID)
+    matter = ob.decode_matter_qr(qr_text)
+    credit = ob.identifier_hash(sim_hall.ENTERPRISE_ID)
+    assert matter.body.on_behalf_of == credit
+    _event(hall, "start")
+    view = _wait_screen(hall, "consent")
+    assert view["matter"]["enterprise"] == credit.hex()[:12]
+    assert [lic["kind"] for lic in view["matter"]["licenses"]] == ["business_license"]
+    _event(hall, "consent")
+    view = _wait_screen(hall, "receipt", timeout=120)
+    data = ob.decode_data("license.authorize", _on_chain(hall, view["receipt"]["tx_id"]
+                                                         ).body.data)
+    assert data.matter == matter and data.attestation.body.represents == credit
+    _to_attract(hall)
+
+
 def test_a_forged_matter_is_refused_before_consent(ready: Hall) -> None:
     """The exploit of the review: a genuine matter whose agencies were changed to "FraudCo"
     (what the citizen would see) no longer carries the PAD's signature. (A PAD will not sign
