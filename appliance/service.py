@@ -786,13 +786,8 @@ class Appliance:
             return
         from .kiosk import runner as runner_mod
 
-        while not self.stop.is_set():
-            while (self.node is None or self.signer is None) and not self.stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), 0.2)
-            if self.stop.is_set():
-                return
-            node, signer = self.node, self.signer
+        while (parts := await self._node_and_signer()) is not None:
+            node, signer = parts
             runner = await self._make_runner(runner_mod)
             self.runner = runner
             if self._alarm is not None and self._alarm[0]:
@@ -851,6 +846,13 @@ class Appliance:
         self.anchor = DailyAnchor(self.audit, ready)
         await self.anchor.run(self.stop)
 
+    async def _node_and_signer(self) -> tuple[Any, Any] | None:
+        """The light node and the module's signer once both are up; None once stopping."""
+        while (self.node is None or self.signer is None) and not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), 0.2)
+        return None if self.stop.is_set() else (self.node, self.signer)
+
     def _enrollment(self) -> bytes | None:
         """This terminal's device.enroll tx_id (the simulated hall enrolls at set-up)."""
         return self.sim.enrollment if self.sim is not None else self.cfg.terminal.enrollment
@@ -862,13 +864,8 @@ class Appliance:
         from .kiosk.desk import ClerkCard, Desk
         from .node.references import References
 
-        while not self.stop.is_set():
-            while (self.node is None or self.signer is None) and not self.stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), 0.2)
-            if self.stop.is_set():
-                return
-            node, signer = self.node, self.signer
+        while (parts := await self._node_and_signer()) is not None:
+            node, signer = parts
             enrollment = self._enrollment()
             if enrollment is None:
                 self.readiness.set("kiosk", "unavailable", "terminal.enrollment is not set: "
@@ -968,6 +965,11 @@ class Appliance:
     def _authorizations(self) -> dict[str, Any]:
         if self.fisco:
             return {"available": False, "reason": FISCO_UNAVAILABLE}
+        if self.cfg.terminal.role != "kiosk":
+            return {"available": False, "reason": "a PAD issues matters; kiosks authorize"}
+        if self.sim is None and self.cfg.terminal.enrollment is None:
+            return {"available": False, "reason": "terminal.enrollment is not set: this "
+                    "kiosk is not enrolled and signs nothing"}
         if self._alarm and self._alarm[0]:
             return {"available": False, "reason": f"alarm: {self._alarm[1]}"}
         audit = self.audit_health()

@@ -15,10 +15,10 @@ a toy, the cameras play a synthetic face and the codes other screens show.
   ``device.enroll`` signed by the district admin key: the **kiosk** (role kiosk) and the
   window's **PAD** (role pad, for :data:`OFFICE`). The PAD's clerk has a **staff card** (a
   third emulator) whose key is enrolled with role clerk for the same office;
-- the issuing offices enrolled (role issuer) and the citizen's licenses deposited with
-  ``evidence.deposit`` (holder = the §6 hash of the citizen's ID number; one business
-  license held by an enterprise the citizen represents); their bytes are kept so that the
-  PAD can verify them (``/api/pad/samples``);
+- the issuing offices (enrolled by the chain generator, role issuer) and the citizen's
+  licenses deposited with ``evidence.deposit`` (holder = the §6 hash of the citizen's ID
+  number; one business license held by an enterprise the citizen represents); their bytes
+  are kept so that the PAD can verify them (``/api/pad/samples``);
 - the identity-service double (:mod:`hil.identity_service`), its key enrolled with role
   identity, with the citizen enrolled from ``synthetic:astronaut``;
 - cameras: the kiosk's plays the synthetic citizen, who answers the challenge the flow shows
@@ -298,7 +298,10 @@ class SimHall:
 
         with hc.Chain.open(self.chain_dir, readonly=True) as chain:
             admin = chain.keys(hc.ROLE_ADMIN)[0]
-            issuers = chain.keys(hc.ROLE_ISSUER)
+            # the issuing offices: enrolled in block 0 by the generator, with their offices
+            self._issuers = [(key, office, chain.enrollment_of(key.public_key, "issuer"))
+                             for key, office in zip(chain.keys(hc.ROLE_ISSUER), ISSUERS,
+                                                    strict=True)]
         assert self.kiosk.device_public_key and self.pad.device_public_key
         assert self.clerk_public_key is not None
         self.kiosk.enrollment = await self._enroll_key(admin, self.kiosk.device_public_key,
@@ -309,12 +312,8 @@ class SimHall:
                                                        office=OFFICE, staff=CLERK_STAFF)
         self.identity_enrollment = await self._enroll_key(admin, identity_public_key,
                                                           "identity", min_score=600)
-        self._issuers = []
-        for key, office in zip(issuers, ISSUERS, strict=True):
-            self._issuers.append((key, office, await self._enroll_key(
-                admin, key.public_key, "issuer", office=office)))
         return [self.kiosk.enrollment, self.pad.enrollment, self.clerk_enrollment,
-                self.identity_enrollment, *(e for _, _, e in self._issuers)]
+                self.identity_enrollment]
 
     async def _deposit(self) -> list[bytes]:
         from appliance.gm import sm3

@@ -267,13 +267,14 @@ class Desk:
                             "registration checked too (id_card+registration)")
         body = ob.ConfirmationBody(req.session, req.terminal, req.action, req.target, method,
                                    self.clock(), card.enrollment)
+        from appliance.hsm import errors as hsm_errors
+
         try:
             signed = await asyncio.to_thread(card.sign, body, pin)
-        except Exception as exc:  # the card's typed errors: wrong PIN, locked, gone
-            code = getattr(exc, "error", None) or type(exc).__name__
-            raise DeskError("clerk_card", f"the staff card refused: {code}: {exc}",
-                            403 if "PIN" in str(code).upper() or "PARDENY" in str(code)
-                            else 503) from None
+        except (hsm_errors.AccessDenied, hsm_errors.PinLocked, hsm_errors.PinDefault) as exc:
+            raise DeskError("clerk_pin", f"the staff card refused: {exc}", 403) from None
+        except (hsm_errors.HsmError, OSError) as exc:  # gone, busy, broken
+            raise DeskError("clerk_card", f"the staff card cannot sign: {exc}", 503) from None
         if signed.public_key == self.signer.public_key:  # never the PAD's own key
             raise DeskError("clerk_card", "the staff card holds the PAD's device key", 503)
         return signed, ob.encode_qr(ob.CONFIRMATION_PREFIX, signed)

@@ -40,7 +40,17 @@ from typing import Any, Generic, TypeVar
 from . import signatures
 from .errors import MalformedError
 from .merkle import digest
-from .model import MAX_TEXT, MAX_UINT, decode_limited, enc, peer_id
+from .model import (  # the one set of field checks of the ledger objects
+    MAX_TEXT,
+    MAX_UINT,
+    _array,
+    _bytes,
+    _map,
+    decode_limited,
+    enc,
+    peer_id,
+)
+from .model import _uint as _model_uint
 
 __all__ = [
     "ACTIONS", "ADMIN_REVOKE_KEYS", "AUDIT_HEAD", "AuthorizeData", "AttestationBody",
@@ -104,20 +114,11 @@ def check_text(value: object, what: str, limit: int = MAX_TEXT) -> str:
     return value
 
 
-def _bytes(value: object, size: int, what: str) -> bytes:
-    if type(value) is not bytes:
-        raise MalformedError("type", f"{what}: expected a byte string")
-    if len(value) != size:
-        raise MalformedError("length", f"{what}: {len(value)} bytes, expected {size}")
-    return value
-
-
 def _uint(value: object, what: str, high: int = MAX_UINT) -> int:
-    if type(value) is not int:
-        raise MalformedError("type", f"{what}: expected an unsigned integer")
-    if not 0 <= value <= high:
+    _model_uint(value, what)
+    if value > high:  # type: ignore[operator]
         raise MalformedError("range", f"{what}: outside [0, {high}]")
-    return value
+    return value  # type: ignore[return-value]
 
 
 def _choice(value: object, options: tuple[str, ...], what: str) -> str:
@@ -128,27 +129,8 @@ def _choice(value: object, options: tuple[str, ...], what: str) -> str:
     return value
 
 
-def _map(obj: object, required: frozenset[str], optional: frozenset[str], what: str
-         ) -> dict[str, Any]:
-    if type(obj) is not dict:
-        raise MalformedError("type", f"{what}: expected a map")
-    keys = obj.keys()
-    missing = required - keys
-    if missing:
-        raise MalformedError("keys", f"{what}: missing {sorted(missing)}")
-    unknown = keys - required - optional
-    if unknown:
-        shown = sorted(repr(k)[:30] for k in unknown)[:4]
-        raise MalformedError("keys", f"{what}: unknown keys {shown}")
-    return obj
-
-
 def _list(obj: object, what: str, low: int, high: int) -> list[Any]:
-    if type(obj) is not list:
-        raise MalformedError("type", f"{what}: expected an array")
-    if not low <= len(obj) <= high:
-        raise MalformedError("count", f"{what}: {len(obj)} entries, allowed {low}..{high}")
-    return obj
+    return _array(obj, what, high, low)
 
 
 def _distinct(items: tuple[Any, ...], what: str) -> None:

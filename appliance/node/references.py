@@ -66,8 +66,12 @@ class References:
             if not missing:
                 break
             tried |= missing
-            await asyncio.gather(*(self._fetch(t, max(0.1, deadline - loop.time()))
-                                   for t in sorted(missing)))
+            results = await asyncio.gather(
+                *(self._fetch(t, max(0.1, deadline - loop.time())) for t in sorted(missing)),
+                return_exceptions=True)  # every fetch ends before this one answers
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
         return self.lookup
 
     async def _fetch(self, tx_id: bytes, timeout_s: float) -> None:
