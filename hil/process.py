@@ -22,6 +22,11 @@ import time
 from collections.abc import Callable, Sequence
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+#: The process that started this one, read when this module is first imported: before any
+#: fixture says it is ready. Read later (when serving starts), a parent killed right after
+#: the "ready" line would already be gone, its successor taken for the parent, and the
+#: fixture would serve on forever.
+PARENT_AT_START = os.getppid()
 
 
 async def serve_until_stopped(stop: asyncio.Event, *, exit_with_parent: bool,
@@ -29,14 +34,13 @@ async def serve_until_stopped(stop: asyncio.Event, *, exit_with_parent: bool,
     """The fixture side of the contract: return when ``stop`` is set (a signal handler sets it)
     or, with ``exit_with_parent``, when the process that started this one has exited (a test
     killed with -9 must not leave its doubles serving)."""
-    parent = os.getppid()
     while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.5)
-        if exit_with_parent and os.getppid() != parent:
+        if exit_with_parent and os.getppid() != PARENT_AT_START:
             if log is not None:
                 log("parent exited")
             return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
 
 
 class FixtureProcess:
